@@ -1,0 +1,333 @@
+"""Typed configuration: one YAML file, one section per stage.
+
+Every field has a type, a default and a docstring. Unknown keys and wrong types fail with a
+message that names the YAML path (``train.lr: expected a number, got "fast"``) and the file,
+so a typo never silently falls back to a default. Presets live in ``configs/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PRESETS_DIR = REPO_ROOT / "configs"
+DEFAULT_PRESET = "tiny"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and YAML path."""
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, docstrings are per field."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
+
+    def digest(self) -> str:
+        """sha256 of the section's canonical JSON: part of a stage's cache key."""
+        return sha256_json(self.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------- stage 1: build
+class SplitConfig(Section):
+    val: float = Field(0.05, ge=0, lt=1)
+    """Fraction of documents in the validation split."""
+    test: float = Field(0.05, ge=0, lt=1)
+    """Fraction of documents in the test split."""
+    calibration: float = Field(0.0, ge=0, lt=1)
+    """Fraction held out for quantization calibration (0 = no calibration split)."""
+    salt: str = "lmops-split-v1"
+    """Mixed into the document hash that decides the split; change it to draw a new split."""
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "SplitConfig":
+        if self.val + self.test + self.calibration >= 1:
+            raise ValueError("val + test + calibration must be below 1 (training needs documents)")
+        return self
+
+
+class DedupConfig(Section):
+    exact: bool = True
+    """Drop documents whose normalized text hashes equal an earlier one."""
+    near: bool = True
+    """Drop near-duplicates found with MinHash + LSH (datasketch)."""
+    threshold: float = Field(0.85, gt=0, le=1)
+    """Estimated Jaccard similarity of word shingles at or above which two documents are near-duplicates."""
+    num_perm: int = Field(128, ge=16, le=1024)
+    """MinHash permutations: more is more precise and slower."""
+    shingle_words: int = Field(5, ge=1, le=32)
+    """Words per shingle."""
+
+
+class BuildConfig(Section):
+    sources: list[str] = Field(default_factory=lambda: [".state/sample-corpus"])
+    """Files, directories, globs or s3:// prefixes holding the raw text."""
+    txt_mode: Literal["file", "paragraph"] = "file"
+    """.txt files: one document per file, or one per blank-line separated paragraph."""
+    jsonl_field: str = "text"
+    """Field of a .jsonl record that holds the text."""
+    parquet_column: str = "text"
+    """Column of a .parquet file that holds the text."""
+    invalid_utf8: Literal["replace", "drop"] = "replace"
+    """Invalid UTF-8: replace the bad bytes with U+FFFD (counted), or drop the file/record (counted)."""
+    bad_records: Literal["skip", "fail"] = "skip"
+    """A JSONL line that is not JSON or lacks the field: skip and count it, or fail the stage."""
+    min_chars: int = Field(32, ge=0)
+    """Documents shorter than this after cleaning are dropped."""
+    max_chars: int = Field(200_000, ge=1)
+    """Documents longer than this after cleaning are dropped."""
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    shard_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Size cap of one output .jsonl shard."""
+
+    @model_validator(mode="after")
+    def _lengths_ordered(self) -> "BuildConfig":
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars})")
+        return self
+
+
+# ---------------------------------------------------------------- stage 2: tokenize
+class TokenizeConfig(Section):
+    tokenizer: str | None = None
+    """An existing tokenizer directory (local or s3://) to load instead of training one."""
+    vocab_size: int = Field(8192, ge=260, le=1_000_000)
+    """Vocabulary size of the trained byte-level BPE (256 bytes + merges + special tokens)."""
+    min_frequency: int = Field(2, ge=1)
+    """A pair must occur this often to become a merge."""
+    eos_token: str = "<|endoftext|>"
+    """Separates documents in the packed shards; also BOS."""
+    pad_token: str = "<|pad|>"
+    """Padding token (inside the vocabulary, so generation never indexes past it)."""
+    extra_special_tokens: list[str] = Field(default_factory=list)
+    """More special tokens to reserve."""
+    batch_size: int = Field(1024, ge=1)
+    """Documents per encode_batch call (the Rust encoder parallelises within a batch)."""
+
+
+# ---------------------------------------------------------------- stage 3: model + train
+class ModelConfig(Section):
+    preset: Literal["tiny", "small", "gpt2-124m", "custom"] = "tiny"
+    """Named size; 'custom' uses the fields below as given. A preset fills fields left unset."""
+    pretrained: str | None = None
+    """A Hugging Face model directory (local or s3://) to fine-tune instead of building from config."""
+    n_layer: int | None = Field(None, ge=1)
+    """Transformer blocks."""
+    n_head: int | None = Field(None, ge=1)
+    """Attention heads."""
+    n_kv_head: int | None = Field(None, ge=1)
+    """Key/value heads (grouped-query attention when below n_head)."""
+    d_model: int | None = Field(None, ge=8)
+    """Hidden size."""
+    d_ff: int | None = Field(None, ge=8)
+    """MLP intermediate size."""
+    max_seq_len: int | None = Field(None, ge=8)
+    """Maximum positions (rope)."""
+    rope_theta: float = Field(10000.0, gt=0)
+    """RoPE base."""
+    tie_embeddings: bool = True
+    """Share the input embedding and the LM head."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Attention dropout."""
+
+
+class TrainConfig(Section):
+    seed: int = 1337
+    """Seeds model init and batch sampling."""
+    max_steps: int = Field(200, ge=1)
+    """Optimizer steps."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Sequences per worker per micro-step."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-steps per optimizer step."""
+    block_size: int = Field(128, ge=8)
+    """Tokens per training sequence."""
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate."""
+    min_lr: float = Field(1e-4, ge=0)
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = Field(20, ge=0)
+    """Linear warm-up steps."""
+    weight_decay: float = Field(0.1, ge=0)
+    """AdamW weight decay (matrices only)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this (0 = off)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Autocast dtype: auto = bf16 on CUDA, fp32 on CPU."""
+    compile: bool = False
+    """torch.compile the model."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the single-process loop runs; Ray workers follow use_gpu."""
+    log_every: int = Field(10, ge=1)
+    """Steps between log lines."""
+    eval_every: int = Field(50, ge=1)
+    """Steps between validation-loss estimates."""
+    eval_batches: int = Field(10, ge=1)
+    """Batches per validation-loss estimate."""
+    num_workers: int = Field(1, ge=1)
+    """Ray Train workers (DDP ranks)."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    """Extra Ray resources per worker, e.g. {CPU: 4}."""
+    checkpoint_every: int = Field(100, ge=1)
+    """Steps between checkpoints."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept (the latest K)."""
+    resume: Literal["auto", "never"] = "auto"
+    """auto: continue from the latest complete checkpoint of the same run."""
+    max_failures: int = Field(2, ge=0)
+    """Ray Train restarts of failed workers before the run fails."""
+    storage_path: str | None = None
+    """Ray checkpoint storage (local dir or s3://); default: <workdir>/ray."""
+    mlflow_tracking_uri: str | None = None
+    """Log params/metrics to this MLflow server; default: $MLFLOW_TRACKING_URI, else no tracking."""
+    experiment: str = "lmops"
+    """MLflow experiment name."""
+
+
+class EvaluateConfig(Section):
+    block_size: int = Field(128, ge=8)
+    """Tokens per perplexity block."""
+    stride: int | None = Field(None, ge=1)
+    """Start-to-start distance of blocks; default = block_size (no overlap)."""
+    max_blocks: int | None = Field(None, ge=1)
+    """Cap on blocks scored (None = the whole test split)."""
+    batch_size: int = Field(8, ge=1)
+    """Blocks per forward pass."""
+    latency_prompt_tokens: int = Field(32, ge=1)
+    """Prompt length for the generation-latency probe."""
+    latency_new_tokens: int = Field(32, ge=1)
+    """New tokens generated by the latency probe."""
+    latency_repeats: int = Field(3, ge=1)
+    """Latency probe repetitions (median reported)."""
+
+
+# ---------------------------------------------------------------- the whole file
+class Config(Section):
+    name: str = DEFAULT_PRESET
+    """Name of this configuration (a preset name, or your own)."""
+    workdir: str = "runs"
+    """Where `lmops run` puts stage outputs when no --out is given."""
+    cache_dir: str | None = ".state/cache"
+    """Content-addressed store of finished stage outputs (None = no cross-run cache)."""
+    build: BuildConfig = Field(default_factory=BuildConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+# ---------------------------------------------------------------- loading
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def resolve_preset(name_or_path: str | Path | None) -> Path:
+    """A preset name (``tiny``) or a path to a YAML file."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_PRESET
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        return path
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset {str(name_or_path)!r}; presets: {', '.join(known)}")
+    return preset
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a preset or YAML file, apply ``key.path=value`` overrides, validate."""
+    path = resolve_preset(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return config_from_dict(raw, source=str(path))
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """``train.lr=3e-4`` -> raw["train"]["lr"] = 3e-4 (the value is parsed as YAML)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. train.lr=3e-4")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def config_from_dict(raw: dict, source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+_EXPECTED = {
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "int_parsing": "expected an integer",
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "tuple_type": "expected a list",
+}
+
+
+def format_validation_error(e: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration ({e.error_count()} problem(s)):"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
+        kind = err["type"]
+        got = json.dumps(err.get("input"), default=str)
+        if kind == "extra_forbidden":
+            msg = f"unknown key {loc.rsplit('.', 1)[-1]!r}{_allowed_keys_hint(err['loc'])}"
+        elif kind in _EXPECTED:
+            msg = f"{_EXPECTED[kind]}, got {got}"
+        elif kind == "literal_error":
+            msg = f"expected one of {err['ctx']['expected']}, got {got}"
+        else:
+            msg = f"{err['msg']}, got {got}" if "input" in err else err["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_keys_hint(loc: tuple) -> str:
+    """For an unknown key, list the keys its section does allow."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    return f" (allowed: {', '.join(model.model_fields)})"

@@ -1,0 +1,1 @@
+"""Data stages: build (raw sources -> dataset/) and tokenize (dataset/ -> tokens/)."""

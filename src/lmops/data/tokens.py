@@ -1,0 +1,55 @@
+"""Reading a tokens/ directory (the tokenize stage's output) — the contract between tokenize and train.
+
+Layout: ``tokenizer/`` (loads with ``transformers.AutoTokenizer.from_pretrained``), one packed file
+per split (``train.bin``, ``val.bin``, ``test.bin``, optionally ``calibration.bin``): the token ids of
+every document of the split, each document followed by EOS, as little-endian ``uint16`` when the
+vocabulary fits, else ``uint32``. ``manifest.json`` ``counts``: ``vocab_size``, ``dtype``, ``eos_id``,
+``pad_id``, ``tokens`` and ``documents`` per split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lmops.manifest import Manifest, ManifestError, read_manifest, verify
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    root: Path
+    manifest: Manifest
+    vocab_size: int
+    dtype: str
+    eos_id: int
+    pad_id: int
+    tokens: dict[str, int]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+
+def open_tokens(root: str | Path, splits: tuple[str, ...] = ("train", "val", "test")) -> TokenInfo:
+    """Verify the tokenizer and the named splits against the manifest; clear error if anything is off."""
+    root = Path(root)
+    m = read_manifest(root, stage="tokenize")
+    c = m.counts
+    missing = [s for s in splits if f"{s}.bin" not in m.files]
+    if missing:
+        raise ManifestError(f"{root}: token shards missing for split(s) {missing} (have {sorted(c.get('tokens', {}))})")
+    verify(root, "tokenize", only=[f"{s}.bin" for s in splits] + [f for f in m.files if f.startswith("tokenizer/")])
+    return TokenInfo(root, m, int(c["vocab_size"]), c["dtype"], int(c["eos_id"]), int(c["pad_id"]), dict(c["tokens"]))
+
+
+def load_split(info: TokenInfo, split: str) -> np.memmap:
+    """The packed ids of one split, memory-mapped read-only."""
+    path = info.root / f"{split}.bin"
+    if not path.is_file():
+        raise ManifestError(f"{path}: no token shard for split {split!r}")
+    data = np.memmap(path, dtype=np.dtype(info.dtype).newbyteorder("<"), mode="r")
+    if len(data) != info.tokens.get(split):
+        raise ManifestError(f"{path}: {len(data)} tokens, manifest says {info.tokens.get(split)}")
+    return data
