@@ -7,6 +7,8 @@ so a typo never silently falls back to a default. Presets live in ``configs/``.
 
 from __future__ import annotations
 
+from lmops.errors import LmopsError
+
 import hashlib
 import json
 from pathlib import Path
@@ -20,7 +22,7 @@ PRESETS_DIR = REPO_ROOT / "configs"
 DEFAULT_PRESET = "tiny"
 
 
-class ConfigError(ValueError):
+class ConfigError(LmopsError, ValueError):
     """A configuration that cannot be used; the message names the file and YAML path."""
 
 

@@ -13,6 +13,8 @@ a new output path (a new kfp run, another --out) with the same key is served fro
 
 from __future__ import annotations
 
+from lmops.errors import LmopsError
+
 import hashlib
 import json
 import os
@@ -31,7 +33,7 @@ MANIFEST = "manifest.json"
 CHUNK = 1 << 20
 
 
-class ManifestError(RuntimeError):
+class ManifestError(LmopsError, RuntimeError):
     """A stage output is missing, incomplete, or its files do not match their recorded digests."""
 
 

@@ -8,6 +8,8 @@ touching other AWS clients in the same process.
 
 from __future__ import annotations
 
+from lmops.errors import LmopsError
+
 import fnmatch
 import functools
 import glob as globlib
@@ -18,7 +20,7 @@ from pathlib import Path
 ENDPOINT_ENV = "LMOPS_S3_ENDPOINT_URL"
 
 
-class StorageError(RuntimeError):
+class StorageError(LmopsError, RuntimeError):
     """A path or object that cannot be listed, read or written; the message names it."""
 
 
