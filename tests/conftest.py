@@ -66,3 +66,42 @@ def s3(moto_endpoint, monkeypatch):
     bucket = f"lmops-{uuid.uuid4().hex[:10]}"
     client.create_bucket(Bucket=bucket)
     yield client, bucket
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(tmp_path_factory) -> Path:
+    """A real tokens/ directory (512-token BPE, ~150k train tokens) built once per session."""
+    from tiny_tokens import make_tokens_dir
+
+    return make_tokens_dir(tmp_path_factory.mktemp("tiny") / "tokens")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_tokens, tmp_path_factory) -> Path:
+    """A tiny-preset model trained briefly on tiny_tokens, saved as a HF model directory."""
+    import torch
+
+    from lmops.config import config_from_dict
+    from lmops.train.loop import train_single
+
+    torch.set_num_threads(1)
+    cfg = config_from_dict({"train": {"max_steps": 40, "micro_batch_size": 8, "block_size": 64, "lr": 3e-3,
+                                      "warmup_steps": 5, "eval_every": 40, "eval_batches": 2}})
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    train_single(cfg, tiny_tokens, out, log=None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """One local Ray for the whole test session (start-up costs seconds; workers are reused)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray workers and kfp's local runner call the first python3 on PATH: make it this interpreter's.
+    os.environ["PATH"] = f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"
+    import ray
+
+    from lmops.train.ray_train import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -76,13 +76,14 @@ def _s3_call(uri: str, what: str, fn, *args, **kwargs):
 
 
 # ---------------------------------------------------------------- listing
-def list_files(source: str) -> list[Entry]:
+def list_files(source: str, *, missing_ok: bool = False) -> list[Entry]:
     """Every file a source names: a file, a directory (recursive), a glob, or an s3:// prefix/glob.
 
-    Raises StorageError when the source matches nothing, so a typo is never an empty dataset.
+    Raises StorageError when the source matches nothing (so a typo is never an empty dataset),
+    unless ``missing_ok``; an unreachable or refusing store is an error either way.
     """
     entries = _list_s3(source) if is_s3(source) else _list_local(source)
-    if not entries:
+    if not entries and not missing_ok:
         raise StorageError(f"{source}: no such file or directory (or nothing matches)")
     return entries
 

@@ -49,7 +49,9 @@ def load_split(info: TokenInfo, split: str) -> np.memmap:
     path = info.root / f"{split}.bin"
     if not path.is_file():
         raise ManifestError(f"{path}: no token shard for split {split!r}")
-    data = np.memmap(path, dtype=np.dtype(info.dtype).newbyteorder("<"), mode="r")
+    dtype = np.dtype(info.dtype).newbyteorder("<")
+    # an empty split (a tiny dataset) is a valid 0-byte file, and mmap refuses empty files
+    data = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype=dtype)
     if len(data) != info.tokens.get(split):
         raise ManifestError(f"{path}: {len(data)} tokens, manifest says {info.tokens.get(split)}")
     return data

@@ -1,0 +1,259 @@
+"""Raw sources -> documents, with every skipped file and dropped record counted in a Tally.
+
+Sources are local files, directories (recursive), globs and ``s3://`` prefixes, listed through
+``lmops.storage`` (a source that matches nothing is a fatal StorageError). The format follows the
+extension: ``.txt`` (a document per file or per blank-line separated paragraph), ``.jsonl`` (one JSON
+object a line, text in ``jsonl_field``; blank lines are not records) and ``.parquet`` (text in
+``parquet_column``). Files with any other extension are skipped and counted as ``unknown_format``
+rather than guessed at: a stray ``.csv`` or ``.json`` read as prose would pollute the corpus quietly.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from lmops.config import BuildConfig, sha256_json
+from lmops.data.accounting import Tally
+from lmops.manifest import sha256_file
+from lmops.storage import Entry, StorageError, is_s3, list_files, read_bytes
+
+FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
+BINARY_SNIFF_BYTES = 8192
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+class BuildError(RuntimeError):
+    """The build cannot produce a dataset; the message names the file[:line] and the config key."""
+
+
+class BadRecordError(BuildError):
+    """A JSONL line or parquet row that is unusable while ``build.bad_records`` is ``fail``."""
+
+
+class SkipFile(Exception):
+    """Raised by a reader before it records anything: the whole file is skipped for ``reason``."""
+
+    def __init__(self, reason: str, detail: str | None = None):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class RawDoc:
+    text: str
+    source: str  # "<uri>" or "<uri>:<line>" (line of a JSONL record, row of parquet, first line of a paragraph)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    entry: Entry
+    content_id: str  # "sha256:<hex>" for local files, "etag:<etag>" for S3 objects
+
+    @property
+    def uri(self) -> str:
+        return self.entry.uri
+
+
+# ---------------------------------------------------------------- listing and content identity
+def format_of(uri: str) -> str | None:
+    return FORMATS.get(PurePosixPath(uri).suffix.lower())
+
+
+def list_sources(sources: list[str]) -> list[SourceFile]:
+    """Every file the sources name, once each (sorted by URI), with a content id for the cache key."""
+    if not sources:
+        raise BuildError("build.sources is empty: name at least one file, directory, glob or s3:// prefix")
+    entries: dict[str, Entry] = {}
+    for source in sources:
+        for entry in list_files(source):
+            entries.setdefault(entry.uri, entry)
+    return [SourceFile(e, _content_id(e)) for e in sorted(entries.values(), key=lambda e: e.uri)]
+
+
+def _content_id(entry: Entry) -> str:
+    if format_of(entry.uri) is None:
+        return "unknown-format"  # skipped unread: its bytes cannot change the output
+    if is_s3(entry.uri):
+        return f"etag:{entry.etag}"
+    try:
+        return f"sha256:{sha256_file(entry.uri)}"
+    except OSError:
+        # counted as unreadable later; becoming readable changes the id (size alone is stable)
+        return f"unreadable:{entry.size}"
+
+
+def sources_digest(files: list[SourceFile]) -> str:
+    """Digest of the sources' content and formats only: renaming a file keeps it, editing a byte changes it."""
+    return sha256_json(sorted([format_of(f.uri) or "", f.content_id] for f in files))
+
+
+# ---------------------------------------------------------------- reading
+def iter_documents(files: list[SourceFile], cfg: BuildConfig, tally: Tally) -> Iterator[RawDoc]:
+    """The documents of every readable file; skipped files and dropped records go to the tally."""
+    for f in files:
+        tally.files_seen += 1
+        fmt = format_of(f.uri)
+        if fmt is None:
+            tally.skip_file(f.uri, "unknown_format", f"extension {PurePosixPath(f.uri).suffix!r} is not one of "
+                            f"{', '.join(FORMATS)}")
+            continue
+        try:
+            data = read_bytes(f.uri)
+        except (StorageError, OSError) as e:
+            tally.skip_file(f.uri, "unreadable", str(e))
+            continue
+        if f.content_id.startswith("sha256:") and hashlib.sha256(data).hexdigest() != f.content_id[7:]:
+            raise BuildError(f"{f.uri}: changed while the build was running; run it again")
+        try:
+            docs = _check_and_read(f.uri, fmt, data, cfg, tally)
+        except SkipFile as s:
+            tally.skip_file(f.uri, s.reason, s.detail)
+            continue
+        tally.files_read += 1
+        tally.input_bytes += len(data)
+        yield from docs
+
+
+def _check_and_read(uri: str, fmt: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[RawDoc]:
+    if not data.strip():
+        raise SkipFile("empty", f"{len(data)} bytes, no text")
+    if fmt == "parquet":
+        return read_parquet(uri, data, cfg, tally)
+    if b"\0" in data[:BINARY_SNIFF_BYTES]:
+        raise SkipFile("binary", f"NUL byte in the first {BINARY_SNIFF_BYTES} bytes")
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    return read_txt(uri, data, cfg, tally) if fmt == "txt" else read_jsonl(uri, data, cfg, tally)
+
+
+def decode_utf8(data: bytes) -> tuple[str, int]:
+    """Decode, replacing invalid sequences with U+FFFD; returns (text, number of sequences replaced)."""
+    try:
+        return data.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        replaced = data.decode("utf-8", "replace")
+        # U+FFFD that were in the input all along survive "ignore"; only the new ones are replacements
+        return replaced, replaced.count("\ufffd") - data.decode("utf-8", "ignore").count("\ufffd")
+
+
+def read_txt(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[RawDoc]:
+    text, bad = decode_utf8(data)
+    if bad and cfg.invalid_utf8 == "drop":
+        raise SkipFile("invalid_utf8", f"{bad} invalid UTF-8 sequence(s) (build.invalid_utf8=drop)")
+    if bad:
+        tally.replaced_utf8(uri, bad)
+    if cfg.txt_mode == "file":
+        docs = [RawDoc(text, uri)]
+    else:
+        docs = [RawDoc(par, f"{uri}:{line}") for line, par in paragraphs(text)]
+    tally.docs_read += len(docs)
+    return docs
+
+
+def paragraphs(text: str) -> Iterator[tuple[int, str]]:
+    """Blank-line separated paragraphs with the 1-based line each starts on."""
+    start, lines = 0, []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            start = start or lineno
+            lines.append(line)
+        elif lines:
+            yield start, "\n".join(lines)
+            start, lines = 0, []
+    if lines:
+        yield start, "\n".join(lines)
+
+
+def read_jsonl(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[RawDoc]:
+    docs = []
+    field = cfg.jsonl_field
+    # split bytes, not text: "\n" never occurs inside a multi-byte UTF-8 sequence, and a bad byte
+    # then costs one record (invalid_utf8: drop), not the whole file
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        tally.docs_read += 1
+        line, bad = decode_utf8(raw)
+        if bad and cfg.invalid_utf8 == "drop":
+            tally.drop_record(uri, "invalid_utf8", lineno, f"{bad} invalid UTF-8 sequence(s) (build.invalid_utf8=drop)")
+            continue
+        if bad:
+            tally.replaced_utf8(uri, bad, lineno)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            _bad_record(uri, lineno, "not_json", f"not JSON: {e}", cfg, tally)
+            continue
+        if not isinstance(record, dict) or field not in record:
+            what = "an object" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
+            _bad_record(uri, lineno, "missing_field", f"{what} without field {field!r} (build.jsonl_field)", cfg, tally)
+            continue
+        value = record[field]
+        if not isinstance(value, str):
+            _bad_record(uri, lineno, "not_string",
+                        f"field {field!r} is {type(value).__name__}, expected a string", cfg, tally)
+            continue
+        text = _without_surrogates(value, uri, lineno, cfg, tally)
+        if text is not None:
+            docs.append(RawDoc(text, f"{uri}:{lineno}"))
+    return docs
+
+
+def _without_surrogates(value: str, uri: str, lineno: int, cfg: BuildConfig, tally: Tally) -> str | None:
+    """JSON "\\ud800" escapes decode to lone surrogates, which are invalid UTF-8 once written out."""
+    n = len(_SURROGATES.findall(value))
+    if not n:
+        return value
+    if cfg.invalid_utf8 == "drop":
+        tally.drop_record(uri, "invalid_utf8", lineno, f"{n} lone surrogate escape(s) (build.invalid_utf8=drop)")
+        return None
+    tally.replaced_utf8(uri, n, lineno)
+    return _SURROGATES.sub("\ufffd", value)
+
+
+def _bad_record(uri: str, lineno: int, reason: str, message: str, cfg: BuildConfig, tally: Tally) -> None:
+    if cfg.bad_records == "fail":
+        raise BadRecordError(f"{uri}:{lineno}: {message} (build.bad_records=fail; set it to skip to count and go on)")
+    tally.drop_record(uri, reason, lineno, message)
+
+
+def read_parquet(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[RawDoc]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    column = cfg.parquet_column
+    try:
+        pf = pq.ParquetFile(io.BytesIO(data))
+        names = pf.schema_arrow.names
+        if column not in names:
+            if cfg.bad_records == "fail":
+                raise BadRecordError(f"{uri}: no column {column!r} (build.parquet_column); columns: {names}")
+            raise SkipFile("missing_column", f"no column {column!r} (build.parquet_column); columns: {names}")
+        col = pf.read(columns=[column]).column(column)
+    except (pa.ArrowException, OSError) as e:
+        raise SkipFile("invalid_parquet", str(e)) from None
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+            or pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+        raise SkipFile("not_string_column", f"column {column!r} has type {col.type}, expected string")
+    docs = []
+    for row, value in enumerate(col.to_pylist(), 1):
+        tally.docs_read += 1
+        if value is None:
+            _bad_record(uri, row, "missing_field", f"column {column!r} is null", cfg, tally)
+            continue
+        if isinstance(value, bytes):
+            value, bad = decode_utf8(value)
+            if bad and cfg.invalid_utf8 == "drop":
+                tally.drop_record(uri, "invalid_utf8", row, f"{bad} invalid UTF-8 sequence(s) (build.invalid_utf8=drop)")
+                continue
+            if bad:
+                tally.replaced_utf8(uri, bad, row)
+        docs.append(RawDoc(value, f"{uri}:{row}"))
+    return docs

@@ -1,0 +1,170 @@
+"""Stage 2, ``tokenize``: dataset/ -> tokens/ (tokenizer/ + one packed .bin per split).
+
+The tokenizer is trained on the train split only (val/test stay unseen), or loaded from an existing
+directory, local or s3://. Every split is then encoded in batches — the Rust encoder parallelises
+within a batch — and each batch is appended to ``<split>.bin`` as a numpy array, so no more than one
+batch of ids is ever held in Python lists. The layout is the contract in ``lmops.data.tokens``.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmops import storage
+from lmops.config import TokenizeConfig
+from lmops.data import dataset as dataset_mod
+from lmops.data import tokenizer as tokenizer_mod
+from lmops.data.dataset import iter_texts, open_dataset
+from lmops.data.tokenizer import TokenizerError, batched, load_existing, open_encoder, save_trained, train_bpe
+from lmops.manifest import (
+    Manifest,
+    ManifestError,
+    StageResult,
+    code_digest,
+    content_digest,
+    file_table,
+    read_manifest,
+    run_stage,
+)
+
+STAGE = "tokenize"
+TOKENIZER_DIR = "tokenizer"
+ALWAYS_SPLITS = ("train", "val", "test")
+UINT16_MAX_VOCAB = 65535  # the contract in lmops.data.tokens: uint16 when vocab_size <= 65535
+
+__all__ = ["tokenize_dataset", "encode_split", "splits_of", "token_dtype", "key_config", "TokenizerError"]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def token_dtype(vocab_size: int) -> str:
+    """Little-endian dtype name for packed ids: the smallest that holds every id."""
+    return "uint16" if vocab_size <= UINT16_MAX_VOCAB else "uint32"
+
+
+def tokenize_dataset(
+    cfg: TokenizeConfig,
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> StageResult:
+    """Tokenize a build-stage output directory into ``out_dir`` (skipped when cached)."""
+    dataset_dir = Path(dataset_dir)
+    # The key needs only the dataset's manifest; the shards are verified in produce(), when read.
+    dataset = read_manifest(dataset_dir, stage="build")
+    inputs: dict[str, dict[str, Any]] = {"dataset": {"digest": dataset.digest, "path": str(dataset_dir)}}
+    with tempfile.TemporaryDirectory(prefix="lmops-tokenizer-") as tmp:
+        source: Path | None = None
+        if cfg.tokenizer:
+            source = storage.download_dir(cfg.tokenizer, Path(tmp) / "src")
+            # content, not path: a tokenizer copied elsewhere gives the same key
+            inputs["tokenizer"] = {"digest": content_digest(file_table(source)), "path": cfg.tokenizer}
+
+        def produce(out: Path) -> dict[str, Any]:
+            return _produce(cfg, dataset_dir, source, out, log)
+
+        return run_stage(STAGE, out_dir, code=_code(), config=key_config(cfg), inputs=inputs,
+                         produce=produce, cache_dir=cache_dir, log=log)
+
+
+def key_config(cfg: TokenizeConfig) -> dict[str, Any]:
+    """The config section as it enters the cache key and the manifest.
+
+    Left out: ``tokenizer`` (a path; its content digest is an input instead) and ``batch_size``
+    (it changes speed, never the output bytes).
+    """
+    return cfg.model_dump(mode="json", exclude={"tokenizer", "batch_size"})
+
+
+def _code() -> str:
+    return code_digest(__file__, tokenizer_mod.__file__, dataset_mod.__file__)
+
+
+def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: Path,
+             log: Callable[[str], None]) -> dict[str, Any]:
+    started = time.perf_counter()
+    dataset = open_dataset(dataset_dir)  # sha256 of every shard: a corrupted one fails here, named
+    tok_dir = out / TOKENIZER_DIR
+    if source is None:
+        log(f"[{STAGE}] training byte-level BPE (vocab {cfg.vocab_size}) on {dataset_dir} train split")
+        texts = iter_texts(dataset_dir, "train", dataset)
+        save_trained(train_bpe(batched(texts, cfg.batch_size), cfg), cfg, tok_dir)
+    else:
+        log(f"[{STAGE}] loading tokenizer {cfg.tokenizer}")
+        load_existing(source, cfg, tok_dir)
+    tokenizer_seconds = time.perf_counter() - started
+
+    encoder = open_encoder(tok_dir)
+    vocab = encoder.get_vocab(with_added_tokens=True)
+    vocab_size = max(vocab.values()) + 1  # ids may have gaps in loaded tokenizers; the table needs max+1
+    eos_id, pad_id = vocab[cfg.eos_token], vocab[cfg.pad_token]
+    dtype = token_dtype(vocab_size)
+
+    tokens: dict[str, int] = {}
+    documents: dict[str, int] = {}
+    encode_started = time.perf_counter()
+    for split in splits_of(dataset):
+        texts = iter_texts(dataset_dir, split, dataset)
+        documents[split], tokens[split] = encode_split(encoder, texts, out / f"{split}.bin", dtype, eos_id,
+                                                       cfg.batch_size)
+        log(f"[{STAGE}] {split}: {documents[split]} documents, {tokens[split]} tokens")
+    encode_seconds = time.perf_counter() - encode_started
+    if documents["train"] == 0:
+        raise ManifestError(f"{dataset_dir}: the train split has no documents — nothing to train on")
+
+    total = sum(tokens.values())
+    return {
+        "counts": {
+            "vocab_size": vocab_size, "dtype": dtype, "eos_id": eos_id, "pad_id": pad_id,
+            "tokens": tokens, "documents": documents,
+            "tokenizer": "trained" if source is None else "loaded",
+        },
+        "metrics": {
+            "seconds": round(time.perf_counter() - started, 3),
+            "tokenizer_seconds": round(tokenizer_seconds, 3),
+            "encode_seconds": round(encode_seconds, 3),
+            "tokens_per_s": round(total / encode_seconds, 1) if encode_seconds > 0 else None,
+            "batch_size": cfg.batch_size,
+        },
+    }
+
+
+def splits_of(dataset: Manifest) -> list[str]:
+    """train/val/test always (an empty split gives an empty file); calibration when the dataset has it."""
+    present = dataset.counts.get("splits", {})
+    return [*ALWAYS_SPLITS, *(["calibration"] if "calibration" in present else [])]
+
+
+def encode_split(encoder, texts: Iterable[str], path: Path, dtype: str, eos_id: int,
+                 batch_size: int) -> tuple[int, int]:
+    """Encode texts batch by batch into ``path``: each document's ids then EOS. Returns (documents, tokens).
+
+    ``encode_batch_fast`` gives the same ids as ``encode_batch`` without computing character offsets,
+    which packing never needs (tests check the ids are equal).
+    """
+    encode = getattr(encoder, "encode_batch_fast", encoder.encode_batch)
+    np_dtype = np.dtype(dtype).newbyteorder("<")
+    n_docs = n_tokens = 0
+    with open(path, "wb") as f:
+        for batch in batched(texts, batch_size):
+            flat: list[int] = []
+            for enc in encode(batch, add_special_tokens=False):
+                flat.extend(enc.ids)
+                flat.append(eos_id)
+            ids = np.array(flat, dtype=np_dtype)  # out-of-range ids raise, never wrap around
+            f.write(ids.tobytes())
+            n_docs += len(batch)
+            n_tokens += len(ids)
+    return n_docs, n_tokens
+

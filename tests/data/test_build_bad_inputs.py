@@ -1,0 +1,176 @@
+"""Stage 1 `build` on bad input: every case is either a clear error naming the file[:line] and the
+config key, or a skip/drop that is counted in the manifest and listed in its report."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from build_inputs import all_texts, assert_accounted, build, cfg, prose
+
+from lmops.data.sources import BadRecordError, BuildError
+from lmops.storage import StorageError
+
+
+def test_missing_s3_prefix_is_a_clear_error(s3, tmp_path):
+    _, bucket = s3
+    with pytest.raises(StorageError, match=f"s3://{bucket}/nothing/"):
+        build(cfg(f"s3://{bucket}/nothing/"), tmp_path / "out")
+
+
+# ---------------------------------------------------------------- bad inputs
+def test_missing_path_names_it(tmp_path):
+    (tmp_path / "ok.txt").write_text(prose(1))
+    with pytest.raises(StorageError, match="no-such-dir"):
+        build(cfg(tmp_path / "ok.txt", tmp_path / "no-such-dir"), tmp_path / "out")
+    with pytest.raises(StorageError, match=r"\*\.nothing"):
+        build(cfg(tmp_path / "*.nothing"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _without_dac_override() -> None:
+    """Runs in the child before exec: root without CAP_DAC_OVERRIDE/READ_SEARCH obeys file modes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def _has_cap_setpcap() -> bool:
+    """CAP_SETPCAP (bit 8) in the effective set: needed to drop capabilities from the bounding set."""
+    status = Path("/proc/self/status").read_text()
+    eff = next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:"))
+    return bool(int(eff, 16) >> 8 & 1)
+
+
+BUILD_SCRIPT = """
+import json, sys
+from lmops.config import BuildConfig
+from lmops.data.build import build_dataset
+res = build_dataset(BuildConfig(sources=[sys.argv[1]], min_chars=10), sys.argv[2], log=lambda s: None)
+print(json.dumps(res.manifest.counts))
+"""
+
+
+def test_unreadable_file_is_skipped_and_reported(tmp_path):
+    """chmod 000 does not stop root, so as root the build runs in a child process that has given up
+    the capabilities that bypass file permissions: a real permission error either way."""
+    as_root = os.geteuid() == 0
+    if as_root and not _has_cap_setpcap():
+        pytest.skip("running as root without CAP_SETPCAP: cannot shed the capability that bypasses chmod 000")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.txt").write_text(prose(1))
+    locked = src / "locked.txt"
+    locked.write_text(prose(2))
+    locked.chmod(0)
+    try:
+        proc = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(src), str(tmp_path / "out")],
+                              capture_output=True, text=True, timeout=120,
+                              preexec_fn=_without_dac_override if as_root else None)
+    finally:
+        locked.chmod(0o644)
+    assert proc.returncode == 0, proc.stderr
+    counts = json.loads(proc.stdout)
+    assert counts["files"]["skipped"] == {"unreadable": 1}
+    [problem] = counts["report"]
+    assert problem["file"] == str(locked) and problem["reason"] == "unreadable"
+    assert "permission denied" in problem["detail"].lower()
+    assert counts["documents"]["kept"] == 1
+
+
+BAD_UTF8 = b"caf\xe9 au lait, " + prose(1).encode() + b" \xff\xfe end"
+
+
+def test_invalid_utf8_replace_counts_per_file(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bad.txt").write_bytes(BAD_UTF8)
+    (src / "bad.jsonl").write_bytes(b'{"text": "' + prose(2).encode() + b' \xc3("}\n'
+                                    + json.dumps({"text": prose(3) + " \ud800 lone"}).encode() + b"\n")
+    (src / "good.txt").write_text("already has \ufffd literally, " + prose(4))
+    c = build(cfg(src), tmp_path / "out").manifest.counts
+    assert c["documents"]["kept"] == 4 and c["documents"]["dropped"] == {}
+    assert c["files"]["invalid_utf8_replaced"] == {"files": 2, "sequences": 5}  # \xff and \xfe are two
+    per_file = c["problems_per_file"]
+    assert per_file[str(src / "bad.txt")] == {"invalid_utf8_replaced": 3}
+    assert per_file[str(src / "bad.jsonl")] == {"invalid_utf8_replaced": 2}
+    assert str(src / "good.txt") not in per_file  # a real U+FFFD in valid text is not a replacement
+    assert {"file": f"{src / 'bad.jsonl'}:1", "reason": "invalid_utf8_replaced"} in c["report"]
+    texts = all_texts(tmp_path / "out")
+    assert any(t.startswith("caf\ufffd au lait") and t.endswith("\ufffd\ufffd end") for t in texts)
+
+
+def test_invalid_utf8_drop_drops_file_or_record(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bad.txt").write_bytes(BAD_UTF8)
+    (src / "mixed.jsonl").write_bytes(json.dumps({"text": prose(2)}).encode() + b"\n"
+                                      + b'{"text": "' + prose(3).encode() + b' \xc3("}\n')
+    c = build(cfg(src, invalid_utf8="drop"), tmp_path / "out").manifest.counts
+    assert c["files"]["skipped"] == {"invalid_utf8": 1}
+    assert c["documents"]["dropped"] == {"invalid_utf8": 1} and c["documents"]["kept"] == 1
+    reports = {(p["file"], p["reason"]) for p in c["report"]}
+    assert reports == {(str(src / "bad.txt"), "invalid_utf8"), (f"{src / 'mixed.jsonl'}:2", "invalid_utf8")}
+    assert all_texts(tmp_path / "out") == {prose(2)}
+
+
+def test_empty_and_binary_files_are_skipped_and_counted(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "empty.txt").write_bytes(b"")
+    (src / "blank.jsonl").write_text("\n  \n")
+    (src / "image.txt").write_bytes(bytes(range(256)) * 4)
+    (src / "utf16.jsonl").write_text(json.dumps({"text": prose(9)}), encoding="utf-16")
+    (src / "ok.txt").write_text(prose(1))
+    c = build(cfg(src), tmp_path / "out").manifest.counts
+    assert c["files"]["skipped"] == {"binary": 2, "empty": 2}
+    assert {p["file"] for p in c["report"]} == {str(src / n) for n in ("empty.txt", "blank.jsonl", "image.txt",
+                                                                         "utf16.jsonl")}
+    assert_accounted(c)
+
+
+BAD_LINES = [json.dumps({"text": "placeholder"}), "{not json", json.dumps({"other": "x"}),
+             json.dumps(["a", "list"]), json.dumps({"text": 42}), ""]
+
+
+def _bad_jsonl(path: Path) -> Path:
+    lines = BAD_LINES.copy()
+    lines[0] = json.dumps({"text": prose(1)})
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_jsonl_lines_skip_mode_reports_file_and_line(tmp_path):
+    f = _bad_jsonl(tmp_path / "d.jsonl")
+    c = build(cfg(f), tmp_path / "out").manifest.counts
+    assert c["documents"] == {"read": 5, "kept": 1,
+                              "dropped": {"not_json": 1, "missing_field": 2, "not_string": 1}}
+    assert [(p["file"], p["reason"]) for p in c["report"]] == [
+        (f"{f}:2", "not_json"), (f"{f}:3", "missing_field"), (f"{f}:4", "missing_field"), (f"{f}:5", "not_string")]
+    assert "'text'" in c["report"][1]["detail"]
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ("{not json", "not JSON"), (json.dumps({"other": "x"}), "without field 'body'"),
+    (json.dumps({"body": None}), "expected a string"),
+])
+def test_bad_jsonl_line_fail_mode_names_file_and_line(tmp_path, bad_line, message):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"body": prose(1)}) + "\n\n" + bad_line + "\n")
+    with pytest.raises(BadRecordError, match=rf"{f}:3: .*{message}.*build.bad_records=fail"):
+        build(cfg(f, bad_records="fail", jsonl_field="body"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_nothing_kept_is_an_error(tmp_path):
+    (tmp_path / "a.txt").write_text("tiny")
+    (tmp_path / "b.bin.txt").write_bytes(b"\x00" * 10)
+    with pytest.raises(BuildError, match=r"nothing kept.*too_short.*build.min_chars"):
+        build(cfg(tmp_path), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

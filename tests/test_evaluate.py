@@ -1,0 +1,115 @@
+"""Evaluation: perplexity checked against the model's own loss, stride handling, eval.json, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lmops.config import EvaluateConfig, ModelConfig
+from lmops.data.tokens import load_split, open_tokens
+from lmops.evaluate import EvaluationError, evaluate_model, perplexity, windows
+from lmops.manifest import ManifestError
+from lmops.model import ModelConfigError, Vocab, build_model, count_params, save_model_dir
+
+torch.set_num_threads(1)
+QUICK = dict(latency_new_tokens=4, latency_repeats=1)
+
+
+@pytest.fixture(scope="module")
+def test_ids(tiny_tokens):
+    return load_split(open_tokens(tiny_tokens), "test")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+def test_perplexity_equals_exp_of_the_models_own_mean_loss(tiny_model_dir, tiny_tokens, test_ids, model):
+    block, n_blocks = 64, 30
+    # independently: the model's own labels= loss on consecutive non-overlapping blocks
+    with torch.no_grad():
+        losses = [model(input_ids=torch.tensor(test_ids[i * block:(i + 1) * block], dtype=torch.long)[None],
+                        labels=torch.tensor(test_ids[i * block:(i + 1) * block], dtype=torch.long)[None]).loss.item()
+                  for i in range(n_blocks)]
+    expected = math.exp(sum(losses) / n_blocks)
+    metrics = evaluate_model(tiny_model_dir, tiny_tokens, EvaluateConfig(block_size=block, max_blocks=n_blocks,
+                                                                         batch_size=7, **QUICK))
+    assert metrics["perplexity"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["predicted_tokens"] == n_blocks * (block - 1) and metrics["blocks"] == n_blocks
+    assert 1 < metrics["perplexity"] < 512  # trained a little: better than uniform over the vocabulary
+
+
+def test_strided_perplexity_matches_the_hf_sliding_window_recipe(test_ids, model):
+    ids = test_ids[:700]
+    block, stride = 64, 24
+    # Hugging Face's recipe, written out: mask targets an earlier window already scored with -100
+    nll_sum, count, prev_end = 0.0, 0, 0
+    with torch.no_grad():
+        for begin in range(0, len(ids), stride):
+            end = min(begin + block, len(ids))
+            x = torch.tensor(ids[begin:end], dtype=torch.long)[None]
+            labels = x.clone()
+            labels[:, : max(prev_end - begin, 0)] = -100
+            n = int((labels[:, 1:] != -100).sum())
+            nll_sum += model(input_ids=x, labels=labels).loss.item() * n
+            count += n
+            prev_end = end
+            if end == len(ids):
+                break
+    got = perplexity(model, ids, block, stride, batch_size=5, device=torch.device("cpu"))
+    assert got["predicted_tokens"] == count == len(ids) - 1  # every token after the first, exactly once
+    assert got["perplexity"] == pytest.approx(math.exp(nll_sum / count), rel=1e-5)
+    # non-overlapping blocks leave each block's first token unscored (no context inside its window)
+    plain = perplexity(model, ids, block, block, 5, torch.device("cpu"))
+    assert plain["predicted_tokens"] == len(ids) - math.ceil(len(ids) / block)
+
+
+def test_windows_score_each_target_once():
+    for n, block, stride in [(100, 16, 16), (100, 16, 5), (101, 16, 7), (10, 16, 4), (50, 8, 12)]:
+        scored = [p for _, end, start in windows(n, block, stride) for p in range(start, end)]
+        assert len(scored) == len(set(scored)) and min(scored) >= 1 and max(scored) == n - 1
+        assert all(end - begin <= block and start > begin for begin, end, start in windows(n, block, stride))
+        if stride < block:
+            assert sorted(scored) == list(range(1, n))
+    assert windows(1, 16, 16) == []
+
+
+def test_eval_json_and_metrics(tiny_model_dir, tiny_tokens, tmp_path):
+    cfg = EvaluateConfig(block_size=64, max_blocks=8, latency_prompt_tokens=8, latency_new_tokens=6, latency_repeats=3)
+    metrics = evaluate_model(tiny_model_dir, tiny_tokens, cfg, out=tmp_path / "eval")
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text()) == metrics
+    assert metrics["size_bytes"] == (tiny_model_dir / "model.safetensors").stat().st_size
+    assert metrics["params"] == count_params(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    assert metrics["eval_tokens_per_s"] > 0 and metrics["latency_ms_per_token"] > 0
+    assert (metrics["latency_prompt_tokens"], metrics["latency_new_tokens"]) == (8, 6)
+    assert metrics["tokens_digest"] == open_tokens(tiny_tokens).manifest.digest
+    # the same blocks in another batch size give the same perplexity
+    other = evaluate_model(tiny_model_dir, tiny_tokens, cfg.model_copy(update={"batch_size": 1, **QUICK}))
+    assert other["perplexity"] == pytest.approx(metrics["perplexity"], rel=1e-5)
+
+
+def test_bad_inputs_are_clear_errors(tiny_model_dir, tiny_tokens, tmp_path):
+    cfg = EvaluateConfig(block_size=64, max_blocks=2, **QUICK)
+    with pytest.raises(EvaluationError, match="no config.json"):
+        evaluate_model(tmp_path / "missing", tiny_tokens, cfg)
+    with pytest.raises(ManifestError, match="calibration"):
+        evaluate_model(tiny_model_dir, tiny_tokens, cfg, split="calibration")
+    with pytest.raises(ManifestError, match="not found"):
+        evaluate_model(tiny_model_dir, tmp_path / "no-tokens", cfg)
+    # a model built for another tokenizer
+    other = save_model_dir(build_model(ModelConfig(preset="tiny"), Vocab(300, 0, 1)), tmp_path / "other")
+    with pytest.raises(ModelConfigError, match="vocabulary size mismatch"):
+        evaluate_model(other, tiny_tokens, cfg)
+    # a token shard changed after the tokenize stage wrote it
+    corrupt = shutil.copytree(tiny_tokens, tmp_path / "tokens")
+    data = bytearray((corrupt / "test.bin").read_bytes())
+    data[10] ^= 0xFF
+    (corrupt / "test.bin").write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="sha256"):
+        evaluate_model(tiny_model_dir, corrupt, cfg)
