@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=7)
     ap.add_argument("--steps", type=int, default=10, help="training steps per timed run")
     ap.add_argument("--micro-batch-size", type=int, default=None)
+    ap.add_argument("--grad-clip", type=float, default=None,
+                    help="override train.grad_clip (0 = off, like the hand-written step; clipping costs ~3%% on tiny)")
     ap.add_argument("--gpu-run", metavar="TOKENS_DIR", help="instead: train the preset on CUDA (bf16 + compile) "
                     "with these token shards and report tokens/s and MFU")
     ap.add_argument("--max-steps", type=int, default=300, help="steps of the --gpu-run")
@@ -174,11 +176,12 @@ def main() -> None:
 
     torch.set_num_threads(1)
     cfg = load_config(args.preset)
-    train_cfg = cfg.train if args.micro_batch_size is None else \
-        cfg.train.model_copy(update={"micro_batch_size": args.micro_batch_size})
+    overrides = {"micro_batch_size": args.micro_batch_size, "grad_clip": args.grad_clip}
+    train_cfg = cfg.train.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     vocab = cfg.tokenize.vocab_size
     model, batch = setup(cfg.model, train_cfg, vocab)
     print(f"preset {args.preset}: {count_params(model):,} params, batch {tuple(batch[0].shape)}, vocab {vocab}, "
+          f"grad_clip {train_cfg.grad_clip}, "
           f"1 thread, {args.pairs} interleaved pairs x {args.steps} steps, process CPU time")
 
     a = bench_loop_vs_handwritten(model, batch, train_cfg, args.steps, args.pairs)

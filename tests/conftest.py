@@ -105,3 +105,18 @@ def ray_runtime():
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+# ---------------------------------------------------------------- MLflow (registry tests)
+from lmops.registry.local_server import start_mlflow_server, stop_process_group  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One real MLflow tracking + registry server for the whole session (start-up is 10-40 s); its URL."""
+    root = tmp_path_factory.mktemp("mlflow")
+    proc, url = start_mlflow_server(root, str(root / "artifacts"))
+    try:
+        yield url
+    finally:
+        stop_process_group(proc)

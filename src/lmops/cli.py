@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from lmops.config import Config, load_config
+from lmops.data.dataset import SPLITS
 from lmops.errors import LmopsError
 
 SAMPLE_CORPUS = Path(".state/sample-corpus")
@@ -52,6 +53,15 @@ def cmd_tokenize(args: argparse.Namespace) -> dict:
     return _summary("tokenize", res)
 
 
+def cmd_train(args: argparse.Namespace) -> dict:
+    from lmops.train.stage import train_stage
+
+    cfg = _config(args)
+    tokens = Path(args.tokens) if args.tokens else Path(cfg.workdir) / "tokens"
+    res = train_stage(cfg, tokens, _out(args, cfg, "checkpoint"), cache_dir=cfg.cache_dir)
+    return _summary("train", res)
+
+
 def cmd_run(args: argparse.Namespace) -> dict:
     """The stages that exist so far, in order, each cached by content."""
     from lmops.data.build import build_dataset
@@ -76,13 +86,20 @@ def _summary(stage: str, res, seconds: float | None = None) -> dict:
     c = m.counts
     if stage == "build":
         docs = c.get("documents", {})
+        splits = c.get("splits", {})
         detail = f"{docs.get('kept')} of {docs.get('read')} documents kept; " + ", ".join(
-            f"{s} {v.get('documents')}" for s, v in c.get("splits", {}).items()
+            f"{s} {splits[s]['docs']}" for s in SPLITS if s in splits
         )
     elif stage == "tokenize":
+        tokens = c.get("tokens", {})
         detail = f"vocab {c.get('vocab_size')} ({c.get('dtype')}); tokens " + ", ".join(
-            f"{s} {n:,}" for s, n in c.get("tokens", {}).items()
+            f"{s} {tokens[s]:,}" for s in SPLITS if s in tokens
         )
+    elif stage == "train":
+        mt = m.metrics
+        detail = (f"{mt.get('steps')} steps on {mt.get('num_workers')} worker(s); loss {mt.get('first_loss', 0):.3f} -> "
+                  f"{mt.get('final_loss', 0):.3f}, val {mt.get('val_loss') or float('nan'):.3f}; "
+                  f"{mt.get('tokens_per_s', 0):,.0f} tok/s")
     else:
         detail = ""
     return {
@@ -97,6 +114,90 @@ def _print_table(rows: list[dict]) -> None:
     print(f"{'stage':<10} {'status':<7} {'time':>7}  {'output':<28} detail")
     for r in rows:
         print(f"{r['stage']:<10} {r['status']:<7} {r['seconds']:>6.1f}s  {r['path']:<28} {r['detail']}")
+
+
+def cmd_serve(args: argparse.Namespace) -> dict:
+    """Serve a model over KServe v1/v2 + OpenAI completions until interrupted; exit 1 if it never loads."""
+    from lmops.serve.server import serve
+
+    cfg = _config(args)
+    updates = {k: v for k, v in (("host", args.host), ("port", args.port), ("model_name", args.name)) if v is not None}
+    serve_cfg = cfg.serve.model_copy(update=updates)
+    model = args.model or cfg.deploy.model
+    if not model:
+        raise LmopsError("no model: pass --model URI (a directory, s3://..., models:/NAME@ALIAS)")
+    code = serve(model, serve_cfg)
+    if code:
+        raise SystemExit(code)
+    return {}
+
+
+def cmd_deploy(args: argparse.Namespace) -> dict:
+    from lmops.serve.deploy import deploy
+
+    cfg = _config(args)
+    if args.target:
+        cfg = cfg.model_copy(update={"deploy": cfg.deploy.model_copy(update={"target": args.target})})
+    model = args.model or cfg.deploy.model
+    if not model:
+        raise LmopsError("no model: pass --model URI or set deploy.model")
+    return deploy(cfg, model, _out(args, cfg, "deploy"))
+
+
+def cmd_register(args: argparse.Namespace) -> dict:
+    """Gate a model directory's eval.json (against --baseline or the champion) and register it."""
+    from lmops.registry.register import register_dir
+
+    cfg = _config(args)
+    reg, gating = register_dir(args.model_dir, args.eval, cfg, variant=args.variant, baseline_path=args.baseline,
+                               tracking_uri=args.tracking_uri, pipeline_run_id=args.pipeline_run_id)
+    if not args.json:
+        for v in reg.versions:
+            state = "reused" if v.reused else "registered"
+            print(f"{state} models:/{reg.name}/{v.version} (variant {v.variant}, gates {'passed' if v.passed else 'FAILED'})")
+        print(f"gated against: {gating['baseline'] or 'no baseline (first model)'}")
+        for reason in gating["reasons"]:
+            print(f"  {reason}")
+        if reg.candidate:
+            print(f"alias {cfg.registry.candidate_alias!r} -> version {reg.candidate}")
+    return {**reg.to_dict(), "gating": gating}
+
+
+def cmd_promote(args: argparse.Namespace) -> dict:
+    from lmops.registry import promote
+    from lmops.registry.server import connect
+
+    rc = _config(args).registry
+    server, client = connect(args.tracking_uri or rc.tracking_uri, rc.connect_attempts, rc.connect_backoff_s)
+    move = promote(client, server, args.name, args.version, args.alias or rc.champion_alias, force=args.force,
+                   reason=args.reason, limit=rc.history_limit)
+    if not args.json:
+        done = "already held" if not move.changed else f"moved from version {move.previous}" if move.previous else "set"
+        print(f"models:/{move.name}@{move.alias} -> version {move.version} ({done})")
+    return move.to_dict()
+
+
+def cmd_rollback(args: argparse.Namespace) -> dict:
+    from lmops.registry import rollback
+    from lmops.registry.server import connect
+
+    rc = _config(args).registry
+    server, client = connect(args.tracking_uri or rc.tracking_uri, rc.connect_attempts, rc.connect_backoff_s)
+    move = rollback(client, server, args.name, args.alias or rc.champion_alias, reason=args.reason,
+                    limit=rc.history_limit)
+    if not args.json:
+        print(f"models:/{move.name}@{move.alias} -> version {move.version} (rolled back from version {move.previous})")
+    return move.to_dict()
+
+
+def cmd_lineage(args: argparse.Namespace) -> dict:
+    from lmops.registry import describe_lineage, lineage_lines
+
+    cfg = _config(args)
+    info = describe_lineage(args.uri, tracking_uri=args.tracking_uri or cfg.registry.tracking_uri)
+    if not args.json:
+        print("\n".join(lineage_lines(info)))
+    return info
 
 
 def cmd_sample_corpus(args: argparse.Namespace) -> dict:
@@ -128,8 +229,42 @@ def build_parser() -> argparse.ArgumentParser:
     sp = stage("tokenize", cmd_tokenize, "stage 2: dataset/ -> tokenizer + packed token shards")
     sp.add_argument("--dataset", help="dataset directory (default: <workdir>/dataset)")
     sp.add_argument("--out", help="output directory (default: <workdir>/tokens)")
+    sp = stage("train", cmd_train, "stage 3: tokens/ -> checkpoint/ (HF model dir) with Ray Train")
+    sp.add_argument("--tokens", help="tokens directory (default: <workdir>/tokens)")
+    sp.add_argument("--out", help="output directory (default: <workdir>/checkpoint)")
     stage("run", cmd_run, "run the stages in order on one machine (cached stages are skipped)")
     stage("config", cmd_config, "print the resolved configuration")
+    sp = stage("serve", cmd_serve, "stage 7: serve a model (KServe v1/v2 + OpenAI completions) on 127.0.0.1")
+    sp.add_argument("--model", help="model URI: directory, s3://bucket/prefix, models:/NAME@ALIAS or models:/NAME/VERSION")
+    sp.add_argument("--host", help="bind address (default: serve.host = 127.0.0.1)")
+    sp.add_argument("--port", type=int, help="REST port (default: serve.port)")
+    sp.add_argument("--name", help="model name in the URLs (default: serve.model_name)")
+    sp = stage("deploy", cmd_deploy, "stage 7: start a local server or apply an InferenceService")
+    sp.add_argument("--model", help="model URI (default: deploy.model)")
+    sp.add_argument("--target", choices=["local", "kubernetes"], help="default: deploy.target")
+    sp.add_argument("--out", help="output directory for endpoint.json / inferenceservice.yaml (default: <workdir>/deploy)")
+    sp = stage("register", cmd_register, "stage 6: gate a model dir's eval.json and register it in MLflow")
+    sp.add_argument("model_dir", help="Hugging Face model directory with manifest.json")
+    sp.add_argument("--eval", required=True, help="its eval.json (or the directory holding it)")
+    sp.add_argument("--variant", default="fp32", help="variant tag (fp32, int8, pruned, student...)")
+    sp.add_argument("--baseline", help="baseline eval.json (default: the champion's recorded metrics)")
+    sp.add_argument("--pipeline-run-id", help="recorded as a tag (default: $LMOPS_PIPELINE_RUN_ID)")
+    sp.add_argument("--tracking-uri", help="MLflow server (default: registry.tracking_uri, $MLFLOW_TRACKING_URI)")
+    sp = stage("promote", cmd_promote, "set an alias (default: champion) on a version whose gates passed")
+    sp.add_argument("name", help="registered model name")
+    sp.add_argument("version", help="version number")
+    sp.add_argument("--alias", help="alias to set (default: registry.champion_alias)")
+    sp.add_argument("--force", action="store_true", help="promote despite missing/failed gates (needs --reason)")
+    sp.add_argument("--reason", help="why; recorded in the alias history (and on the version when forced)")
+    sp.add_argument("--tracking-uri", help="MLflow server (default: registry.tracking_uri, $MLFLOW_TRACKING_URI)")
+    sp = stage("rollback", cmd_rollback, "move an alias back to the version that held it before")
+    sp.add_argument("name", help="registered model name")
+    sp.add_argument("--alias", help="alias to roll back (default: registry.champion_alias)")
+    sp.add_argument("--reason", help="why; recorded in the alias history and on the rolled-back version")
+    sp.add_argument("--tracking-uri", help="MLflow server (default: registry.tracking_uri, $MLFLOW_TRACKING_URI)")
+    sp = stage("lineage", cmd_lineage, "print a version's chain: checkpoint -> tokens -> dataset -> raw sources")
+    sp.add_argument("uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    sp.add_argument("--tracking-uri", help="MLflow server (default: registry.tracking_uri, $MLFLOW_TRACKING_URI)")
     sp = sub.add_parser("sample-corpus", help="make the offline sample corpus (stdlib docstrings)")
     sp.add_argument("--dest", default=str(SAMPLE_CORPUS))
     sp.add_argument("--json", action="store_true")

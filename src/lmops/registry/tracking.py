@@ -1,4 +1,4 @@
-"""The only module that talks to MLflow: experiment tracking now, the model registry next.
+"""MLflow connection and experiment tracking (training runs, per-step metrics).
 
 Everything goes through an explicit ``MlflowClient(tracking_uri)`` rather than mlflow's global
 "active run", so the driver and a Ray worker on another node can log to the same run by id.
@@ -19,6 +19,11 @@ from lmops.errors import LmopsError
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# stdout belongs to the lmops CLI (its --json output); MLflow would print "View run ..." links there
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # per-file bars flood pipeline logs
+# pipeline steps run in clusters that often have no egress: do not try to send usage telemetry
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 class RegistryError(LmopsError):
@@ -30,14 +35,19 @@ def tracking_uri(configured: str | None) -> str | None:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
-def check_reachable(uri: str, attempts: int = 4, timeout: float = 5.0) -> None:
-    """Fail with a clear message when an http(s) tracking server does not answer /health."""
+def check_reachable(uri: str, attempts: int = 4, timeout: float = 5.0, backoff: float = 0.5) -> None:
+    """Fail with a clear message when an http(s) tracking server does not answer /health.
+
+    Waits backoff, 2*backoff, 4*backoff... between attempts: a server that is restarting gets a few
+    seconds, a wrong address fails in about ``backoff * 2**attempts`` seconds instead of MLflow's own
+    minutes of retries.
+    """
     if not uri.startswith(("http://", "https://")):
         return
     import requests
 
-    delay, last = 0.5, None
-    for _ in range(attempts):
+    delay, last = backoff, None
+    for attempt in range(attempts):
         try:
             r = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
             if r.ok:
@@ -45,12 +55,14 @@ def check_reachable(uri: str, attempts: int = 4, timeout: float = 5.0) -> None:
             last = f"HTTP {r.status_code}"
         except requests.RequestException as e:
             last = f"{type(e).__name__}: {e}"
-        time.sleep(delay)
-        delay *= 2
+        if attempt + 1 < attempts:
+            time.sleep(delay)
+            delay *= 2
     raise RegistryError(f"MLflow tracking server {uri} is unreachable after {attempts} attempts ({last})")
 
 
-def _client(uri: str):
+def client_for(uri: str):
+    """An explicit client for tracking and registry on the same server (never mlflow's global state)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -62,7 +74,7 @@ class TrainingRun:
     def __init__(self, uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]):
         check_reachable(uri)
         self.uri = uri
-        self.client = _client(uri)
+        self.client = client_for(uri)
         exp = self.client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
         self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
@@ -103,7 +115,7 @@ class MetricLogger:
 
     def __init__(self, handle: dict[str, str] | None):
         self.handle = handle
-        self.client = _client(handle["uri"]) if handle else None
+        self.client = client_for(handle["uri"]) if handle else None
         self.warned = False
 
     def log(self, metrics: dict[str, Any], step: int) -> None:

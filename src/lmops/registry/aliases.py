@@ -1,0 +1,181 @@
+"""Aliases with a memory: guarded promotion, rollback to the previous holder, history as tags.
+
+MLflow keeps only an alias's current version. The history of each alias lives in one tag on the
+registered model, ``lmops.alias.<alias>.history``: a JSON list of moves (bounded). The holders form a
+stack — a promotion pushes, a rollback pops — so rolling back twice after three promotions lands on
+the first version. A move made outside lmops (the MLflow UI) is noticed at the next promote or
+rollback and recorded as ``external``, so the stack stays true to what was actually served.
+
+Order of writes: the alias moves first, then the history tag. A crash in between leaves an alias
+whose move is missing from the history, which the next call records as ``external`` — never a
+history that claims a move that did not happen.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lmops.registry.server import get_alias, get_version, refused, validate_alias, validate_name
+from lmops.registry.tracking import RegistryError
+
+GATE_PASSED = "lmops.gate.passed"
+
+
+class PromotionRefused(RegistryError):
+    """The version has no passing gate verdict and the promotion was not forced."""
+
+
+def history_tag(alias: str) -> str:
+    return f"lmops.alias.{alias}.history"
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 — no passwd entry in some containers
+        return "unknown"
+
+
+def read_history(client, name: str, alias: str) -> list[dict[str, Any]]:
+    tags = client.get_registered_model(name).tags or {}
+    raw = tags.get(history_tag(alias))
+    if not raw:
+        return []
+    try:
+        history = json.loads(raw)
+    except json.JSONDecodeError:
+        raise RegistryError(f"model {name!r}: tag {history_tag(alias)} is not valid JSON (edited by hand?)") from None
+    return history if isinstance(history, list) else []
+
+
+def holder_stack(history: list[dict[str, Any]]) -> list[str]:
+    """Versions that held the alias, oldest first; the last is the current holder."""
+    stack: list[str] = []
+    for entry in history:
+        version = str(entry.get("version"))
+        if entry.get("action") == "rollback":
+            if stack:
+                stack.pop()
+            if not stack or stack[-1] != version:
+                stack.append(version)
+        elif entry.get("action") == "unset":
+            stack.clear()
+        elif not stack or stack[-1] != version:
+            stack.append(version)
+    return stack
+
+
+@dataclass
+class AliasMove:
+    name: str
+    alias: str
+    version: str
+    previous: str | None
+    action: str
+    changed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return vars(self).copy()
+
+
+def move_alias(client, server: str, name: str, alias: str, version: str, *, action: str,
+               reason: str | None = None, limit: int = 50, extra: dict[str, Any] | None = None) -> AliasMove:
+    """Point ``alias`` at ``version`` and append the move to the alias history (no gate checks here)."""
+    validate_name(name)
+    validate_alias(alias)
+    current = get_alias(client, server, name, alias)
+    previous = current.version if current is not None else None
+    with refused(f"model {name!r}: reading the history of alias {alias!r}", server):
+        history = read_history(client, name, alias)
+    entries = _external_moves(history, previous)
+    if previous == str(version) and not entries:
+        return AliasMove(name, alias, str(version), previous, action, changed=False)
+    with refused(f"model {name!r}: setting alias {alias!r} to version {version}", server):
+        if previous != str(version):
+            client.set_registered_model_alias(name, alias, str(version))
+        entries.append({"action": action, "version": str(version), "previous": previous, "at": now_iso(),
+                        "by": _user(), **({"reason": reason} if reason else {}), **(extra or {})})
+        _write_history(client, name, alias, history + entries, limit)
+    return AliasMove(name, alias, str(version), previous, action, changed=previous != str(version))
+
+
+def _external_moves(history: list[dict[str, Any]], current: str | None) -> list[dict[str, Any]]:
+    """An entry for an alias move made outside lmops, when the current holder differs from the record."""
+    stack = holder_stack(history)
+    top = stack[-1] if stack else None
+    if current == top:
+        return []
+    if current is None:
+        return [{"action": "unset", "version": None, "previous": top, "at": now_iso(), "note": "alias removed outside lmops"}]
+    return [{"action": "external", "version": current, "previous": top, "at": now_iso(),
+             "note": "alias moved outside lmops (noticed at the next lmops change)"}]
+
+
+def _write_history(client, name: str, alias: str, history: list[dict[str, Any]], limit: int) -> None:
+    client.set_registered_model_tag(name, history_tag(alias), json.dumps(history[-limit:], separators=(",", ":")))
+
+
+def promote(client, server: str, name: str, version: str, alias: str, *, force: bool = False,
+            reason: str | None = None, limit: int = 50) -> AliasMove:
+    """Set ``alias`` on a version whose gates passed; ``force`` needs a reason and records it on the version."""
+    validate_name(name)
+    validate_alias(alias)
+    mv = get_version(client, server, name, version)
+    passed = (mv.tags or {}).get(GATE_PASSED)
+    if passed != "true" and not force:
+        why = "no gate verdict" if passed is None else f"{GATE_PASSED}={passed}"
+        reasons = (mv.tags or {}).get("lmops.gate.reasons", "")
+        first_fail = next((r for r in reasons.splitlines() if r.startswith("FAIL")), None)
+        raise PromotionRefused(
+            f"refusing to promote model {name!r} version {version} to {alias!r}: {why}"
+            + (f" ({first_fail})" if first_fail else "")
+            + ". Use --force --reason \"...\" to override (recorded on the version).")
+    if force and not (reason and reason.strip()):
+        raise RegistryError(f"promote model {name!r} version {version} --force needs --reason \"...\" (it is recorded)")
+    forced = force and passed != "true"
+    if forced:
+        # recorded before the alias moves: a forced promotion is never without its reason
+        with refused(f"model {name!r} version {version}: recording the forced promotion", server):
+            for key, value in {"lmops.promote.forced": "true", "lmops.promote.force_reason": reason.strip(),
+                               "lmops.promote.forced_at": now_iso(), "lmops.promote.forced_by": _user(),
+                               "lmops.promote.forced_alias": alias}.items():
+                client.set_model_version_tag(name, str(version), key, value)
+    move = move_alias(client, server, name, alias, str(version), action="promote", reason=reason, limit=limit,
+                      extra={"forced": True} if forced else None)
+    if move.changed:
+        with refused(f"model {name!r} version {version}: tagging the promotion", server):
+            client.set_model_version_tag(name, str(version), f"lmops.alias.{alias}.promoted_at", now_iso())
+    return move
+
+
+def rollback(client, server: str, name: str, alias: str, *, reason: str | None = None, limit: int = 50) -> AliasMove:
+    """Move ``alias`` back to the version that held it before the current one."""
+    validate_name(name)
+    validate_alias(alias)
+    current = get_alias(client, server, name, alias)
+    if current is None:
+        raise RegistryError(f"cannot roll back: alias {alias!r} is not set on model {name!r} ({server})")
+    with refused(f"model {name!r}: reading the history of alias {alias!r}", server):
+        history = read_history(client, name, alias)
+    stack = holder_stack(history + _external_moves(history, current.version))
+    if len(stack) < 2:
+        raise RegistryError(f"cannot roll back alias {alias!r} of model {name!r}: no earlier holder recorded"
+                            f" (current: version {current.version}; history tag {history_tag(alias)})")
+    target = stack[-2]
+    get_version(client, server, name, target)  # a deleted version: say so rather than dangle the alias
+    why = reason or "rollback"
+    move = move_alias(client, server, name, alias, target, action="rollback", reason=why, limit=limit)
+    with refused(f"model {name!r}: recording the rollback on the versions", server):
+        at = now_iso()
+        client.set_model_version_tag(name, current.version, f"lmops.alias.{alias}.rolled_back_at", at)
+        client.set_model_version_tag(name, current.version, f"lmops.alias.{alias}.rollback_reason", why)
+        client.set_model_version_tag(name, target, f"lmops.alias.{alias}.restored_at", at)
+    return move

@@ -1,0 +1,93 @@
+"""A local ``mlflow server`` in its own process group: for tests, benchmarks and ``make run``.
+
+The server spawns helper processes (uvicorn workers, job consumers) that outlive a killed parent, so it
+runs in a new session and is stopped by signalling the whole group; ``stop_process_group`` fails loudly
+if anything survives. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false keeps the job consumers from starting.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(root: Path, artifacts: str, env: dict[str, str] | None = None,
+                        timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    """A real ``mlflow server`` (sqlite backend, 127.0.0.1) in its own process group; (process, URL).
+
+    The server spawns helper processes that outlive a killed parent, hence the process group, and
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false so it does not start the job consumers at all.
+    """
+    import requests
+
+    exe = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
+    if not exe:
+        raise RuntimeError("mlflow is not installed in this environment")
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [exe, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+         artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
+    log.close()  # the child holds its own copy of the descriptor
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {proc.returncode}: "
+                               f"{(root / 'server.log').read_text()[-2000:]}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                return proc, url
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    stop_process_group(proc)
+    raise TimeoutError(f"mlflow server on {url} not healthy after {timeout}s: {(root / 'server.log').read_text()[-2000:]}")
+
+
+def stop_process_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM the whole group, SIGKILL what is left after ``grace``; fails if anything survives."""
+    pgid = proc.pid  # start_new_session=True: the leader's pid is the group id
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                proc.wait(0.1)
+            except subprocess.TimeoutExpired:
+                pass
+            if not _group_alive(pgid):
+                break
+            time.sleep(0.1)
+    if _group_alive(pgid):
+        raise RuntimeError(f"processes of group {pgid} survived SIGKILL")
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while any process (zombies excluded) is still in the group."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

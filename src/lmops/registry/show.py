@@ -1,0 +1,54 @@
+"""``lmops lineage``: a registered version's chain, read from its tags, checked against what is on disk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmops.manifest import ManifestError, read_manifest
+from lmops.registry import lineage
+from lmops.registry.server import connect, parse_models_uri, resolve
+
+
+def describe_lineage(uri: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The version behind ``models:/NAME@ALIAS`` (or ``/VERSION``) and its lineage links, model first."""
+    ref = parse_models_uri(uri)
+    server, client = connect(tracking_uri)
+    mv = resolve(client, server, ref)
+    tags = mv.tags or {}
+    links = lineage.from_tags(tags)
+    return {
+        "uri": str(ref), "server": server, "name": ref.name, "version": mv.version,
+        "variant": tags.get("lmops.variant"), "run_id": mv.run_id, "gate_passed": tags.get("lmops.gate.passed"),
+        "code_version": tags.get("lmops.code_version"), "config_digest": tags.get("lmops.config_digest"),
+        "pipeline_run_id": tags.get("lmops.pipeline_run_id"),
+        "chain": [{**vars(link), "on_disk": on_disk(link)} for link in links],
+    }
+
+
+def on_disk(link: lineage.Link) -> str:
+    """Whether the recorded path still holds the recorded content (lineage outlives directories)."""
+    if link.role == "sources" or not link.path or "://" in link.path:
+        return "not checked"
+    try:
+        m = read_manifest(link.path)
+    except ManifestError:
+        return "missing"
+    return "present" if m.digest == link.digest else f"changed (now {m.digest[:12]})"
+
+
+def lineage_lines(info: dict[str, Any]) -> list[str]:
+    head = (f"{info['uri']} -> version {info['version']} (variant {info['variant']}, gates "
+            f"{'passed' if info['gate_passed'] == 'true' else 'NOT passed'}, code {info['code_version']},"
+            f" run {info['run_id']})")
+    lines = [head]
+    for i, link in enumerate(info["chain"]):
+        arrow = "  " + ("   " * i) + "└─ "
+        where = f" {link['path']}" if link.get("path") else ""
+        stage = f" [{link['stage']}]" if link.get("stage") and link["stage"] != link["role"] else ""
+        lines.append(f"{arrow}{link['role']}{stage}: {link['digest'][:16]}{where} ({link['on_disk']})")
+        detail = lineage.format_counts(link.get("counts") or {})
+        if detail:
+            lines.append(f"{'  ' + '   ' * i}   {detail}")
+        if link.get("note"):
+            lines.append(f"{'  ' + '   ' * i}   note: {link['note']}")
+    return lines

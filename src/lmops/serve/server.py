@@ -1,0 +1,114 @@
+"""``lmops serve``: KServe's ModelServer, bound to a chosen address, with one log line per request.
+
+KServe's ``RESTServer`` hard-codes ``host="0.0.0.0"`` in the ``uvicorn.Config`` it builds and
+``ModelServer`` has no option for it. ``LocalModelServer`` overrides only ``start``: it builds the
+same RESTServer (same FastAPI app, routes, exception handlers, metrics) and sets the config's host
+before uvicorn binds, so every KServe behaviour stays KServe's. gRPC and multi-process workers are
+off: one process owns the model and its micro-batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+
+from lmops.serve import _kserve  # noqa: F401  (must precede the kserve imports below)
+from kserve import ModelServer
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.model_server import app as kserve_app
+from kserve.protocol.rest.server import RESTServer
+
+from lmops.config import ServeConfig
+from lmops.serve.model import LmopsModel
+from lmops.serve.openai_api import register_openai_routes
+
+log = logging.getLogger("lmops.serve")
+access_log = logging.getLogger("lmops.serve.access")
+
+
+class LocalModelServer(ModelServer):
+    def __init__(self, host: str, http_port: int, **kwargs):
+        kwargs.setdefault("enable_grpc", False)
+        kwargs.setdefault("workers", 1)
+        # KServe's per-request latency line covers v1/v2 only; RequestLog covers every route
+        kwargs.setdefault("enable_latency_logging", False)
+        super().__init__(http_port=http_port, **kwargs)  # (re)configures kserve's and uvicorn's loggers
+        self.host = host
+        # RequestLog writes the one line per request: silence uvicorn's access line and the second
+        # line KServe's timing middleware writes (set here, after KServe configured logging)
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+        logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+
+    def start(self, models: list) -> None:
+        self._register_and_check_atleast_one_model_is_ready(models)
+        self._rest_server = RESTServer(
+            FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension, self.http_port,
+            access_log_format=self.access_log_format, workers=1, grace_period=self.grace_period,
+            event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive,
+        )
+        # read by uvicorn only when it binds, inside serve(): setting it here is enough
+        self._rest_server.config.host = self.host
+        self.servers.append(self._rest_server.start())
+        self.setup_event_loop()
+        self.register_signal_handler()
+        log.info("serving on http://%s:%d", self.host, self.http_port)
+        asyncio.run(self._serve())
+
+
+class RequestLog:
+    """ASGI middleware: ``METHOD PATH STATUS LATENCY`` once per request (streams: until the last byte)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = 500  # what the client gets if the app raises before starting a response
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            access_log.info("%s %s %d %.2f ms", scope["method"], scope["path"], status,
+                            (time.perf_counter() - t0) * 1000)
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    lm = logging.getLogger("lmops")
+    if not lm.handlers:
+        lm.addHandler(handler)
+    lm.setLevel(logging.INFO)
+    lm.propagate = False
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def serve(model_uri: str, cfg: ServeConfig) -> int:
+    """Load, warm up, serve until SIGTERM/SIGINT. Returns the exit status: 1 if the model never got ready."""
+    configure_logging()
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    model = LmopsModel(cfg.model_name, model_uri, cfg)
+    if not model.load():
+        log.error("not starting the server: model %r is not ready (%s)", cfg.model_name, model.load_error)
+        return 1
+    server = LocalModelServer(cfg.host, cfg.port)
+    register_openai_routes(kserve_app, model)
+    kserve_app.add_middleware(RequestLog)
+    server.start([model])
+    model.stop()
+    return 0

@@ -1,0 +1,270 @@
+"""Registry against a real ``mlflow server`` (one per session, see conftest): register, load, download,
+tags, aliases, guarded promotion, rollback, lineage, and bad input. Each test uses its own model name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from chain import Chain, evaluate, make_chain
+from lmops.cli import main
+from lmops.config import RegistryConfig
+from lmops.gates import check
+from lmops.manifest import read_manifest, verify
+from lmops.registry import RegistryError, Variant, download_model, register_variants
+from lmops.registry.aliases import history_tag
+
+pytestmark = pytest.mark.slow
+PASS_RULES = {"perplexity": {"max_ratio": 1.10}}
+FAIL_RULES = {"perplexity": {"max_ratio": 0.5}}  # half the baseline's perplexity: no untrained variant meets it
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> Chain:
+    return make_chain(tmp_path_factory.mktemp("chain"))
+
+
+@pytest.fixture(scope="module")
+def evals(chain) -> dict[str, dict]:
+    return {"fp32": evaluate(chain.checkpoint, chain.tokens), "pruned": evaluate(chain.pruned, chain.tokens)}
+
+
+def variants(chain: Chain, evals: dict, pruned_rules=PASS_RULES) -> list[Variant]:
+    base = evals["fp32"]
+    return [Variant("fp32", chain.checkpoint, base, check(base, base, PASS_RULES)),
+            Variant("pruned", chain.pruned, evals["pruned"], check(evals["pruned"], base, pruned_rules))]
+
+
+def fresh_name() -> str:
+    return f"lm-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def client(mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+
+
+@pytest.fixture
+def registered(chain, evals, mlflow_server):
+    """fp32 (gates passed) and pruned (gates failed) registered under a fresh name."""
+    cfg = RegistryConfig(tracking_uri=mlflow_server, model_name=fresh_name())
+    reg = register_variants(variants(chain, evals, FAIL_RULES), cfg, pipeline_run_id="run-42")
+    return cfg, reg, {v.variant: v.version for v in reg.versions}
+
+
+def lmops(*argv: str, uri: str) -> int:
+    return main([*argv, "--tracking-uri", uri])
+
+
+# ---------------------------------------------------------------- register, load, download
+def test_register_tags_lineage_and_candidate_alias(registered, chain, evals, client):
+    cfg, reg, versions = registered
+    assert sorted(versions) == ["fp32", "pruned"]
+    fp32 = client.get_model_version(cfg.model_name, versions["fp32"])
+    pruned = client.get_model_version(cfg.model_name, versions["pruned"])
+    t = fp32.tags
+    assert t["lmops.variant"] == "fp32" and pruned.tags["lmops.variant"] == "pruned"
+    dataset = read_manifest(chain.dataset)
+    assert t["lmops.lineage.checkpoint.digest"] == read_manifest(chain.checkpoint).digest
+    assert t["lmops.lineage.tokens.digest"] == read_manifest(chain.tokens).digest
+    assert t["lmops.lineage.dataset.digest"] == dataset.digest
+    assert t["lmops.lineage.sources.digest"] == dataset.inputs["sources"]["digest"]
+    assert pruned.tags["lmops.lineage.model.digest"] == read_manifest(chain.pruned).digest
+    assert pruned.tags["lmops.lineage.checkpoint.digest"] == t["lmops.lineage.checkpoint.digest"]
+    assert t["lmops.pipeline_run_id"] == "run-42"
+    assert len(t["lmops.config_digest"]) == 64 and t["lmops.code_version"]
+    assert float(t["lmops.metric.perplexity"]) == pytest.approx(evals["fp32"]["perplexity"])
+    assert t["lmops.gate.passed"] == "true" and pruned.tags["lmops.gate.passed"] == "false"
+    assert "FAIL perplexity" in pruned.tags["lmops.gate.reasons"]
+    # candidate: the best *passing* version (pruned failed its gate)
+    assert client.get_model_version_by_alias(cfg.model_name, "candidate").version == versions["fp32"]
+    assert reg.candidate == versions["fp32"]
+    run = client.get_run(fp32.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["perplexity"] == pytest.approx(evals["fp32"]["perplexity"])
+
+
+def test_pyfunc_loads_by_alias_and_generates_what_the_model_generates(registered, chain, mlflow_server, monkeypatch):
+    import mlflow.pyfunc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg, _, _ = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@candidate")
+    prompts = ["the registry keeps", "model versions"]
+    out = model.predict(prompts, params={"max_new_tokens": 6})
+    assert len(out) == 2 and all(isinstance(s, str) and s for s in out)
+    # the same greedy continuation straight from the source directory: it is our model, unchanged
+    tok = AutoTokenizer.from_pretrained(chain.checkpoint)
+    hf = AutoModelForCausalLM.from_pretrained(chain.checkpoint).eval()
+    ids = tok(prompts[0], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        ref = hf.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=hf.config.pad_token_id)
+    assert out[0] == tok.decode(ref[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_download_model_gives_the_verified_directory(registered, chain, mlflow_server, tmp_path):
+    cfg, _, versions = registered
+    dest = download_model(f"models:/{cfg.model_name}/{versions['pruned']}", tmp_path / "served",
+                          tracking_uri=mlflow_server)
+    assert verify(dest).digest == read_manifest(chain.pruned).digest
+    assert (dest / "model.safetensors").read_bytes() == (chain.pruned / "model.safetensors").read_bytes()
+    # a damaged local copy is replaced by a fresh download, not trusted
+    (dest / "config.json").write_text("{}")
+    again = download_model(f"models:/{cfg.model_name}/{versions['pruned']}", dest, tracking_uri=mlflow_server)
+    assert verify(again).digest == read_manifest(chain.pruned).digest
+
+
+def test_registering_the_same_content_again_reuses_the_versions(registered, chain, evals, mlflow_server, client):
+    cfg, reg, versions = registered
+    again = register_variants(variants(chain, evals, FAIL_RULES), cfg)
+    assert {v.variant: v.version for v in again.versions} == versions
+    assert all(v.reused for v in again.versions)
+    assert len(client.search_model_versions(f"name='{cfg.model_name}'")) == 2
+
+
+# ---------------------------------------------------------------- promote, rollback
+def test_promote_refuses_a_failed_gate_unless_forced_with_a_reason(registered, mlflow_server, client, capsys):
+    cfg, _, v = registered
+    name = cfg.model_name
+    assert lmops("promote", name, v["pruned"], "--alias", "champion", uri=mlflow_server) == 2
+    err = capsys.readouterr().err
+    assert "refusing to promote" in err and f"version {v['pruned']}" in err and "lmops.gate.passed=false" in err
+    assert lmops("promote", name, v["pruned"], "--force", uri=mlflow_server) == 2
+    assert "--reason" in capsys.readouterr().err
+    with pytest.raises(Exception, match="not found|RESOURCE_DOES_NOT_EXIST|alias"):
+        client.get_model_version_by_alias(name, "champion")
+
+    assert lmops("promote", name, v["pruned"], "--force", "--reason", "hotfix: fp32 OOMs on the node",
+                 uri=mlflow_server) == 0
+    assert client.get_model_version_by_alias(name, "champion").version == v["pruned"]
+    tags = client.get_model_version(name, v["pruned"]).tags
+    assert tags["lmops.promote.forced"] == "true"
+    assert tags["lmops.promote.force_reason"] == "hotfix: fp32 OOMs on the node"
+
+
+def test_promote_a_passing_version_then_roll_back(registered, mlflow_server, client, capsys):
+    cfg, _, v = registered
+    name = cfg.model_name
+    assert lmops("promote", name, v["fp32"], uri=mlflow_server) == 0  # default alias: champion
+    assert lmops("promote", name, v["pruned"], "--force", "--reason", "try the small one", uri=mlflow_server) == 0
+    assert client.get_model_version_by_alias(name, "champion").version == v["pruned"]
+
+    assert lmops("rollback", name, "--reason", "error rate up", uri=mlflow_server) == 0
+    assert client.get_model_version_by_alias(name, "champion").version == v["fp32"]
+    history = json.loads(client.get_registered_model(name).tags[history_tag("champion")])
+    assert [(h["action"], h["version"]) for h in history] == [
+        ("promote", v["fp32"]), ("promote", v["pruned"]), ("rollback", v["fp32"])]
+    assert history[-1]["reason"] == "error rate up" and history[-1]["previous"] == v["pruned"]
+    rolled = client.get_model_version(name, v["pruned"]).tags
+    assert rolled["lmops.alias.champion.rollback_reason"] == "error rate up"
+    capsys.readouterr()
+    # nothing before fp32: a second rollback is refused with a message
+    assert lmops("rollback", name, uri=mlflow_server) == 2
+    assert "no earlier holder" in capsys.readouterr().err
+
+
+def test_rollback_undoes_an_alias_moved_outside_lmops(registered, mlflow_server, client):
+    cfg, _, v = registered
+    name = cfg.model_name
+    assert lmops("promote", name, v["fp32"], uri=mlflow_server) == 0
+    client.set_registered_model_alias(name, "champion", v["pruned"])  # e.g. in the MLflow UI
+    assert lmops("rollback", name, "--alias", "champion", uri=mlflow_server) == 0
+    assert client.get_model_version_by_alias(name, "champion").version == v["fp32"]
+    history = json.loads(client.get_registered_model(name).tags[history_tag("champion")])
+    assert [h["action"] for h in history] == ["promote", "external", "rollback"]
+
+
+# ---------------------------------------------------------------- lineage
+def test_lineage_prints_the_chain_down_to_the_raw_sources(registered, chain, mlflow_server, capsys):
+    cfg, _, v = registered
+    assert lmops("lineage", f"models:/{cfg.model_name}/{v['pruned']}", uri=mlflow_server) == 0
+    out = capsys.readouterr().out
+    roles = ["variant", "checkpoint", "tokens", "dataset", "sources"]
+    positions = [out.index(f"{r} [") if r != "sources" else out.index("sources:") for r in roles]
+    assert positions == sorted(positions), out
+    for d in (chain.pruned, chain.checkpoint, chain.tokens, chain.dataset):
+        assert read_manifest(d).digest[:16] in out and str(d) in out
+    assert str(chain.sources) in out
+    assert "documents_kept 120" in out and "vocab_size 300" in out and "sparsity 0.5" in out
+    assert lmops("lineage", f"models:/{cfg.model_name}@candidate", "--json", uri=mlflow_server) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["version"] == v["fp32"] and [c["role"] for c in info["chain"]] == roles[1:]
+
+
+# ---------------------------------------------------------------- bad input
+def test_unreachable_server_fails_fast_and_clearly(chain, evals):
+    from conftest import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    cfg = RegistryConfig(tracking_uri=uri, model_name="lm", connect_attempts=3, connect_backoff_s=0.2)
+    started = time.monotonic()
+    with pytest.raises(RegistryError, match=f"MLflow tracking server {uri} is unreachable after 3 attempts"):
+        register_variants(variants(chain, evals), cfg)
+    assert time.monotonic() - started < 10
+
+
+def test_invalid_model_name_is_refused_before_contacting_the_server(chain, evals, mlflow_server, client, capsys):
+    for bad in ("bad/name", "a:b", "", "-dash-first", "x" * 200):
+        with pytest.raises(RegistryError, match="invalid registered model name"):
+            register_variants(variants(chain, evals), RegistryConfig(tracking_uri=mlflow_server, model_name=bad))
+    assert lmops("lineage", "models:/bad:name@champion", uri=mlflow_server) == 2
+    assert "invalid registered model name" in capsys.readouterr().err
+    assert not [m for m in client.search_registered_models() if "bad" in m.name or "x" * 50 in m.name]
+
+
+def test_promoting_a_version_that_does_not_exist(registered, mlflow_server, capsys):
+    cfg, _, v = registered
+    assert lmops("promote", cfg.model_name, "99", uri=mlflow_server) == 2
+    err = capsys.readouterr().err
+    assert f"model '{cfg.model_name}' has no version 99" in err and "versions: 1, 2" in err
+    assert lmops("promote", "no-such-model", "1", uri=mlflow_server) == 2
+    assert "no-such-model" in capsys.readouterr().err
+
+
+def test_corrupted_model_directory_is_refused_and_nothing_is_registered(chain, evals, mlflow_server, client, tmp_path):
+    bad = tmp_path / "checkpoint"
+    shutil.copytree(chain.checkpoint, bad)
+    weights = bytearray((bad / "model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF  # same size, one flipped bit: only the digest can tell
+    (bad / "model.safetensors").write_bytes(bytes(weights))
+    cfg = RegistryConfig(tracking_uri=mlflow_server, model_name=fresh_name())
+    base = evals["fp32"]
+    with pytest.raises(RegistryError, match=r"refusing to register variant 'fp32'.*model\.safetensors: sha256"):
+        register_variants([Variant("fp32", bad, base, check(base, base, PASS_RULES))], cfg)
+    (bad / "manifest.json").unlink()
+    with pytest.raises(RegistryError, match="no manifest.json"):
+        register_variants([Variant("fp32", bad, base, check(base, base, PASS_RULES))], cfg)
+    assert not client.search_registered_models(f"name='{cfg.model_name}'")
+
+
+def test_register_cli_gates_against_the_champion(chain, evals, mlflow_server, client, tmp_path, capsys):
+    name = fresh_name()
+    eval_path = tmp_path / "eval.json"
+    eval_path.write_text(json.dumps(evals["fp32"]))
+    args = ["register", str(chain.checkpoint), "--eval", str(eval_path), "--set", f"registry.model_name={name}",
+            "--tracking-uri", mlflow_server, "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["gating"]["baseline"] is None and first["gating"]["passed"] is True
+    assert main(["promote", name, first["versions"][0]["version"], "--tracking-uri", mlflow_server]) == 0
+    # the pruned model is judged against the champion's recorded perplexity (default gate: <= 1% worse)
+    pruned_eval = tmp_path / "pruned-eval.json"
+    worse = {**evals["pruned"], "perplexity": evals["fp32"]["perplexity"] * 1.5}
+    pruned_eval.write_text(json.dumps(worse))
+    capsys.readouterr()
+    assert main(["register", str(chain.pruned), "--eval", str(pruned_eval), "--variant", "pruned",
+                 "--set", f"registry.model_name={name}", "--tracking-uri", mlflow_server, "--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["gating"]["baseline"] == f"models:/{name}@champion (version 1)"
+    assert second["gating"]["passed"] is False and second["candidate"] is None
+    assert client.get_model_version(name, second["versions"][0]["version"]).tags["lmops.gate.passed"] == "false"
+

@@ -1,0 +1,88 @@
+"""Serving fixtures: a tiny model directory and real `lmops serve` processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tiny_model import make_model_dir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("serve") / "tiny", layers=2)
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    base: str
+    name: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+def start_server(model: str | Path, log_path: Path, *sets: str, name: str = "tiny", ready_timeout: float = 60) -> Server:
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "lmops.cli", "serve", "--model", str(model), "--port", str(port), "--name", name,
+           "--set", "serve.threads=1", *[a for s in sets for a in ("--set", s)]]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+    server = Server(proc, f"http://127.0.0.1:{port}", name, log_path)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-3000:]}")
+        try:
+            if requests.get(server.url(f"/v1/models/{name}"), timeout=1).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise TimeoutError(f"server not ready in {ready_timeout}s:\n{server.log()[-3000:]}")
+
+
+def stop_server(server: Server) -> int:
+    if server.proc.poll() is None:
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        try:
+            server.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(5)
+    return server.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir, tmp_path_factory):
+    """One server per test module; small limits so limit checks are cheap to hit."""
+    srv = start_server(tiny_dir, tmp_path_factory.mktemp("srv") / "server.log",
+                       "serve.max_new_tokens=24", "serve.default_max_new_tokens=8", "serve.max_prompt_tokens=64", "serve.max_batch_size=8",
+                       "serve.max_wait_ms=5")
+    yield srv
+    code = stop_server(srv)
+    assert code == 0, f"server exited with {code} on SIGTERM:\n{srv.log()[-2000:]}"
