@@ -6,8 +6,8 @@
 (a) our loop (``lmops.train.loop.fit``: schedule, accumulation bookkeeping, clipping, logging) against a
     minimal hand-written torch step (forward, loss, backward, AdamW step) on the same model and batch.
     Target: >= 0.97x the baseline's throughput.
-(b) Ray Train, 1 worker, steady state, against the plain loop — see the section below (added with
-    train/ray_train.py).
+(b) Ray Train, 1 worker, steady state, against the plain loop on the same real token shards (wall
+    clock, 1 thread each; Ray's start-up reported apart). Target: >= 0.97x.
 (c) evaluation tokens/s (the perplexity pass) against training tokens/s.
 
 Method (shared 2-core machines are noisy): one thread (``torch.set_num_threads(1)``), process CPU time
@@ -94,9 +94,42 @@ def bench_loop_vs_handwritten(model, batch, train_cfg: TrainConfig, steps: int, 
 
 
 # ---------------------------------------------------------------- (b) Ray Train vs the plain loop
-# Added with train/ray_train.py: TorchTrainer, ScalingConfig(num_workers=1), the same fit() inside the
-# worker; report steady-state tokens/s from the worker's log intervals (the first left out) against
-# bench (a)'s "ours" figure, and the start-up (fit() call to first step) separately.
+def bench_ray_vs_plain(preset: str, steps: int) -> dict:
+    """Steady-state wall-clock tokens/s of the train stage on Ray Train (1 worker, 1 CPU, so 1 thread)
+    against the plain in-process loop (1 thread) on the same real token shards, plain runs before and
+    after the Ray run. Each side's figure is the median of its log intervals, the first one (start-up,
+    first batches) left out; the Ray start-up (fit() call to the end, minus the steps) is reported apart."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from lmops.data.build import build_dataset
+    from lmops.data.sample_corpus import make_sample_corpus
+    from lmops.data.tokenize import tokenize_dataset
+    from lmops.train.loop import train_single
+    from lmops.train.stage import train_stage
+
+    def steady(history: list[dict]) -> float:
+        rates = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
+        return statistics.median(rates[1:] or rates)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        cfg = load_config(preset, [f"workdir={d}", "cache_dir=null", f"train.max_steps={steps}", "train.log_every=10",
+                                   f"train.eval_every={10 * steps}", "train.eval_batches=1", "train.num_workers=1",
+                                   f"train.checkpoint_every={steps}"])
+        corpus = make_sample_corpus(Path(".state/sample-corpus"))
+        build_dataset(cfg.build.model_copy(update={"sources": [str(corpus)]}), d / "dataset", log=lambda s: None)
+        tokenize_dataset(cfg.tokenize, d / "dataset", d / "tokens", log=lambda s: None)
+        plain = [steady(train_single(cfg, d / "tokens", d / "plain1", log=None).history)]
+        started = time.perf_counter()
+        train_stage(cfg, d / "tokens", d / "ray", log=lambda s: None)
+        wall = time.perf_counter() - started
+        ray_rate = steady(json.loads((d / "ray" / "train_metrics.json").read_text())["history"])
+        plain.append(steady(train_single(cfg, d / "tokens", d / "plain2", log=None).history))
+    tokens = steps * cfg.train.micro_batch_size * cfg.train.block_size * cfg.train.grad_accum
+    return {"ratio": ray_rate / statistics.median(plain), "ray_tokens_per_s": ray_rate, "plain_tokens_per_s": plain,
+            "ray_wall_s": wall, "ray_startup_s": wall - tokens / ray_rate}
 
 
 # ---------------------------------------------------------------- (c) evaluation vs training tokens/s
@@ -169,6 +202,8 @@ def main() -> None:
     ap.add_argument("--gpu-run", metavar="TOKENS_DIR", help="instead: train the preset on CUDA (bf16 + compile) "
                     "with these token shards and report tokens/s and MFU")
     ap.add_argument("--max-steps", type=int, default=300, help="steps of the --gpu-run")
+    ap.add_argument("--skip-ray", action="store_true", help="skip (b), which starts Ray (about a minute)")
+    ap.add_argument("--ray-steps", type=int, default=150, help="training steps of each side of (b)")
     args = ap.parse_args()
     if args.gpu_run:
         gpu_run(args.preset, args.gpu_run, args.max_steps, log_every=25)
@@ -188,7 +223,11 @@ def main() -> None:
     print(f"(a) our loop / hand-written step: {a['ratio']:.3f}x  (target >= 0.97)  "
           f"ours {a['ours_tokens_per_cpu_s']:,.0f} tok/s, hand-written {a['handwritten_tokens_per_cpu_s']:,.0f} tok/s; "
           f"pairs {', '.join(f'{r:.3f}' for r in a['ratios'])}")
-    print("(b) Ray Train 1 worker / plain loop: not measured here yet (added with train/ray_train.py)")
+    if not args.skip_ray:
+        b = bench_ray_vs_plain(args.preset, args.ray_steps)
+        print(f"(b) Ray Train 1 worker / plain loop, steady state: {b['ratio']:.3f}x  (target >= 0.97)  "
+              f"ray {b['ray_tokens_per_s']:,.0f} tok/s, plain {' / '.join(f'{p:,.0f}' for p in b['plain_tokens_per_s'])}"
+              f" tok/s (before / after); Ray start-up {b['ray_startup_s']:.1f} s of {b['ray_wall_s']:.1f} s")
     c = bench_eval_vs_train(model, batch, train_cfg, cfg.evaluate, args.steps, args.pairs, vocab)
     print(f"(c) evaluation / training tokens/s: {c['ratio']:.2f}x  "
           f"eval {c['eval_tokens_per_cpu_s']:,.0f} tok/s, train {c['train_tokens_per_cpu_s']:,.0f} tok/s; "

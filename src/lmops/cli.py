@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 from lmops.config import Config, load_config
-from lmops.data.dataset import SPLITS
 from lmops.errors import LmopsError
+from lmops.local_run import SAMPLE_CORPUS, ensure_sample_corpus, print_table, run_local, summary
 
-SAMPLE_CORPUS = Path(".state/sample-corpus")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -27,21 +26,13 @@ def _out(args: argparse.Namespace, cfg: Config, name: str) -> Path:
     return Path(args.out) if getattr(args, "out", None) else Path(cfg.workdir) / name
 
 
-def _ensure_sample_corpus(cfg: Config) -> None:
-    """The default source is the sample corpus: make it (offline, deterministic) on first use."""
-    if any(Path(s) == SAMPLE_CORPUS for s in cfg.build.sources):
-        from lmops.data.sample_corpus import make_sample_corpus
-
-        make_sample_corpus(SAMPLE_CORPUS)
-
-
 def cmd_build(args: argparse.Namespace) -> dict:
     from lmops.data.build import build_dataset
 
     cfg = _config(args)
-    _ensure_sample_corpus(cfg)
+    ensure_sample_corpus(cfg)
     res = build_dataset(cfg.build, _out(args, cfg, "dataset"), cache_dir=cfg.cache_dir)
-    return _summary("build", res)
+    return summary("build", res)
 
 
 def cmd_tokenize(args: argparse.Namespace) -> dict:
@@ -50,7 +41,7 @@ def cmd_tokenize(args: argparse.Namespace) -> dict:
     cfg = _config(args)
     dataset = Path(args.dataset) if args.dataset else Path(cfg.workdir) / "dataset"
     res = tokenize_dataset(cfg.tokenize, dataset, _out(args, cfg, "tokens"), cache_dir=cfg.cache_dir)
-    return _summary("tokenize", res)
+    return summary("tokenize", res)
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
@@ -59,61 +50,25 @@ def cmd_train(args: argparse.Namespace) -> dict:
     cfg = _config(args)
     tokens = Path(args.tokens) if args.tokens else Path(cfg.workdir) / "tokens"
     res = train_stage(cfg, tokens, _out(args, cfg, "checkpoint"), cache_dir=cfg.cache_dir)
-    return _summary("train", res)
+    return summary("train", res)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from lmops.evaluate_stage import evaluate_stage
+
+    cfg = _config(args)
+    work = Path(cfg.workdir)
+    res = evaluate_stage(cfg, Path(args.model) if args.model else work / "checkpoint",
+                         Path(args.tokens) if args.tokens else work / "tokens", _out(args, cfg, "eval"),
+                         baseline=args.baseline, cache_dir=cfg.cache_dir)
+    return summary("evaluate", res)
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
-    """The stages that exist so far, in order, each cached by content."""
-    from lmops.data.build import build_dataset
-    from lmops.data.tokenize import tokenize_dataset
-
-    cfg = _config(args)
-    _ensure_sample_corpus(cfg)
-    work = Path(cfg.workdir)
-    rows = []
-    t0 = time.time()
-    res = build_dataset(cfg.build, work / "dataset", cache_dir=cfg.cache_dir)
-    rows.append(_summary("build", res, time.time() - t0))
-    t0 = time.time()
-    res = tokenize_dataset(cfg.tokenize, work / "dataset", work / "tokens", cache_dir=cfg.cache_dir)
-    rows.append(_summary("tokenize", res, time.time() - t0))
-    _print_table(rows)
+    """The stages in order, each cached by content."""
+    rows = run_local(_config(args))
+    print_table(rows)
     return {"stages": rows}
-
-
-def _summary(stage: str, res, seconds: float | None = None) -> dict:
-    m = res.manifest
-    c = m.counts
-    if stage == "build":
-        docs = c.get("documents", {})
-        splits = c.get("splits", {})
-        detail = f"{docs.get('kept')} of {docs.get('read')} documents kept; " + ", ".join(
-            f"{s} {splits[s]['docs']}" for s in SPLITS if s in splits
-        )
-    elif stage == "tokenize":
-        tokens = c.get("tokens", {})
-        detail = f"vocab {c.get('vocab_size')} ({c.get('dtype')}); tokens " + ", ".join(
-            f"{s} {tokens[s]:,}" for s in SPLITS if s in tokens
-        )
-    elif stage == "train":
-        mt = m.metrics
-        detail = (f"{mt.get('steps')} steps on {mt.get('num_workers')} worker(s); loss {mt.get('first_loss', 0):.3f} -> "
-                  f"{mt.get('final_loss', 0):.3f}, val {mt.get('val_loss') or float('nan'):.3f}; "
-                  f"{mt.get('tokens_per_s', 0):,.0f} tok/s")
-    else:
-        detail = ""
-    return {
-        "stage": stage, "status": "cached" if res.cached else "ran", "path": str(res.path),
-        "seconds": round(seconds if seconds is not None else m.seconds, 2),
-        "digest": m.digest[:12], "detail": detail,
-    }
-
-
-def _print_table(rows: list[dict]) -> None:
-    print()
-    print(f"{'stage':<10} {'status':<7} {'time':>7}  {'output':<28} detail")
-    for r in rows:
-        print(f"{r['stage']:<10} {r['status']:<7} {r['seconds']:>6.1f}s  {r['path']:<28} {r['detail']}")
 
 
 def cmd_serve(args: argparse.Namespace) -> dict:
@@ -229,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = stage("tokenize", cmd_tokenize, "stage 2: dataset/ -> tokenizer + packed token shards")
     sp.add_argument("--dataset", help="dataset directory (default: <workdir>/dataset)")
     sp.add_argument("--out", help="output directory (default: <workdir>/tokens)")
+    sp = stage("evaluate", cmd_evaluate, "stage 4: perplexity, tokens/s, latency, size -> eval/ (+ gate verdict)")
+    sp.add_argument("--model", help="model directory (default: <workdir>/checkpoint)")
+    sp.add_argument("--tokens", help="tokens directory (default: <workdir>/tokens)")
+    sp.add_argument("--baseline", help="the champion's eval.json (or eval/ directory) to gate against")
+    sp.add_argument("--out", help="output directory (default: <workdir>/eval)")
     sp = stage("train", cmd_train, "stage 3: tokens/ -> checkpoint/ (HF model dir) with Ray Train")
     sp.add_argument("--tokens", help="tokens directory (default: <workdir>/tokens)")
     sp.add_argument("--out", help="output directory (default: <workdir>/checkpoint)")

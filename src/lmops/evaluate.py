@@ -53,6 +53,8 @@ def evaluate_model(model_dir: str | Path, tokens_dir: str | Path, cfg: EvaluateC
     info = open_tokens(tokens_dir, splits=(split,))
     ids = load_split(info, split)
     device = resolve_device(cfg.device, setting="evaluate.device")
+    if _is_int8_dir(model_dir):
+        device = torch.device("cpu")  # dynamic int8 kernels (fbgemm) exist for CPUs only
     model = load_candidate(model_dir, device)
     check_vocab(model, info.vocab_size, where=f"evaluate {model_dir}")
     metrics = evaluate_loaded(model, ids, cfg, device)
@@ -68,8 +70,17 @@ def evaluate_model(model_dir: str | Path, tokens_dir: str | Path, cfg: EvaluateC
 
 def load_candidate(model_dir: Path, device: torch.device) -> PreTrainedModel:
     """Load a candidate for scoring. (Compressed formats that from_pretrained cannot read plug in here.)"""
+    if _is_int8_dir(model_dir):
+        # lazy: the compress stage owns the int8 format, so its reader and writer never drift apart
+        from lmops.compress.quantize import load_quantized
+
+        return load_quantized(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32)
     return model.to(device).eval()
+
+
+def _is_int8_dir(model_dir: Path) -> bool:
+    return (Path(model_dir) / "quantization.json").is_file()
 
 
 def evaluate_loaded(model: torch.nn.Module, ids: np.ndarray, cfg: EvaluateConfig, device: torch.device) -> dict[str, Any]:

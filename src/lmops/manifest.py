@@ -140,6 +140,17 @@ def verify(root: str | Path, stage: str | None = None, only: list[str] | None = 
     return m
 
 
+def input_digest(root: str | Path, stage: str | None = None) -> str:
+    """The content digest a downstream stage keys on: a stage output's verified manifest digest, or,
+    for a plain directory (a model from elsewhere), the digest of its files."""
+    root = Path(root)
+    if (root / MANIFEST).is_file():
+        return verify(root, stage).digest
+    if not root.is_dir():
+        raise ManifestError(f"{root}: directory not found")
+    return content_digest(file_table(root))
+
+
 @dataclass
 class StageResult:
     manifest: Manifest

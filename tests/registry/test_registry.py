@@ -7,7 +7,6 @@ import json
 import shutil
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import torch
@@ -268,3 +267,15 @@ def test_register_cli_gates_against_the_champion(chain, evals, mlflow_server, cl
     assert second["gating"]["passed"] is False and second["candidate"] is None
     assert client.get_model_version(name, second["versions"][0]["version"]).tags["lmops.gate.passed"] == "false"
 
+
+def test_candidate_is_the_best_passing_variant_by_the_configured_metric(chain, evals, mlflow_server, client):
+    cfg = RegistryConfig(tracking_uri=mlflow_server, model_name=fresh_name())
+    reg = register_variants(variants(chain, evals, PASS_RULES), cfg)
+    assert all(v.passed for v in reg.versions)
+    best = min(("fp32", "pruned"), key=lambda v: evals[v]["perplexity"])
+    assert client.get_model_version_by_alias(cfg.model_name, "candidate").tags["lmops.variant"] == best
+    # ranked by a metric where higher is better, the other direction applies
+    by_speed = cfg.model_copy(update={"model_name": fresh_name(), "rank_by": "eval_tokens_per_s"})
+    reg = register_variants(variants(chain, evals, PASS_RULES), by_speed)
+    fastest = max(("fp32", "pruned"), key=lambda v: evals[v]["eval_tokens_per_s"])
+    assert {v.version: v.variant for v in reg.versions}[reg.candidate] == fastest

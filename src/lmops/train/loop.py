@@ -163,8 +163,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_batches:
         log: Callable[[str], None] | None = print) -> TrainResult:
     """Train from ``start_step`` to ``cfg.max_steps``.
 
-    ``on_step(step, metrics)`` runs after every optimizer step (``step`` = steps done); ``metrics`` is
-    empty except on log/eval steps. Validation runs every ``eval_every`` steps, at the end, and once
+    ``on_step(step, metrics)`` runs after every optimizer step (``step`` = steps done) and once with
+    step 0 for the initial validation; ``metrics`` is empty except on log/eval steps. Validation runs every ``eval_every`` steps, at the end, and once
     before the first step of a fresh run (the starting point of the curve).
     """
     model.train()
@@ -178,6 +178,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_batches:
         val_loss = estimate_loss(model, val_batches, device=device, dtype=dtype, loss_fn=loss_fn)
         history.append({"step": 0, "val_loss": val_loss})
         _log(log, f"step 0/{cfg.max_steps} | val loss {val_loss:.3f}")
+        if on_step is not None:
+            on_step(0, history[-1])  # the curve's starting point reaches callers' histories too
 
     started = interval_start = time.perf_counter()
     loss_acc, n_acc = torch.zeros((), device=device), 0

@@ -6,9 +6,10 @@ only this rank's share of the tokens. Everything else (optimizer, schedule, logg
 ``ray.train.report``; Ray keeps the latest ``keep_checkpoints`` and restarts failed workers up to
 ``max_failures`` times, each restart resuming from the latest checkpoint.
 
-Resume across invocations (a stage re-run after a crash): the run's storage directory is named by
-the stage's cache key, so the same inputs and config find the same directory; the driver picks its
-latest *complete* checkpoint (see ``checkpoint.py``) and each worker starts from it.
+Resume: the run's storage directory is named by the stage's cache key, so a re-run of the stage after
+a crash (same inputs and config) finds the same directory. Every worker start — the first, or a
+restart after a failure — scans it and resumes from the latest *complete* checkpoint
+(see ``checkpoint.py``); ``train.resume: never`` gives the run a directory of its own.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             state["history"].append(record)
             if tracker:
                 tracker.log(record, step)
-        if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+        if step > 0 and (step % tc.checkpoint_every == 0 or step == tc.max_steps):
             rank_states = _gather_rank_states(batches)
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint = None
