@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from lmops.config import Config, load_config
@@ -62,6 +61,20 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
                          Path(args.tokens) if args.tokens else work / "tokens", _out(args, cfg, "eval"),
                          baseline=args.baseline, cache_dir=cfg.cache_dir)
     return summary("evaluate", res)
+
+
+def cmd_compress(args: argparse.Namespace) -> dict:
+    from lmops.compress.stage import compress_stage
+
+    cfg = _config(args)
+    work = Path(cfg.workdir)
+    res = compress_stage(cfg, Path(args.checkpoint) if args.checkpoint else work / "checkpoint",
+                         Path(args.tokens) if args.tokens else work / "tokens", _out(args, cfg, "compressed"),
+                         cache_dir=cfg.cache_dir)
+    row = summary("compress", res)
+    row["detail"] = "; ".join(f"{v} ppl x{mt['perplexity_ratio']:.3f} size x{mt['size_ratio']:.2f} "
+                              f"{'pass' if mt['passed'] else 'FAIL'}" for v, mt in res.manifest.metrics.items() if v != "fp32")
+    return row
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
@@ -192,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = stage("train", cmd_train, "stage 3: tokens/ -> checkpoint/ (HF model dir) with Ray Train")
     sp.add_argument("--tokens", help="tokens directory (default: <workdir>/tokens)")
     sp.add_argument("--out", help="output directory (default: <workdir>/checkpoint)")
+    sp = stage("compress", cmd_compress, "stage 5: checkpoint/ -> int8/, pruned/, student/ scored and gated vs fp32")
+    sp.add_argument("--checkpoint", help="fp32 model directory (default: <workdir>/checkpoint)")
+    sp.add_argument("--tokens", help="tokens directory (default: <workdir>/tokens)")
+    sp.add_argument("--out", help="output directory (default: <workdir>/compressed)")
     stage("run", cmd_run, "run the stages in order on one machine (cached stages are skipped)")
     stage("config", cmd_config, "print the resolved configuration")
     sp = stage("serve", cmd_serve, "stage 7: serve a model (KServe v1/v2 + OpenAI completions) on 127.0.0.1")

@@ -34,15 +34,13 @@ def _cfg(tmp_path, *overrides):
 
 
 def _train_worker_pids() -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if b"RayTrainWorker" in (d / "cmdline").read_bytes():
-                    pids.append(int(d.name))
-            except OSError:
-                pass
-    return pids
+    """Train workers of this session's Ray only (other Ray instances may run on the same machine)."""
+    import psutil
+    from ray._private import worker
+
+    raylet = worker._global_node.all_processes["raylet"][0].process.pid
+    return [p.pid for p in psutil.Process(raylet).children(recursive=True)
+            if "RayTrainWorker" in " ".join(p.cmdline())]
 
 
 def _complete_checkpoints(run_root: Path) -> list[int]:

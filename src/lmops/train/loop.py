@@ -160,22 +160,26 @@ def format_log(step: int, max_steps: int, loss: float, lr: float, tokens_per_s: 
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_batches: Iterator[Batch], cfg: TrainConfig, *,
         device: torch.device, dtype: torch.dtype, val_batches: list[Batch] | None = None, start_step: int = 0,
         on_step: Callable[[int, dict[str, Any]], None] | None = None,
-        log: Callable[[str], None] | None = print) -> TrainResult:
+        log: Callable[[str], None] | None = print, loss_fn: LossFn | None = None) -> TrainResult:
     """Train from ``start_step`` to ``cfg.max_steps``.
+
+    ``loss_fn`` replaces the training objective (e.g. distillation); validation keeps the plain LM loss,
+    so ``val_loss`` stays comparable with any other run's.
 
     ``on_step(step, metrics)`` runs after every optimizer step (``step`` = steps done) and once with
     step 0 for the initial validation; ``metrics`` is empty except on log/eval steps. Validation runs every ``eval_every`` steps, at the end, and once
     before the first step of a fresh run (the starting point of the curve).
     """
     model.train()
-    loss_fn = loss_function(cfg)
+    val_loss_fn = loss_function(cfg)
+    train_loss_fn = loss_fn or val_loss_fn
     flops = model_flops_per_token(unwrap(model), cfg.block_size)
     dev_name = device_name(device)
     tokens_per_step = cfg.micro_batch_size * cfg.block_size * cfg.grad_accum
     history: list[dict[str, Any]] = []
     val_loss = None
     if val_batches and start_step == 0:
-        val_loss = estimate_loss(model, val_batches, device=device, dtype=dtype, loss_fn=loss_fn)
+        val_loss = estimate_loss(model, val_batches, device=device, dtype=dtype, loss_fn=val_loss_fn)
         history.append({"step": 0, "val_loss": val_loss})
         _log(log, f"step 0/{cfg.max_steps} | val loss {val_loss:.3f}")
         if on_step is not None:
@@ -188,7 +192,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_batches:
     for step in range(start_step, cfg.max_steps):
         lr = lr_at(step, cfg)
         out = train_step(model, optimizer, train_batches, lr=lr, grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip,
-                         device=device, dtype=dtype, loss_fn=loss_fn)
+                         device=device, dtype=dtype, loss_fn=train_loss_fn)
         loss_acc += out.loss
         n_acc += 1
         done = step + 1
@@ -207,7 +211,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_batches:
             interval_start = time.perf_counter()
         if val_batches and (done % cfg.eval_every == 0 or done == cfg.max_steps):
             eval_start = time.perf_counter()
-            val_loss = estimate_loss(model, val_batches, device=device, dtype=dtype, loss_fn=loss_fn)
+            val_loss = estimate_loss(model, val_batches, device=device, dtype=dtype, loss_fn=val_loss_fn)
             record = {**record, "step": done, "val_loss": val_loss}
             _log(log, f"step {done}/{cfg.max_steps} | val loss {val_loss:.3f}")
             interval_start += time.perf_counter() - eval_start  # validation time is not training throughput

@@ -67,8 +67,12 @@ def check_resources(cfg: Config, local: bool) -> None:
 
 # ---------------------------------------------------------------- the driver
 def run_ray_training(cfg: Config, tokens_dir: Path, *, run_name: str, storage_path: str,
-                     tracking: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+                     tracking: dict[str, Any] | None = None,
+                     distill: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Train with a TorchTrainer; returns (local dir of the final checkpoint, its trainer state).
+
+    ``distill``: ``{"teacher_dir", "temperature", "alpha"}`` trains against a teacher's logits
+    (``lmops.compress.distill.distillation_loss``) instead of the plain LM loss.
 
     The returned directory is a temporary download when storage is remote: copy what you need.
     """
@@ -83,7 +87,8 @@ def run_ray_training(cfg: Config, tokens_dir: Path, *, run_name: str, storage_pa
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "tokens_dir": str(Path(tokens_dir).resolve()),
-                           "run_dir": f"{storage_path.rstrip('/')}/{run_name}", "tracking": tracking},
+                           "run_dir": f"{storage_path.rstrip('/')}/{run_name}", "tracking": tracking,
+                           "distill": distill},
         scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                                resources_per_worker=tc.resources_per_worker or None),
         run_config=ray.train.RunConfig(
@@ -172,8 +177,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report({"step": step, **_scalars(record)}, checkpoint=checkpoint)
 
+    loss_fn = None
+    if loop_config.get("distill"):  # same loop, another objective: match a teacher's distribution too
+        from lmops.compress.distill import distillation_loss
+
+        loss_fn = distillation_loss(loop_config["distill"], device)
     fit(maybe_compile(model, tc), optimizer, batches, tc, device=device, dtype=dtype, val_batches=val_batches,
-        start_step=start_step, on_step=on_step, log=(lambda s: print(s, flush=True)) if rank == 0 else None)
+        start_step=start_step, on_step=on_step, log=(lambda s: print(s, flush=True)) if rank == 0 else None,
+        loss_fn=loss_fn)
 
 
 def _resume_point(run_dir: str) -> str | None:
