@@ -33,6 +33,10 @@ from transformers import AutoModelForCausalLM
 
 from lmops.config import load_config
 
+# CPU-sized runs of the preset's model: shorter sequences and batches than its GPU training settings
+CPU_OVERRIDES = ["train.micro_batch_size=8", "train.block_size=128", "evaluate.block_size=128",
+                 "evaluate.max_blocks=64", "train.eval_batches=4"]
+
 
 def prefill_seconds(model: torch.nn.Module, ids: torch.Tensor, repeats: int = 3) -> float:
     """CPU seconds of one forward pass over the prompt (the min of a few, to drop one-off stalls)."""
@@ -69,8 +73,8 @@ def prepare(preset: str, workdir: Path, train_steps: int) -> tuple[Path, Path, o
     from lmops.data.tokenize import tokenize_dataset
     from lmops.train.loop import train_single
 
-    cfg = load_config(preset, [f"workdir={workdir}", f"train.max_steps={train_steps}", "train.log_every=50",
-                               f"train.eval_every={train_steps}"])
+    cfg = load_config(preset, [f"workdir={workdir}", *CPU_OVERRIDES, f"train.max_steps={train_steps}",
+                               "train.log_every=50", f"train.eval_every={train_steps}", "train.warmup_steps=20"])
     corpus = make_sample_corpus(Path(".state/sample-corpus"))
     build_dataset(cfg.build.model_copy(update={"sources": [str(corpus)]}), workdir / "dataset",
                   cache_dir=cfg.cache_dir, log=lambda s: None)
@@ -89,8 +93,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="fp32 model directory (default: train one here)")
     ap.add_argument("--tokens", help="tokens directory of the checkpoint (needed with --checkpoint)")
     ap.add_argument("--workdir", default=".state/bench-compress")
-    ap.add_argument("--train-steps", type=int, default=300)
-    ap.add_argument("--distill-steps", type=int, default=150)
+    ap.add_argument("--train-steps", type=int, default=200)
+    ap.add_argument("--distill-steps", type=int, default=100)
     ap.add_argument("--pairs", type=int, default=15)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--set", action="append", default=[], help="config override for the compress stage")
@@ -106,10 +110,9 @@ def main() -> None:
         if not args.tokens:
             ap.error("--checkpoint needs --tokens")
         ckpt, tokens = Path(args.checkpoint), Path(args.tokens)
-        cfg = load_config(args.preset, [f"workdir={workdir}"])
     else:
         ckpt, tokens, cfg = prepare(args.preset, workdir, args.train_steps)
-    cfg = load_config(args.preset, [f"workdir={workdir}", f"compress.distill.steps={args.distill_steps}",
+    cfg = load_config(args.preset, [f"workdir={workdir}", *CPU_OVERRIDES, f"compress.distill.steps={args.distill_steps}",
                                     "train.log_every=25", *args.set])
     started = time.time()
     res = compress_stage(cfg, ckpt, tokens, workdir / "compressed", cache_dir=cfg.cache_dir)

@@ -71,10 +71,7 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     res = compress_stage(cfg, Path(args.checkpoint) if args.checkpoint else work / "checkpoint",
                          Path(args.tokens) if args.tokens else work / "tokens", _out(args, cfg, "compressed"),
                          cache_dir=cfg.cache_dir)
-    row = summary("compress", res)
-    row["detail"] = "; ".join(f"{v} ppl x{mt['perplexity_ratio']:.3f} size x{mt['size_ratio']:.2f} "
-                              f"{'pass' if mt['passed'] else 'FAIL'}" for v, mt in res.manifest.metrics.items() if v != "fp32")
-    return row
+    return summary("compress", res)
 
 
 def cmd_run(args: argparse.Namespace) -> dict:

@@ -1,4 +1,4 @@
-"""``lmops run``: the stages in order on one machine, each skipped when its output is cached.
+"""``lmops run``: the stages in order (build, tokenize, train, evaluate, compress) on one machine, each skipped when its output is cached.
 
 Stages talk only through their output directories under ``<workdir>/``; this module just calls
 them in order and collects one summary row per stage for the closing table.
@@ -26,6 +26,7 @@ def ensure_sample_corpus(cfg: Config) -> None:
 
 
 def run_local(cfg: Config) -> list[dict[str, Any]]:
+    from lmops.compress.stage import compress_stage
     from lmops.data.build import build_dataset
     from lmops.data.tokenize import tokenize_dataset
     from lmops.evaluate_stage import evaluate_stage
@@ -38,6 +39,8 @@ def run_local(cfg: Config) -> list[dict[str, Any]]:
         ("tokenize", lambda: tokenize_dataset(cfg.tokenize, work / "dataset", work / "tokens", cache_dir=cache)),
         ("train", lambda: train_stage(cfg, work / "tokens", work / "checkpoint", cache_dir=cache)),
         ("evaluate", lambda: evaluate_stage(cfg, work / "checkpoint", work / "tokens", work / "eval", cache_dir=cache)),
+        ("compress", lambda: compress_stage(cfg, work / "checkpoint", work / "tokens", work / "compressed",
+                                            cache_dir=cache)),
     ]
     rows = []
     for name, stage in steps:
@@ -73,6 +76,9 @@ def _detail(stage: str, c: dict[str, Any], mt: dict[str, Any]) -> str:
         return (f"perplexity {_f(mt.get('perplexity'), 2)}; {mt.get('eval_tokens_per_s', 0):,.0f} tok/s; "
                 f"{_f(mt.get('latency_ms_per_token'), 2)} ms/token; {mt.get('size_bytes', 0) / 1e6:.1f} MB; "
                 f"gate {'pass' if mt.get('gate_passed') else 'FAIL'}")
+    if stage == "compress":
+        return "; ".join(f"{v} ppl x{m['perplexity_ratio']:.3f} size x{m['size_ratio']:.2f} "
+                         f"{'pass' if m['passed'] else 'FAIL'}" for v, m in mt.items() if v != "fp32")
     return ""
 
 
