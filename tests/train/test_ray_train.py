@@ -82,10 +82,12 @@ def test_two_workers_and_a_killed_worker_resumes_from_its_checkpoint(ray_runtime
     assert (res.path / "loss_curve.png").stat().st_size > 1000
 
 
-def test_rerun_resumes_from_latest_complete_checkpoint(ray_runtime, tokens, tmp_path):
-    cfg = _cfg(tmp_path, "train.max_steps=40", "train.checkpoint_every=10", "train.keep_checkpoints=5")
+def test_rerun_resumes_from_latest_complete_checkpoint(ray_runtime, mlflow_server, tokens, tmp_path):
+    cfg = _cfg(tmp_path, "train.max_steps=40", "train.checkpoint_every=10", "train.keep_checkpoints=5",
+               f"train.mlflow_tracking_uri={mlflow_server}", "train.experiment=test-train-tracking")
     first = train_stage(cfg, tokens, tmp_path / "ckpt")
     assert first.manifest.metrics["resumed_from"] == []
+    _assert_tracked_in_mlflow(mlflow_server, "test-train-tracking", steps=40)
     assert _complete_checkpoints(tmp_path / "ray") == [10, 20, 30, 40]
     # the crash story: the stage output never got published and the newest checkpoint is half-written
     markers = (tmp_path / "ray").glob(f"lmops-train-*/checkpoint_*/{ckpt.MARKER}")
@@ -128,3 +130,19 @@ def test_unreachable_s3_checkpoint_store(tokens, tmp_path, monkeypatch):
 
     with pytest.raises(StorageError, match="cannot reach the S3 endpoint"):
         ckpt.latest_complete("s3://bucket/runs/lmops-train-x")
+
+
+def _assert_tracked_in_mlflow(uri: str, experiment: str, steps: int) -> None:
+    """The run the train stage logged: params, the per-step loss curve, the PNG, finished."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert float(run.data.params["train.max_steps"]) == steps and run.data.params["model.preset"] == "tiny"
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == list(range(10, steps + 1, 10))  # every log line, by step
+    assert losses[-1].value < losses[0].value
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"loss_curve.png", "train_metrics.json"} <= artifacts
