@@ -184,7 +184,7 @@ def run_stage(
         return StageResult(hit, out, True)
     cache_entry = Path(cache_dir) / stage / key if cache_dir else None
     if cache_entry is not None and _cached_output(cache_entry, stage, key) is not None:
-        _publish(_link_copy(cache_entry, _tmp_beside(out)), out)
+        publish_dir(link_copy(cache_entry, _tmp_beside(out)), out)
         log(f"[{stage}] cached: {out} (from {cache_entry})")
         return StageResult(read_manifest(out), out, True)
 
@@ -202,9 +202,9 @@ def run_stage(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _publish(tmp, out)
+    publish_dir(tmp, out)
     if cache_entry is not None and not cache_entry.exists():
-        _publish(_link_copy(out, _tmp_beside(cache_entry)), cache_entry)
+        publish_dir(link_copy(out, _tmp_beside(cache_entry)), cache_entry)
     log(f"[{stage}] wrote {out} in {manifest.seconds:.1f}s (key {key[:12]})")
     return StageResult(manifest, out, False)
 
@@ -226,7 +226,7 @@ def _tmp_beside(path: Path) -> Path:
     return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
 
 
-def _link_copy(src: Path, dst: Path) -> Path:
+def link_copy(src: Path, dst: Path) -> Path:
     """Copy a directory tree using hard links where the filesystem allows (outputs are immutable)."""
 
     def link_or_copy(s: str, d: str) -> None:
@@ -239,7 +239,7 @@ def _link_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _publish(tmp: Path, out: Path) -> None:
+def publish_dir(tmp: Path, out: Path) -> None:
     """Replace ``out`` with ``tmp``: rename the old one aside first, so a crash loses nothing finished."""
     old = None
     if out.exists():

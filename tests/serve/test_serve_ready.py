@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from lmops.config import ServeConfig
 from lmops.serve.model import LmopsModel

@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -31,7 +29,7 @@ from typing import Any
 from lmops import __version__
 from lmops.config import REPO_ROOT, RegistryConfig, sha256_json
 from lmops.gates import GREATER_IS_BETTER, Verdict
-from lmops.manifest import ManifestError, _link_copy, verify
+from lmops.manifest import ManifestError, link_copy, publish_dir, verify
 from lmops.registry import lineage
 from lmops.registry.aliases import GATE_PASSED, move_alias
 from lmops.registry.server import connect, parse_models_uri, refused, resolve, validate_alias, validate_name
@@ -263,7 +261,7 @@ def _log_run(client, cfg: RegistryConfig, name: str, p: _Prepared) -> tuple[str,
             # MLflow names the copied artifact after the source's basename (and refuses symlinks): stage it
             # as hf_model so every version has the same layout (artifacts/hf_model/). Hard links where the
             # filesystem allows, so a large model is not copied twice.
-            _link_copy(Path(v.model_dir), Path(tmp) / HF_ARTIFACT)
+            link_copy(Path(v.model_dir), Path(tmp) / HF_ARTIFACT)
             mlflow.pyfunc.save_model(local, python_model=str(PYFUNC_CODE),
                                      artifacts={HF_ARTIFACT: str(Path(tmp) / HF_ARTIFACT)},
                                      pip_requirements=cfg.pip_requirements or default_pip_requirements(),
@@ -347,7 +345,7 @@ def download_model(uri: str, dest: Path, *, tracking_uri: str | None = None) -> 
         if digest and m.digest != digest:
             raise RegistryError(f"{ref} (version {mv.version}): downloaded content {m.digest[:12]} is not the"
                                 f" registered {digest[:12]}")
-        _publish(got, dest)
+        publish_dir(got, dest)
     return dest
 
 
@@ -361,13 +359,3 @@ def _hf_artifact_path(model_uri: str, server: str, tmp: str) -> str:
         return yaml.safe_load(Path(local).read_text())["flavors"]["python_function"]["artifacts"][HF_ARTIFACT]["path"]
     except (TypeError, KeyError, yaml.YAMLError):
         raise RegistryError(f"{model_uri}: not an lmops model (its MLmodel has no {HF_ARTIFACT} artifact)") from None
-
-
-def _publish(src: Path, dest: Path) -> None:
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(dest, old)
-    os.rename(src, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
