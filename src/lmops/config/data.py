@@ -1,0 +1,89 @@
+"""Stages 1-2: build (raw sources -> dataset/) and tokenize (dataset/ -> tokens/)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lmops.config.base import Section
+
+
+# ---------------------------------------------------------------- stage 1: build
+class SplitConfig(Section):
+    val: float = Field(0.05, ge=0, lt=1)
+    """Fraction of documents in the validation split."""
+    test: float = Field(0.05, ge=0, lt=1)
+    """Fraction of documents in the test split."""
+    calibration: float = Field(0.0, ge=0, lt=1)
+    """Fraction held out for quantization calibration (0 = no calibration split)."""
+    salt: str = "lmops-split-v1"
+    """Mixed into the document hash that decides the split; change it to draw a new split."""
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "SplitConfig":
+        if self.val + self.test + self.calibration >= 1:
+            raise ValueError("val + test + calibration must be below 1 (training needs documents)")
+        return self
+
+
+class DedupConfig(Section):
+    exact: bool = True
+    """Drop documents whose normalized text hashes equal an earlier one."""
+    near: bool = True
+    """Drop near-duplicates found with MinHash + LSH (datasketch)."""
+    threshold: float = Field(0.85, gt=0, le=1)
+    """Estimated Jaccard similarity of word shingles at or above which two documents are near-duplicates."""
+    num_perm: int = Field(128, ge=16, le=1024)
+    """MinHash permutations: more is more precise and slower."""
+    shingle_words: int = Field(5, ge=1, le=32)
+    """Words per shingle."""
+
+
+class BuildConfig(Section):
+    sources: list[str] = Field(default_factory=lambda: [".state/sample-corpus"])
+    """Files, directories, globs or s3:// prefixes holding the raw text."""
+    txt_mode: Literal["file", "paragraph"] = "file"
+    """.txt files: one document per file, or one per blank-line separated paragraph."""
+    jsonl_field: str = "text"
+    """Field of a .jsonl record that holds the text."""
+    parquet_column: str = "text"
+    """Column of a .parquet file that holds the text."""
+    invalid_utf8: Literal["replace", "drop"] = "replace"
+    """Invalid UTF-8: replace the bad bytes with U+FFFD (counted), or drop the file/record (counted)."""
+    bad_records: Literal["skip", "fail"] = "skip"
+    """A JSONL line that is not JSON or lacks the field: skip and count it, or fail the stage."""
+    min_chars: int = Field(32, ge=0)
+    """Documents shorter than this after cleaning are dropped."""
+    max_chars: int = Field(200_000, ge=1)
+    """Documents longer than this after cleaning are dropped."""
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    shard_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Size cap of one output .jsonl shard."""
+
+    @model_validator(mode="after")
+    def _lengths_ordered(self) -> "BuildConfig":
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars})")
+        return self
+
+
+# ---------------------------------------------------------------- stage 2: tokenize
+class TokenizeConfig(Section):
+    tokenizer: str | None = None
+    """An existing tokenizer directory (local or s3://) to load instead of training one."""
+    vocab_size: int = Field(8192, ge=260, le=1_000_000)
+    """Vocabulary size of the trained byte-level BPE (256 bytes + merges + special tokens)."""
+    min_frequency: int = Field(2, ge=1)
+    """A pair must occur this often to become a merge."""
+    eos_token: str = "<|endoftext|>"
+    """Separates documents in the packed shards; also BOS."""
+    pad_token: str = "<|pad|>"
+    """Padding token (inside the vocabulary, so generation never indexes past it)."""
+    extra_special_tokens: list[str] = Field(default_factory=list)
+    """More special tokens to reserve."""
+    batch_size: int = Field(1024, ge=1)
+    """Documents per encode_batch call (the Rust encoder parallelises within a batch)."""
+    model_max_length: int = Field(1024, ge=1)
+    """model_max_length saved with the tokenizer (the train stage may lower it to the model's context)."""

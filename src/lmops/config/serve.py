@@ -1,0 +1,108 @@
+"""Stage 7: the model server and deployment."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lmops.config.base import Section
+
+
+# ---------------------------------------------------------------- stage 7: serve + deploy
+class ServeConfig(Section):
+    """The KServe model server (``lmops serve``): limits, micro-batching and where it listens."""
+
+    host: str = "127.0.0.1"
+    """Address the REST server binds (KServe itself always binds 0.0.0.0); 0.0.0.0 inside a container."""
+    port: int = Field(8080, ge=0, le=65535)
+    """REST port (0 = any free port, logged at start)."""
+    model_name: str = Field("lmops", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Name in the protocol URLs (/v1/models/NAME:predict, /v2/models/NAME/infer, OpenAI "model")."""
+    max_new_tokens: int = Field(256, ge=1)
+    """Upper bound a request may ask for (max_new_tokens / max_tokens); above it is a 400."""
+    default_max_new_tokens: int = Field(32, ge=1)
+    """New tokens when a request names none."""
+    max_prompt_tokens: int = Field(512, ge=1)
+    """Longest prompt accepted, in tokens (prompt + new tokens must also fit the model's positions)."""
+    max_batch_size: int = Field(16, ge=1)
+    """Most requests generated together in one micro-batch."""
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
+    """How long the first request of a batch waits for company when nothing else is queued. Requests that
+    arrive while a batch runs join the next one without waiting, so this only adds latency when idle."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where generation runs (auto = cuda when visible)."""
+    threads: int | None = Field(None, ge=1)
+    """torch intra-op threads (None = torch's default)."""
+    warmup_prompt: str = Field("Hello", min_length=1)
+    """Prompt of the warm-up generation that must succeed before the server reports ready."""
+    cache_dir: str = ".state/serve-cache"
+    """Where s3:// and models:/ model directories are downloaded before loading."""
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> "ServeConfig":
+        if self.default_max_new_tokens > self.max_new_tokens:
+            raise ValueError(f"default_max_new_tokens ({self.default_max_new_tokens}) is above max_new_tokens"
+                             f" ({self.max_new_tokens})")
+        return self
+
+
+_CREDENTIAL_WORDS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "CREDENTIAL", "SESSION_KEY")
+
+
+class DeployResources(Section):
+    """Requests and limits of the predictor container (Kubernetes quantities)."""
+
+    cpu: str = "1"
+    """CPU request and limit, e.g. "500m", "2"."""
+    memory: str = "2Gi"
+    """Memory request and limit."""
+    gpus: int = Field(0, ge=0)
+    """nvidia.com/gpu count (0 = none)."""
+
+
+class DeployConfig(Section):
+    """The deploy stage: a local server process, or an InferenceService on Kubernetes."""
+
+    target: Literal["local", "kubernetes"] = "local"
+    """local: start `lmops serve` as a subprocess; kubernetes: server-side apply an InferenceService."""
+    model: str | None = None
+    """Model URI (directory, s3://, models:/NAME@ALIAS); the CLI's --model overrides it."""
+    ready_timeout_s: float = Field(120.0, gt=0)
+    """local: how long to wait for the server to report ready before failing (and stopping it)."""
+    smoke_prompt: str = Field("Hello", min_length=1)
+    """local: prompt of the smoke request sent once the server is ready."""
+    name: str = Field("lmops-lm", pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=45)
+    """InferenceService name (a DNS label; KServe appends suffixes, so at most 45 characters)."""
+    namespace: str = "default"
+    """Namespace of the InferenceService."""
+    runtime: Literal["lmops", "huggingface"] = "lmops"
+    """lmops: our image runs `lmops serve` (v1, v2, OpenAI); huggingface: KServe's HF runtime on the same dir."""
+    image: str = "lmops:latest"
+    """Predictor image for runtime=lmops."""
+    storage_uri: str | None = None
+    """storageUri KServe's storage initializer downloads to /mnt/models; default: the model URI when it is
+    s3:// (models:/ URIs are resolved by the lmops container itself through MLflow)."""
+    service_account: str | None = None
+    """ServiceAccount whose annotated Secret holds the S3 credentials (KServe's storage initializer reads it)."""
+    s3_secret: str | None = None
+    """Secret exposed to the lmops container with envFrom (AWS_* keys) for models:/ or direct s3:// reads."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra plain environment variables; credentials are refused here (use service_account / s3_secret)."""
+    resources: DeployResources = Field(default_factory=DeployResources)
+    min_replicas: int = Field(1, ge=0)
+    """Fewest predictor replicas (0 = scale to zero, serverless mode only)."""
+    max_replicas: int = Field(1, ge=1)
+    """Most predictor replicas."""
+    canary_traffic_percent: int | None = Field(None, ge=0, le=100)
+    """Percent of traffic to the new revision (None = all of it); the rollout moves it, then clears it."""
+
+    @model_validator(mode="after")
+    def _replicas_ordered(self) -> "DeployConfig":
+        secret_like = [k for k in self.env if any(w in k.upper() for w in _CREDENTIAL_WORDS)]
+        if secret_like:
+            raise ValueError(f"env {secret_like} look like credentials; never inline them in a manifest: use"
+                             " deploy.service_account (S3 for the storage initializer) or deploy.s3_secret")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
