@@ -21,8 +21,14 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.set)
 
 
+def _path(args: argparse.Namespace, cfg: Config, option: str, default: str) -> Path:
+    """A directory option, or its conventional place under the config's workdir."""
+    given = getattr(args, option, None)
+    return Path(given) if given else Path(cfg.workdir) / default
+
+
 def _out(args: argparse.Namespace, cfg: Config, name: str) -> Path:
-    return Path(args.out) if getattr(args, "out", None) else Path(cfg.workdir) / name
+    return _path(args, cfg, "out", name)
 
 
 def cmd_build(args: argparse.Namespace) -> dict:
@@ -38,8 +44,8 @@ def cmd_tokenize(args: argparse.Namespace) -> dict:
     from lmops.data.tokenize import tokenize_dataset
 
     cfg = _config(args)
-    dataset = Path(args.dataset) if args.dataset else Path(cfg.workdir) / "dataset"
-    res = tokenize_dataset(cfg.tokenize, dataset, _out(args, cfg, "tokens"), cache_dir=cfg.cache_dir)
+    res = tokenize_dataset(cfg.tokenize, _path(args, cfg, "dataset", "dataset"), _out(args, cfg, "tokens"),
+                           cache_dir=cfg.cache_dir)
     return summary("tokenize", res)
 
 
@@ -47,8 +53,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     from lmops.train.stage import train_stage
 
     cfg = _config(args)
-    tokens = Path(args.tokens) if args.tokens else Path(cfg.workdir) / "tokens"
-    res = train_stage(cfg, tokens, _out(args, cfg, "checkpoint"), cache_dir=cfg.cache_dir)
+    res = train_stage(cfg, _path(args, cfg, "tokens", "tokens"), _out(args, cfg, "checkpoint"), cache_dir=cfg.cache_dir)
     return summary("train", res)
 
 
@@ -56,10 +61,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from lmops.evaluate_stage import evaluate_stage
 
     cfg = _config(args)
-    work = Path(cfg.workdir)
-    res = evaluate_stage(cfg, Path(args.model) if args.model else work / "checkpoint",
-                         Path(args.tokens) if args.tokens else work / "tokens", _out(args, cfg, "eval"),
-                         baseline=args.baseline, cache_dir=cfg.cache_dir)
+    res = evaluate_stage(cfg, _path(args, cfg, "model", "checkpoint"), _path(args, cfg, "tokens", "tokens"),
+                         _out(args, cfg, "eval"), baseline=args.baseline, cache_dir=cfg.cache_dir)
     return summary("evaluate", res)
 
 
@@ -67,10 +70,8 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     from lmops.compress.stage import compress_stage
 
     cfg = _config(args)
-    work = Path(cfg.workdir)
-    res = compress_stage(cfg, Path(args.checkpoint) if args.checkpoint else work / "checkpoint",
-                         Path(args.tokens) if args.tokens else work / "tokens", _out(args, cfg, "compressed"),
-                         cache_dir=cfg.cache_dir)
+    res = compress_stage(cfg, _path(args, cfg, "checkpoint", "checkpoint"), _path(args, cfg, "tokens", "tokens"),
+                         _out(args, cfg, "compressed"), cache_dir=cfg.cache_dir)
     return summary("compress", res)
 
 

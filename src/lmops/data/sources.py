@@ -143,6 +143,17 @@ def decode_utf8(data: bytes) -> tuple[str, int]:
         return replaced, replaced.count("\ufffd") - data.decode("utf-8", "ignore").count("\ufffd")
 
 
+def _decode_record(raw: bytes, uri: str, where: int, cfg: BuildConfig, tally: Tally) -> str | None:
+    """One record's bytes as text, invalid UTF-8 replaced and counted, or None when it is dropped."""
+    text, bad = decode_utf8(raw)
+    if bad and cfg.invalid_utf8 == "drop":
+        tally.drop_record(uri, "invalid_utf8", where, f"{bad} invalid UTF-8 sequence(s) (build.invalid_utf8=drop)")
+        return None
+    if bad:
+        tally.replaced_utf8(uri, bad, where)
+    return text
+
+
 def read_txt(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[RawDoc]:
     text, bad = decode_utf8(data)
     if bad and cfg.invalid_utf8 == "drop":
@@ -180,12 +191,9 @@ def read_jsonl(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[Ra
         if not raw.strip():
             continue
         tally.docs_read += 1
-        line, bad = decode_utf8(raw)
-        if bad and cfg.invalid_utf8 == "drop":
-            tally.drop_record(uri, "invalid_utf8", lineno, f"{bad} invalid UTF-8 sequence(s) (build.invalid_utf8=drop)")
+        line = _decode_record(raw, uri, lineno, cfg, tally)
+        if line is None:
             continue
-        if bad:
-            tally.replaced_utf8(uri, bad, lineno)
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
@@ -249,11 +257,8 @@ def read_parquet(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[
             _bad_record(uri, row, "missing_field", f"column {column!r} is null", cfg, tally)
             continue
         if isinstance(value, bytes):
-            value, bad = decode_utf8(value)
-            if bad and cfg.invalid_utf8 == "drop":
-                tally.drop_record(uri, "invalid_utf8", row, f"{bad} invalid UTF-8 sequence(s) (build.invalid_utf8=drop)")
+            value = _decode_record(value, uri, row, cfg, tally)
+            if value is None:
                 continue
-            if bad:
-                tally.replaced_utf8(uri, bad, row)
         docs.append(RawDoc(value, f"{uri}:{row}"))
     return docs
