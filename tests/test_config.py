@@ -93,3 +93,13 @@ def test_section_digest_tracks_values():
     a, b = load_config("tiny"), load_config("tiny", ["build.min_chars=1"])
     assert a.build.digest() != b.build.digest()
     assert a.tokenize.digest() == b.tokenize.digest()
+
+
+def test_compress_gates_given_for_one_variant_keep_the_others_defaults():
+    cfg = config_from_dict({"compress": {"gates": {"pruned": {"perplexity": {"max_ratio": 1.5}}}}})
+    gates = cfg.compress.gates
+    assert gates["pruned"]["perplexity"].max_ratio == 1.5
+    assert gates["int8"]["perplexity"].max_ratio == 1.02 and gates["student"]["perplexity"].max_ratio == 1.35
+    assert config_from_dict({"compress": {"gates": {"int8": {}}}}).compress.gates["int8"] == {}
+    with pytest.raises(ConfigError, match="fp16"):
+        config_from_dict({"compress": {"gates": {"fp16": {}}}})

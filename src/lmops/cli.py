@@ -116,7 +116,8 @@ def cmd_register(args: argparse.Namespace) -> dict:
 
     cfg = _config(args)
     reg, gating = register_dir(args.model_dir, args.eval, cfg, variant=args.variant, baseline_path=args.baseline,
-                               tracking_uri=args.tracking_uri, pipeline_run_id=args.pipeline_run_id)
+                               compressed=args.compressed, tracking_uri=args.tracking_uri,
+                               pipeline_run_id=args.pipeline_run_id)
     if not args.json:
         for v in reg.versions:
             state = "reused" if v.reused else "registered"
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eval", required=True, help="its eval.json (or the directory holding it)")
     sp.add_argument("--variant", default="fp32", help="variant tag (fp32, int8, pruned, student...)")
     sp.add_argument("--baseline", help="baseline eval.json (default: the champion's recorded metrics)")
+    sp.add_argument("--compressed", help="a compress stage output: also register its variants (int8, pruned,"
+                                         " student), each gated by compress.json and by the model's own gate")
     sp.add_argument("--pipeline-run-id", help="recorded as a tag (default: $LMOPS_PIPELINE_RUN_ID)")
     sp.add_argument("--tracking-uri", help="MLflow server (default: registry.tracking_uri, $MLFLOW_TRACKING_URI)")
     sp = stage("promote", cmd_promote, "set an alias (default: champion) on a version whose gates passed")

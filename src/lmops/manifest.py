@@ -193,12 +193,9 @@ def run_stage(
     started = time.time()
     try:
         produced = produce(tmp) or {}
-        manifest = Manifest(
-            stage=stage, key=key, config=config, inputs=inputs, files=file_table(tmp),
-            counts=produced.get("counts", {}), metrics=produced.get("metrics", {}),
-            created_at=started, seconds=round(time.time() - started, 3),
-        )
-        (tmp / MANIFEST).write_text(manifest.to_json())
+        manifest = write_manifest(tmp, stage=stage, key=key, config=config, inputs=inputs,
+                                  counts=produced.get("counts", {}), metrics=produced.get("metrics", {}),
+                                  started=started)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -207,6 +204,18 @@ def run_stage(
         publish_dir(link_copy(out, _tmp_beside(cache_entry)), cache_entry)
     log(f"[{stage}] wrote {out} in {manifest.seconds:.1f}s (key {key[:12]})")
     return StageResult(manifest, out, False)
+
+
+def write_manifest(root: Path, *, stage: str, key: str, config: dict[str, Any], inputs: dict[str, dict[str, Any]],
+                   counts: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                   started: float | None = None) -> Manifest:
+    """Seal ``root``: record every file in it (written last, so a manifest means a finished directory)."""
+    now = time.time()
+    manifest = Manifest(stage=stage, key=key, config=config, inputs=inputs, files=file_table(root),
+                        counts=counts or {}, metrics=metrics or {}, created_at=started or now,
+                        seconds=round(now - (started or now), 3))
+    (root / MANIFEST).write_text(manifest.to_json())
+    return manifest
 
 
 def _cached_output(root: Path, stage: str, key: str) -> Manifest | None:

@@ -147,6 +147,11 @@ def count_params(model: torch.nn.Module, *, non_embedding: bool = False) -> int:
         if id(p) not in seen:
             seen.add(id(p))
             total += p.numel()
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    for m in model.modules():  # dynamic int8 Linear layers hold packed weights, not parameters
+        if isinstance(m, nnqd.Linear):
+            total += m.in_features * m.out_features + (m.out_features if m.bias() is not None else 0)
     if non_embedding:
         emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         if emb is not None:

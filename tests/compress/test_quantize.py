@@ -14,6 +14,7 @@ from lmops.compress import CompressError
 from lmops.compress.quantize import (MARKER, WEIGHTS, linear_weight_bytes, load_quantized, quantize_dir,
                                      quantize_model, save_quantized)
 from lmops.config import EvaluateConfig, Int8Config
+from lmops.model import count_params
 
 torch.set_num_threads(1)
 
@@ -43,6 +44,8 @@ def test_reload_without_fp32_weights_gives_the_same_logits(int8_pair):
     # and it is a real quantization: close to fp32 but not identical
     diff = (fresh - reference).abs().max().item()
     assert 0 < diff < 0.5, diff
+    # the int8 layers' weights are still parameters of the model, counted once each
+    assert count_params(reloaded) == count_params(AutoModelForCausalLM.from_config(reloaded.config))
     out = reloaded.generate(x[:1, :8], max_new_tokens=6, min_new_tokens=6, do_sample=False,
                             pad_token_id=reloaded.config.pad_token_id)
     assert out.shape == (1, 14)

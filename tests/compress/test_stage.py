@@ -12,7 +12,7 @@ import torch
 from lmops.compress import CompressError
 from lmops.compress.stage import compress_stage
 from lmops.config import config_from_dict
-from lmops.manifest import ManifestError, read_manifest, run_stage
+from lmops.manifest import ManifestError, read_manifest, run_stage, verify
 
 torch.set_num_threads(1)
 
@@ -65,6 +65,13 @@ def test_stage_writes_scored_gated_variants(ray_runtime, trained_checkpoint, tin
     assert m.inputs["checkpoint"]["digest"] == read_manifest(trained_checkpoint).digest
     assert m.inputs["tokens"]["digest"] == read_manifest(tiny_tokens).digest
     assert "int8/quantized.safetensors" in m.files and "student/model.safetensors" in m.files
+    # each variant is a sealed directory of its own, naming the checkpoint it was made from
+    for name, stage, source in (("int8", "quantize", "checkpoint"), ("pruned", "prune", "checkpoint"),
+                                ("student", "distill", "teacher")):
+        vm = verify(out / name, stage)
+        assert vm.inputs[source]["digest"] == m.inputs["checkpoint"]["digest"]
+        assert vm.inputs[source]["path"] == str(trained_checkpoint)
+        assert vm.metrics["passed"] == rows[name]["passed"] and "eval.json" in vm.files
 
 
 def test_an_impossible_budget_fails_that_variant_with_a_reason(trained_checkpoint, tiny_tokens, tmp_path):

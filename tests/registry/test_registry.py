@@ -279,3 +279,72 @@ def test_candidate_is_the_best_passing_variant_by_the_configured_metric(chain, e
     reg = register_variants(variants(chain, evals, PASS_RULES), by_speed)
     fastest = max(("fp32", "pruned"), key=lambda v: evals[v]["eval_tokens_per_s"])
     assert {v.version: v.variant for v in reg.versions}[reg.candidate] == fastest
+
+
+# ---------------------------------------------------------------- the compress stage's variants
+def test_register_compressed_variants_and_load_the_int8_one(chain, mlflow_server, client, tmp_path, capsys,
+                                                            monkeypatch):
+    """A real compress stage output (int8 + pruned, no distillation) registered with its fp32 model: one version
+    per variant, each gated; the int8 version loads through MLflow alone and generates what lmops' int8
+    loader generates; its lineage starts at the variant and reaches the raw sources."""
+    import mlflow.pyfunc
+    from transformers import AutoTokenizer
+
+    from lmops.compress.quantize import load_quantized
+    from lmops.compress.stage import compress_stage
+    from lmops.config import config_from_dict
+    from lmops.evaluate_stage import evaluate_stage
+
+    name = fresh_name()
+    cfg = config_from_dict({"workdir": str(tmp_path), "cache_dir": None,
+                            "evaluate": {"block_size": 32, "max_blocks": 4, "batch_size": 4, "latency_prompt_tokens": 8,
+                                         "latency_new_tokens": 4, "latency_repeats": 1, "device": "cpu"},
+                            "compress": {"distill": {"enabled": False}, "prune": {"sparsity": 0.3, "recovery_steps": 0},
+                                         "gates": {"pruned": {"perplexity": {"max_ratio": 0.5}}}}})
+    evaluate_stage(cfg, chain.checkpoint, chain.tokens, tmp_path / "eval", log=lambda s: None)
+    compressed = compress_stage(cfg, chain.checkpoint, chain.tokens, tmp_path / "compressed", log=lambda s: None).path
+    assert main(["register", str(chain.checkpoint), "--eval", str(tmp_path / "eval"), "--compressed", str(compressed),
+                 "--set", f"registry.model_name={name}", "--tracking-uri", mlflow_server, "--json"]) == 0
+    reg = json.loads(capsys.readouterr().out)
+    versions = {v["variant"]: v for v in reg["versions"]}
+    assert set(versions) == {"fp32", "int8", "pruned"}
+    assert versions["fp32"]["passed"] and versions["int8"]["passed"] and not versions["pruned"]["passed"]
+    int8 = client.get_model_version(name, versions["int8"]["version"])
+    assert int8.tags["lmops.variant"] == "int8" and int8.tags["lmops.gate.passed"] == "true"
+    assert "PASS perplexity" in int8.tags["lmops.gate.reasons"] and "<= 1.02" in int8.tags["lmops.gate.reasons"]
+    assert client.get_model_version(name, versions["pruned"]["version"]).tags["lmops.gate.passed"] == "false"
+    assert reg["candidate"] in {versions["fp32"]["version"], versions["int8"]["version"]}
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{versions['int8']['version']}")
+    out = model.predict(["the registry keeps"], params={"max_new_tokens": 6})
+    tok = AutoTokenizer.from_pretrained(compressed / "int8")
+    q = load_quantized(compressed / "int8")
+    ids = tok("the registry keeps", return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        ref = q.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=q.config.pad_token_id)
+    assert out == [tok.decode(ref[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)]
+
+    assert lmops("lineage", f"models:/{name}/{versions['int8']['version']}", uri=mlflow_server) == 0
+    printed = capsys.readouterr().out
+    for role, path in (("variant", compressed / "int8"), ("checkpoint", chain.checkpoint), ("tokens", chain.tokens),
+                       ("dataset", chain.dataset)):
+        assert role in printed and str(path) in printed, (role, printed)
+    assert "sources" in printed
+
+
+def test_register_refuses_a_compressed_dir_that_changed(chain, mlflow_server, tmp_path):
+    from lmops.compress.stage import compress_stage
+    from lmops.config import config_from_dict
+    from lmops.registry.register import register_dir
+
+    cfg = config_from_dict({"workdir": str(tmp_path), "cache_dir": None,
+                            "evaluate": {"block_size": 32, "max_blocks": 2, "latency_repeats": 1, "device": "cpu"},
+                            "compress": {"distill": {"enabled": False}, "prune": {"enabled": False}},
+                            "registry": {"model_name": fresh_name(), "tracking_uri": mlflow_server}})
+    compressed = compress_stage(cfg, chain.checkpoint, chain.tokens, tmp_path / "compressed", log=lambda s: None).path
+    eval_path = tmp_path / "eval.json"
+    eval_path.write_text((compressed / "fp32_eval.json").read_text())
+    (compressed / "int8" / "config.json").write_text("{}")
+    with pytest.raises(RegistryError, match=r"--compressed .*int8/config.json"):
+        register_dir(chain.checkpoint, eval_path, cfg, compressed=compressed)

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from chain import Chain, evaluate, make_chain
-from conftest import start_mlflow_server, stop_process_group
+from lmops.registry.local_server import start_mlflow_server, stop_process_group
 from lmops.config import RegistryConfig
 from lmops.gates import check
 from lmops.manifest import read_manifest, verify

@@ -5,9 +5,10 @@ install and run on CPU with torch 2.13, but measured on the small preset shape a
 its ``Int8DynamicActivationInt8WeightConfig`` ran at 0.80x fp32 prefill time against 0.39x for
 quantize_dynamic (its CPU path dequantizes rather than calling an int8 kernel), and it is not a project
 dependency. quantize_dynamic is deprecated but present in torch 2.13; swapping the backend only touches
-``quantize_model`` and ``_int8_linear``.
+``quantize_model`` and ``int8_format._int8_linear``.
 
-On-disk format (``quantization.json`` marks it; the serving loader and ``lmops.evaluate`` dispatch on it):
+On-disk format (written here, read by ``int8_format``, which has no lmops imports so that MLflow can ship
+it with a registered int8 model; ``quantization.json`` marks it; the serving loader and ``lmops.evaluate`` dispatch on it):
 
 - ``config.json``, ``generation_config.json``, tokenizer files: as in the fp32 checkpoint, so the module
   structure is rebuilt from the config alone;
@@ -32,16 +33,25 @@ from typing import Any
 
 import torch
 import torch.ao.nn.quantized.dynamic as nnqd
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from lmops.compress import CompressError
+from lmops.compress import int8_format
+from lmops.compress.int8_format import FORMAT, MARKER, WEIGHTS, inside, is_quantized_dir, pack_weight, untie
 from lmops.compress.source import copy_side_files, load_fp32
 from lmops.config import Int8Config
 
-MARKER = "quantization.json"
-WEIGHTS = "quantized.safetensors"
-FORMAT = "lmops-int8-dynamic-v1"
+__all__ = ["MARKER", "WEIGHTS", "is_quantized_dir", "load_quantized", "quantize_dir", "quantize_model",
+           "save_quantized", "linear_weight_bytes"]
+
+
+def load_quantized(path: str | Path) -> nn.Module:
+    """The int8 model saved in ``path`` (CPU, eval mode); see ``int8_format.load_quantized``."""
+    try:
+        return int8_format.load_quantized(path)
+    except int8_format.Int8FormatError as e:
+        raise CompressError(str(e)) from None
 
 
 def quantize_model(model: nn.Module, cfg: Int8Config) -> nn.Module:
@@ -55,7 +65,7 @@ def quantize_model(model: nn.Module, cfg: Int8Config) -> nn.Module:
     with warnings.catch_warnings():  # the deprecation notices of torch.ao say nothing actionable here
         warnings.simplefilter("ignore")
         q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).cpu().eval(), names, dtype=torch.qint8)
-    _untie(q)
+    untie(q)
     return q
 
 
@@ -71,14 +81,6 @@ def _output_name(model: nn.Module) -> str | None:
     return next((n for n, m in model.named_modules() if m is head), None) if head is not None else None
 
 
-def _untie(model: nn.Module) -> None:
-    """An int8 LM head no longer shares the embedding tensor: stop transformers from re-tying it (it would
-    assign a Parameter over the quantized module's ``weight()`` method)."""
-    head = getattr(model, "get_output_embeddings", lambda: None)()
-    if isinstance(head, nnqd.Linear) and getattr(model, "config", None) is not None:
-        model.config.tie_word_embeddings = False
-
-
 # ---------------------------------------------------------------- save / load
 def save_quantized(qmodel: nn.Module, out_dir: str | Path, source_dir: str | Path, cfg: Int8Config) -> Path:
     """Write the int8 model as described in the module docstring; side files come from ``source_dir``."""
@@ -92,11 +94,11 @@ def save_quantized(qmodel: nn.Module, out_dir: str | Path, source_dir: str | Pat
         if isinstance(module, nnqd.Linear):
             quantized.append(name)
             w, b = module._weight_bias()
-            tensors.update(_pack_weight(prefix, w))
+            tensors.update(pack_weight(prefix, w))
             if b is not None:
                 tensors[f"{prefix}bias"] = b.detach().contiguous()
             continue
-        if _inside(name, quantized):
+        if inside(name, quantized):
             continue
         own = list(module.named_parameters(recurse=False)) + [
             (n, b) for n, b in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set]
@@ -111,104 +113,6 @@ def save_quantized(qmodel: nn.Module, out_dir: str | Path, source_dir: str | Pat
             "include_lm_head": cfg.include_lm_head, "modules": quantized, "torch": torch.__version__}
     (out / MARKER).write_text(json.dumps(info, indent=2) + "\n")
     return out
-
-
-def _pack_weight(prefix: str, w: torch.Tensor) -> dict[str, torch.Tensor]:
-    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-        scale, zp = w.q_per_channel_scales().float(), w.q_per_channel_zero_points()
-    else:
-        scale, zp = torch.tensor([w.q_scale()], dtype=torch.float32), torch.tensor([w.q_zero_point()])
-    # a qint8 zero point lies in [-128, 127]: one byte each instead of int64's eight
-    return {f"{prefix}weight_int8": w.int_repr().contiguous(), f"{prefix}weight_scale": scale.contiguous(),
-            f"{prefix}weight_zero_point": zp.to(torch.int8).contiguous()}
-
-
-def _inside(name: str, parents: list[str]) -> bool:
-    return any(name.startswith(p + ".") for p in parents)
-
-
-def is_quantized_dir(path: str | Path) -> bool:
-    return (Path(path) / MARKER).is_file()
-
-
-def load_quantized(path: str | Path) -> nn.Module:
-    """Rebuild the module structure from config.json and load the stored int8 weights (CPU, eval mode)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    path = Path(path)
-    info = _read_marker(path)
-    weights = path / info.get("weights", WEIGHTS)
-    if not weights.is_file():
-        raise CompressError(f"{weights}: int8 weights named by {path / MARKER} are missing")
-    try:
-        tensors = load_file(str(weights))
-        config = AutoConfig.from_pretrained(path)
-    except Exception as e:
-        raise CompressError(f"{path}: unreadable int8 model: {type(e).__name__}: {e}") from e
-    # the structure only: the random init is overwritten below, so skip its cost where transformers allows
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
-    modules = list(info["modules"])
-    for name in modules:
-        _set_module(model, name, _int8_linear(model.get_submodule(name), name, tensors, path))
-    _untie(model)
-    # copied tensor by tensor: load_state_dict would also ask the int8 modules for fp32-era keys
-    targets = {n: t for n, t in _persistent_tensors(model) if not _inside(n, modules)}
-    missing = sorted(set(targets) - set(tensors))
-    if missing:
-        raise CompressError(f"{weights}: tensors missing for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    with torch.no_grad():
-        for n, t in targets.items():
-            if tuple(tensors[n].shape) != tuple(t.shape):
-                raise CompressError(f"{weights}: {n} has shape {tuple(tensors[n].shape)}, {path / 'config.json'}"
-                                    f" builds {tuple(t.shape)}")
-            t.copy_(tensors[n])
-    model.tie_weights()  # an fp32 head left tied (include_lm_head=false) shares the loaded embedding
-    if (path / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(path)
-    return model.eval()
-
-
-def _persistent_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Parameters (a tied one once) and persistent buffers, by qualified name."""
-    out: list[tuple[str, torch.Tensor]] = list(model.named_parameters())
-    for mname, m in model.named_modules():
-        for bname, b in m.named_buffers(recurse=False):
-            if b is not None and bname not in m._non_persistent_buffers_set:
-                out.append((f"{mname}.{bname}" if mname else bname, b))
-    return out
-
-
-def _read_marker(path: Path) -> dict[str, Any]:
-    try:
-        info = json.loads((path / MARKER).read_text())
-    except FileNotFoundError:
-        raise CompressError(f"{path}: no {MARKER} — not an int8 model directory") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CompressError(f"{path / MARKER}: not valid JSON: {e}") from None
-    if info.get("format") != FORMAT:
-        raise CompressError(f"{path / MARKER}: format {info.get('format')!r}, this lmops reads {FORMAT!r}")
-    return info
-
-
-def _int8_linear(lin: nn.Module, name: str, tensors: dict[str, torch.Tensor], path: Path) -> nnqd.Linear:
-    try:
-        q, scale, zp = (tensors[f"{name}.weight_{k}"] for k in ("int8", "scale", "zero_point"))
-    except KeyError as e:
-        raise CompressError(f"{path / WEIGHTS}: no {e.args[0]} for the quantized layer {name}") from None
-    if not isinstance(lin, nn.Linear) or tuple(q.shape) != (lin.out_features, lin.in_features):
-        raise CompressError(f"{path / WEIGHTS}: {name} has shape {tuple(q.shape)}, config.json builds {lin}")
-    if scale.numel() == 1:
-        qw = torch._make_per_tensor_quantized_tensor(q, float(scale), int(zp))
-    else:
-        qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zp.long(), 0)
-    out = nnqd.Linear(lin.in_features, lin.out_features, bias_=lin.bias is not None, dtype=torch.qint8)
-    out.set_weight_bias(qw, tensors.get(f"{name}.bias"))
-    return out
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 # ---------------------------------------------------------------- directory to directory
@@ -232,7 +136,7 @@ def linear_weight_bytes(model: nn.Module, include_lm_head: bool = True) -> int:
             continue
         if isinstance(m, nnqd.Linear):
             w, b = m._weight_bias()
-            packed = _pack_weight("", w)
+            packed = pack_weight("", w)
             total += sum(t.numel() * t.element_size() for t in packed.values())
             total += 0 if b is None else b.numel() * b.element_size()
         elif isinstance(m, nn.Linear):

@@ -3,7 +3,9 @@
 Output directory::
 
     fp32_eval.json          the checkpoint's own eval (the baseline every variant is gated against)
-    int8/  pruned/  student/   each a model directory with its eval.json (enabled variants only)
+    int8/  pruned/  student/   each a model directory with its eval.json and its own manifest.json
+                            (enabled variants only; the manifest names the checkpoint it came from, so a
+                            variant registers and traces its lineage like any stage output)
     compress.json           one row per model: size, CPU latency, perplexity, ratios vs fp32, verdict, reasons
     compress.png            the same as bar charts, budgets drawn in
     manifest.json           inputs: the checkpoint's and the tokens' digests
@@ -26,13 +28,16 @@ from lmops.compress import CompressError
 from lmops.compress.source import load_fp32
 from lmops.config import Config
 from lmops.data.tokens import open_tokens
-from lmops.manifest import MANIFEST, StageResult, code_digest, content_digest, file_table, run_stage, verify
+from lmops.manifest import (MANIFEST, StageResult, code_digest, content_digest, file_table, run_stage, stage_key,
+                            verify, write_manifest)
 
 _HERE = Path(__file__).resolve().parent
 CODE = code_digest(*sorted(_HERE.glob("*.py")), _HERE.parent / "evaluate.py", _HERE.parent / "gates.py",
                    _HERE.parent / "train" / "loop.py")
 # train settings that change how a run is operated, not the weights (as in lmops.train.stage)
 _OPERATIONAL = {"mlflow_tracking_uri", "experiment", "storage_path", "max_failures", "resume", "keep_checkpoints"}
+# variant -> (the stage named in its manifest, the name of its checkpoint input): lineage follows these
+VARIANT_STAGES = {"int8": ("quantize", "checkpoint"), "pruned": ("prune", "checkpoint"), "student": ("distill", "teacher")}
 
 
 def checkpoint_digest(checkpoint_dir: Path) -> str:
@@ -93,6 +98,7 @@ def compress_stage(cfg: Config, checkpoint_dir: str | Path, tokens_dir: str | Pa
             metrics = score(tmp / name, name)
             verdict = gates.check(metrics, baseline, cc.gates.get(name, {}))
             rows.append(row(name, metrics, baseline, verdict, extra))
+            seal_variant(tmp / name, name, rows[-1], config, inputs)
             log(f"[compress] {name}: perplexity x{rows[-1]['perplexity_ratio']:.3f}, size x{rows[-1]['size_ratio']:.3f}"
                 f" -> {'PASS' if verdict.passed else 'FAIL'}")
         table = {"baseline": "fp32", "device": "cpu", "rows": rows}
@@ -105,6 +111,18 @@ def compress_stage(cfg: Config, checkpoint_dir: str | Path, tokens_dir: str | Pa
 
     return run_stage("compress", out_dir, code=CODE, config=config, inputs=inputs, produce=produce,
                      cache_dir=cache_dir, log=log)
+
+
+def seal_variant(variant_dir: Path, name: str, table_row: dict[str, Any], config: dict[str, Any],
+                 inputs: dict[str, dict[str, Any]]) -> None:
+    """Give a variant directory its own manifest: stage, config, the checkpoint (and tokens) it was made from,
+    its files, and its row of the table (verdict included)."""
+    stage, source = VARIANT_STAGES[name]
+    own_inputs = {source: inputs["checkpoint"], "tokens": inputs["tokens"]}
+    key = stage_key(stage, CODE, config, {k: v["digest"] for k, v in own_inputs.items()})
+    write_manifest(variant_dir, stage=stage, key=key, config=config, inputs=own_inputs,
+                   counts={k: v for k, v in table_row.items() if k not in ("variant", "path", "reasons")},
+                   metrics={"passed": table_row["passed"], "reasons": table_row["reasons"]})
 
 
 def row(variant: str, metrics: dict[str, Any], baseline: dict[str, Any], verdict: gates.Verdict | None,

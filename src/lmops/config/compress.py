@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmops.config.base import Section
 from lmops.config.evaluate import GateRule
@@ -84,7 +84,13 @@ class CompressConfig(Section):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     gates: dict[str, dict[str, GateRule]] = Field(default_factory=_default_compress_gates)
     """Per variant (int8, pruned, student), lmops.gates rules of its eval.json against the fp32 model's;
-    a variant that fails may not be registered as passing."""
+    a variant that fails may not be registered as passing. A variant given here replaces that variant's
+    default rules; variants not given keep their defaults (``int8: {}`` removes int8's gate)."""
+
+    @field_validator("gates", mode="before")
+    @classmethod
+    def _over_defaults(cls, given: Any) -> Any:
+        return {**_default_compress_gates(), **given} if isinstance(given, dict) else given
 
     @model_validator(mode="after")
     def _known_variants(self) -> "CompressConfig":

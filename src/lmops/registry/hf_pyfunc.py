@@ -3,7 +3,9 @@
 MLflow copies this file into the logged model and executes it when loading, so
 ``mlflow.pyfunc.load_model("models:/NAME@ALIAS")`` needs only mlflow, torch and transformers — not
 lmops. The HF directory itself is the artifact ``hf_model`` (unchanged, manifest included), which is
-what ``lmops.registry.download_model`` fetches for servers that want the plain directory.
+what ``lmops.registry.download_model`` fetches for servers that want the plain directory. An int8
+directory (``quantization.json``) loads through ``int8_format.py``, which the registry logs beside this
+file as MLflow ``code_paths`` (it has no lmops imports).
 
 Input: a list of prompts, a string, or a DataFrame with a ``prompt`` column.
 Output: the generated continuations (prompt excluded), one string per prompt.
@@ -12,6 +14,7 @@ Params: ``max_new_tokens`` (32), ``do_sample`` (False), ``temperature`` (1.0).
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -32,7 +35,12 @@ class _Generator:
 
         path = context.artifacts[ARTIFACT]
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        if os.path.isfile(os.path.join(path, "quantization.json")):
+            from int8_format import load_quantized  # logged with the model (code_paths)
+
+            self.model = load_quantized(path)
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
     def predict(self, context, model_input, params=None):
         import torch

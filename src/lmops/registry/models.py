@@ -36,6 +36,8 @@ from lmops.registry.server import connect, parse_models_uri, refused, resolve, v
 from lmops.registry.tracking import RegistryError
 
 PYFUNC_CODE = Path(__file__).with_name("hf_pyfunc.py")
+# logged with every version (MLflow code_paths): hf_pyfunc.py loads int8 directories with it
+INT8_LOADER = Path(__file__).resolve().parent.parent / "compress" / "int8_format.py"
 HF_ARTIFACT = "hf_model"  # the artifact key in hf_pyfunc.py
 MODEL_PATH = "model"  # where the MLflow model sits inside its run's artifacts
 REQUIRED_FILES = ("config.json",)
@@ -262,7 +264,7 @@ def _log_run(client, cfg: RegistryConfig, name: str, p: _Prepared) -> tuple[str,
             # as hf_model so every version has the same layout (artifacts/hf_model/). Hard links where the
             # filesystem allows, so a large model is not copied twice.
             link_copy(Path(v.model_dir), Path(tmp) / HF_ARTIFACT)
-            mlflow.pyfunc.save_model(local, python_model=str(PYFUNC_CODE),
+            mlflow.pyfunc.save_model(local, python_model=str(PYFUNC_CODE), code_paths=[str(INT8_LOADER)],
                                      artifacts={HF_ARTIFACT: str(Path(tmp) / HF_ARTIFACT)},
                                      pip_requirements=cfg.pip_requirements or default_pip_requirements(),
                                      signature=signature, metadata={"lmops.variant": v.name, "lmops.model_digest": p.digest})

@@ -1,8 +1,13 @@
-"""``lmops register``: one model directory + its eval.json, gated against a baseline, then registered.
+"""``lmops register``: a model directory + its eval.json, gated against a baseline, then registered,
+with the compress stage's variants of it when given.
 
 The baseline is an eval.json given on the command line, else the metrics recorded on the version the
 champion alias points at (so a new model is judged against what is served), else none (a first
 model: only absolute gate bounds apply, and the verdict's reasons say which checks were skipped).
+
+A compressed variant (``compressed/int8`` ...) was gated by the compress stage against the fp32 model
+it came from. It passes only if that gate passed *and* its fp32 model passed against the champion: an
+int8 copy of a model worse than what is served is no better a candidate than the model itself.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lmops.config import Config
-from lmops.gates import check
+from lmops.gates import Verdict, check
+from lmops.manifest import ManifestError, verify
 from lmops.registry.models import Registration, Variant, register_variants
 from lmops.registry.server import connect, get_alias, not_found
 from lmops.registry.tracking import RegistryError
@@ -55,15 +61,39 @@ def champion_metrics(cfg: Config, tracking_uri: str | None = None) -> tuple[dict
 
 
 def register_dir(model_dir: str | Path, eval_path: str | Path, cfg: Config, *, variant: str = "fp32",
-                 baseline_path: str | Path | None = None, tracking_uri: str | None = None,
+                 baseline_path: str | Path | None = None, compressed: str | Path | None = None,
+                 tracking_uri: str | None = None,
                  pipeline_run_id: str | None = None) -> tuple[Registration, dict[str, Any]]:
-    """Gate and register one directory; returns the registration and how it was gated."""
+    """Gate and register one directory (and the variants in ``compressed``); returns the registration and
+    how the model was gated."""
     metrics = read_eval(eval_path)
     if baseline_path is not None:
         baseline, against = read_eval(baseline_path), str(baseline_path)
     else:
         baseline, against = champion_metrics(cfg, tracking_uri)
     verdict = check(metrics, baseline, cfg.evaluate.gate)
-    reg = register_variants([Variant(variant, Path(model_dir), metrics, verdict)], cfg.registry,
-                            config_digest=cfg.digest(), pipeline_run_id=pipeline_run_id, tracking_uri=tracking_uri)
+    todo = [Variant(variant, Path(model_dir), metrics, verdict)]
+    if compressed is not None:
+        todo += compressed_variants(Path(compressed), verdict)
+    reg = register_variants(todo, cfg.registry, config_digest=cfg.digest(), pipeline_run_id=pipeline_run_id,
+                            tracking_uri=tracking_uri)
     return reg, {"baseline": against, "passed": verdict.passed, "reasons": verdict.reasons}
+
+
+def compressed_variants(compressed: Path, source_verdict: Verdict) -> list[Variant]:
+    """The variants of a compress stage output, each with its compress gate combined with its source's."""
+    try:
+        verify(compressed, "compress")
+    except ManifestError as e:
+        raise RegistryError(f"--compressed {compressed}: {e}") from None
+    table = read_eval(compressed / "compress.json")
+    out = []
+    for row in table.get("rows", []):
+        if row.get("variant") == table.get("baseline", "fp32"):
+            continue
+        reasons = list(row["reasons"])
+        if not source_verdict.passed:
+            reasons.insert(0, "FAIL source: the fp32 model it was made from failed its gates")
+        out.append(Variant(row["variant"], compressed / row["path"], read_eval(compressed / row["path"]),
+                           Verdict(bool(row["passed"]) and source_verdict.passed, reasons)))
+    return out
