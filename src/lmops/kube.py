@@ -57,3 +57,70 @@ def apply(obj: dict[str, Any], *, field_manager: str = FIELD_MANAGER, force: boo
     except ApiException as e:
         raise KubeError(f"{_describe(obj)}: apply refused: {e.status} {e.reason}: {e.body}") from None
     return out.to_dict()
+
+
+
+def _dynamic(client, what: str):
+    """A dynamic client and its discovery; an unreachable API server is a KubeError naming the object."""
+    from kubernetes import dynamic
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return dynamic.DynamicClient(client or api_client())
+    except HTTPError as e:
+        raise KubeError(f"{what}: cannot reach the Kubernetes API server: {e}") from None
+
+
+def _resource(dyn, api_version: str, kind: str, what: str):
+    from kubernetes import dynamic
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return dyn.resources.get(api_version=api_version, kind=kind)
+    except dynamic.exceptions.ResourceNotFoundError:
+        raise KubeError(f"{what}: the API server does not know {api_version} {kind} (is the CRD installed?)") from None
+    except HTTPError as e:  # discovery (re)reads the server's API list when its cache misses
+        raise KubeError(f"{what}: cannot reach the Kubernetes API server: {e}") from None
+
+
+def get(api_version: str, kind: str, name: str, namespace: str | None, client=None) -> dict[str, Any] | None:
+    """The object as the API server has it now, or None when there is no such object (404)."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    what = f"{kind} {namespace or ''}/{name}"
+    dyn = _dynamic(client, what)
+    resource = _resource(dyn, api_version, kind, what)
+    try:
+        return dyn.get(resource, name=name, namespace=namespace).to_dict()
+    except ApiException as e:  # the dynamic client's NotFoundError is an ApiException with status 404
+        if e.status == 404:
+            return None
+        raise KubeError(f"{what}: read refused: {e.status} {e.reason}: {e.body}") from None
+    except HTTPError as e:
+        raise KubeError(f"{what}: cannot reach the Kubernetes API server: {e}") from None
+
+
+def delete(api_version: str, kind: str, name: str, namespace: str | None, client=None,
+           *, propagation_policy: str = "Background") -> bool:
+    """Delete one object; True when it was there, False when it was already gone.
+
+    ``propagation_policy``: Background lets the garbage collector remove what the object owns (a
+    RayJob's RayCluster and submitter Job) after the call returns.
+    """
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    what = f"{kind} {namespace or ''}/{name}"
+    dyn = _dynamic(client, what)
+    resource = _resource(dyn, api_version, kind, what)
+    try:
+        dyn.delete(resource, name=name, namespace=namespace,
+                   body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation_policy})
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise KubeError(f"{what}: delete refused: {e.status} {e.reason}: {e.body}") from None
+    except HTTPError as e:
+        raise KubeError(f"{what}: cannot reach the Kubernetes API server: {e}") from None
+    return True

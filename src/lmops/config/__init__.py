@@ -17,6 +17,7 @@ from lmops.config.base import DEFAULT_PRESET, PRESETS_DIR, REPO_ROOT, ConfigErro
 from lmops.config.compress import CompressConfig, DistillConfig, Int8Config, PruneConfig
 from lmops.config.data import BuildConfig, DedupConfig, SplitConfig, TokenizeConfig
 from lmops.config.evaluate import EvaluateConfig, GateRule
+from lmops.config.kuberay import KubeRayConfig
 from lmops.config.registry import RegistryConfig
 from lmops.config.serve import DeployConfig, DeployResources, ServeConfig
 from lmops.config.train import ModelConfig, TrainConfig
@@ -24,9 +25,9 @@ from lmops.config.train import ModelConfig, TrainConfig
 __all__ = [
     "DEFAULT_PRESET", "PRESETS_DIR", "REPO_ROOT", "BuildConfig", "CompressConfig", "Config", "ConfigError",
     "DedupConfig", "DeployConfig", "DeployResources", "DistillConfig", "EvaluateConfig", "GateRule", "Int8Config",
-    "ModelConfig", "PruneConfig", "RegistryConfig", "Section", "ServeConfig", "SplitConfig", "TokenizeConfig",
-    "TrainConfig", "apply_override", "config_from_dict", "format_validation_error", "load_config", "resolve_preset",
-    "sha256_json",
+    "KubeRayConfig", "ModelConfig", "PruneConfig", "RegistryConfig", "Section", "ServeConfig", "SplitConfig",
+    "TokenizeConfig", "TrainConfig", "apply_override", "config_from_dict", "format_validation_error", "load_config",
+    "resolve_preset", "sha256_json",
 ]
 
 
@@ -47,6 +48,7 @@ class Config(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    kuberay: KubeRayConfig = Field(default_factory=KubeRayConfig)
 
 
 # ---------------------------------------------------------------- loading

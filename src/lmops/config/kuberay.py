@@ -1,0 +1,144 @@
+"""Stage 3 on a cluster: the KubeRay RayJob that runs training (a head pod + a GPU worker group).
+
+The number of worker pods is ``train.num_workers``; everything about the pods is here. Values are
+checked the way the API server would check them (Kubernetes quantities, DNS names), so a typo fails
+when the config loads, not minutes later as a RayJob the cluster refuses.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from lmops.config.base import Section
+from lmops.config.serve import _CREDENTIAL_WORDS
+
+# the patterns Kubernetes itself uses (resource.Quantity, DNS-1123 label / subdomain, env var names)
+QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
+                      r"|(\.[0-9]+))))?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+INT32_MAX = 2**31 - 1
+TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+TOLERATION_OPERATORS = {"Exists", "Equal"}
+TOLERATION_EFFECTS = {"", "NoSchedule", "PreferNoSchedule", "NoExecute"}
+
+
+def _gpu_toleration() -> list[dict[str, Any]]:
+    # GPU node pools are usually tainted so that only pods asking for GPUs land there
+    return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+class KubeRayConfig(Section):
+    """The RayJob (ray.io/v1) the cluster train step submits: pods, resources, credentials, waiting."""
+
+    namespace: str = Field("default", max_length=63)
+    """Namespace of the RayJob (and of the Ray cluster KubeRay creates for it)."""
+    image: str = Field("ghcr.io/lmops/lmops:0.1.0-cuda", min_length=1)
+    """Image of the head and worker pods: the lmops CUDA image (lmops, Ray and torch with CUDA)."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """When the kubelet pulls the image."""
+    service_account: str | None = None
+    """ServiceAccount of the head and worker pods (e.g. one bound to an S3 role); None = the namespace default."""
+    head_cpu: str = "2"
+    """CPU request and limit of the head pod (it runs the driver and Ray's control plane, no training)."""
+    head_memory: str = "8Gi"
+    """Memory request and limit of the head pod."""
+    worker_cpu: str = "8"
+    """CPU request and limit of each worker pod."""
+    worker_memory: str = "32Gi"
+    """Memory request and limit of each worker pod."""
+    gpus_per_worker: int = Field(1, ge=0)
+    """nvidia.com/gpu per worker pod; one training rank runs per GPU (0 = CPU training, one rank per pod)."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """nodeSelector of the worker pods, e.g. {cloud.google.com/gke-accelerator: nvidia-l4}."""
+    tolerations: list[dict[str, Any]] = Field(default_factory=_gpu_toleration)
+    """Tolerations of the worker pods (Kubernetes spelling: key, operator, value, effect, tolerationSeconds)."""
+    env_from_secrets: list[str] = Field(default_factory=list)
+    """Secrets exposed to every pod with envFrom (S3 / MLflow credentials); never inline credentials in env."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra plain environment variables of every pod; credential-looking names are refused."""
+    timeout_s: float = Field(6 * 3600.0, gt=0, le=INT32_MAX)
+    """Longest the RayJob may run (its activeDeadlineSeconds); the submitter also stops waiting then."""
+    poll_s: float = Field(10.0, gt=0, le=600)
+    """Seconds between status checks while waiting."""
+    ttl_seconds_after_finished: int = Field(60, ge=0, le=INT32_MAX)
+    """Seconds KubeRay keeps the finished job's Ray cluster (and its GPUs) before deleting it. The RayJob
+    and its submitter Job, whose log holds the job's output, stay either way."""
+    delete_on_timeout: bool = True
+    """When waiting times out, delete the RayJob so its cluster does not keep holding GPUs."""
+
+    @field_validator("head_cpu", "head_memory", "worker_cpu", "worker_memory", mode="before")
+    @classmethod
+    def _quantity(cls, v: Any) -> str:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)  # YAML reads `worker_cpu: 8` as a number; Kubernetes wants the quantity "8"
+        if not isinstance(v, str):
+            raise ValueError("expected a Kubernetes quantity such as '8', '500m' or '32Gi'")
+        if not QUANTITY.match(v):
+            raise ValueError("expected a Kubernetes quantity such as '8', '500m' or '32Gi'")
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if not DNS_LABEL.match(v):
+            raise ValueError("not a valid namespace (lower-case letters, digits and '-')")
+        return v
+
+    @field_validator("service_account")
+    @classmethod
+    def _service_account(cls, v: str | None) -> str | None:
+        if v is not None and not (DNS_SUBDOMAIN.match(v) and len(v) <= 253):
+            raise ValueError("not a valid ServiceAccount name (lower-case letters, digits, '-', '.')")
+        return v
+
+    @field_validator("env_from_secrets")
+    @classmethod
+    def _secret_names(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not (DNS_SUBDOMAIN.match(s) and len(s) <= 253)]
+        if bad:
+            raise ValueError(f"{bad} are not valid Secret names (lower-case letters, digits, '-', '.')")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not ENV_NAME.match(k)]
+        if bad:
+            raise ValueError(f"{bad} are not valid environment variable names")
+        secret_like = [k for k in v if any(w in k.upper() for w in _CREDENTIAL_WORDS)]
+        if secret_like:
+            raise ValueError(f"env {secret_like} look like credentials; never inline them in a manifest:"
+                             " put them in a Secret and name it in kuberay.env_from_secrets")
+        return v
+
+    @field_validator("tolerations")
+    @classmethod
+    def _tolerations(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, t in enumerate(v):
+            unknown = sorted(set(t) - TOLERATION_KEYS)
+            if unknown:
+                raise ValueError(f"tolerations[{i}]: unknown key(s) {unknown} (allowed: {sorted(TOLERATION_KEYS)})")
+            for key in ("key", "operator", "value", "effect"):
+                if key in t and not isinstance(t[key], str):
+                    raise ValueError(f"tolerations[{i}].{key}: expected a string, got {t[key]!r}")
+            if t.get("operator", "Equal") not in TOLERATION_OPERATORS:
+                raise ValueError(f"tolerations[{i}].operator: expected Exists or Equal, got {t['operator']!r}")
+            if t.get("effect", "") not in TOLERATION_EFFECTS:
+                raise ValueError(f"tolerations[{i}].effect: expected NoSchedule, PreferNoSchedule or NoExecute,"
+                                 f" got {t['effect']!r}")
+            seconds = t.get("tolerationSeconds")
+            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
+                raise ValueError(f"tolerations[{i}].tolerationSeconds: expected an integer, got {seconds!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> KubeRayConfig:
+        for i, t in enumerate(self.tolerations):
+            if t.get("operator") == "Exists" and t.get("value"):
+                raise ValueError(f"tolerations[{i}]: operator Exists takes no value (got {t['value']!r})")
+        return self
