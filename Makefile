@@ -11,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 CONFIG ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: run test bench venv clean stop
+.PHONY: run test bench venv clean stop pipeline images
 
 venv: $(STAMP)
 
@@ -23,8 +23,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all,test]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
+# The Kubeflow pipeline through kfp's local runner: local Ray, MLflow (sqlite) and KServe model server.
 run: $(STAMP)
-	$(BIN)/lmops run --config $(CONFIG)
+	LMOPS_STATE_DIR=$(CURDIR)/.state $(BIN)/lmops pipeline run --config $(CONFIG)
+
+# pipelines/lmops_pipeline.yaml for the Kubeflow UI (committed; a test compares it with a fresh compile)
+pipeline: $(STAMP)
+	$(BIN)/lmops pipeline compile
+
+# The component images (needs a docker engine): CPU for most steps, CUDA for training.
+IMAGE ?= ghcr.io/lmops/lmops
+VERSION ?= 0.1.0
+images:
+	@command -v docker >/dev/null || { echo "make images: docker is not installed here"; exit 2; }
+	docker build -f components/Dockerfile --build-arg VARIANT=cpu --build-arg CODE_VERSION=$$(git rev-parse HEAD) -t $(IMAGE):$(VERSION)-cpu .
+	docker build -f components/Dockerfile --build-arg VARIANT=cuda --build-arg CODE_VERSION=$$(git rev-parse HEAD) -t $(IMAGE):$(VERSION)-cuda .
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -33,8 +46,10 @@ bench: $(STAMP)
 	@# -P: bench/tokenize.py must not shadow the standard library's tokenize module
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python -P $$b || exit 1; done
 
-clean:
-	rm -rf runs .state/cache
+clean: stop
+	rm -rf runs .state/cache .state/kfp
 
+# Stop the local servers `make run` leaves up for the next run (MLflow, the KServe model server).
 stop:
-	@echo "no local servers yet"
+	@test -x $(BIN)/lmops || { echo "nothing to stop (no .venv)"; exit 0; }
+	LMOPS_STATE_DIR=$(CURDIR)/.state $(BIN)/lmops stop

@@ -82,6 +82,35 @@ def cmd_run(args: argparse.Namespace) -> dict:
     return {"stages": rows}
 
 
+def cmd_pipeline(args: argparse.Namespace) -> dict:
+    """compile: the pipeline YAML for the Kubeflow UI; run: the whole pipeline through kfp's local runner."""
+    if args.action == "compile":
+        from lmops.pipeline.compile import PIPELINE_YAML, compile_pipeline
+
+        out = compile_pipeline(args.out or PIPELINE_YAML)
+        if not args.json:
+            print(f"wrote {out}")
+        return {"pipeline": str(out)}
+    from lmops.pipeline.local import print_summary, run_pipeline
+
+    load_config(args.config, args.set)  # fail on a bad config before starting anything
+    summary = run_pipeline(args.config or "tiny", args.set, model_name=args.model_name or "",
+                           sources=args.source, quiet_kfp=not args.verbose)
+    if not args.json:
+        print_summary(summary)
+    return summary
+
+
+def cmd_stop(args: argparse.Namespace) -> dict:
+    """Stop the local servers `make run` left up (MLflow, model servers)."""
+    from lmops.pipeline.servers import stop_all
+
+    stopped = stop_all()
+    if not args.json:
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return {"stopped": stopped}
+
+
 def cmd_serve(args: argparse.Namespace) -> dict:
     """Serve a model over KServe v1/v2 + OpenAI completions until interrupted; exit 1 if it never loads."""
     from lmops.serve.server import serve
@@ -208,7 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="fp32 model directory (default: <workdir>/checkpoint)")
     sp.add_argument("--tokens", help="tokens directory (default: <workdir>/tokens)")
     sp.add_argument("--out", help="output directory (default: <workdir>/compressed)")
-    stage("run", cmd_run, "run the stages in order on one machine (cached stages are skipped)")
+    stage("run", cmd_run, "run stages 1-5 in order in this process, without kfp (cached stages are skipped)")
+    sp = stage("pipeline", cmd_pipeline, "compile the Kubeflow pipeline, or run it locally (kfp local runner)")
+    sp.add_argument("action", choices=["compile", "run"])
+    sp.add_argument("--out", help="compile: output YAML (default: pipelines/lmops_pipeline.yaml)")
+    sp.add_argument("--model-name", help="run: registered model name (default: registry.model_name)")
+    sp.add_argument("--source", action="append", default=[], help="run: a data source (repeatable)")
+    sp.add_argument("--verbose", action="store_true", help="run: kfp's full task log (executor inputs included)")
+    sp = stage("stop", cmd_stop, "stop the local servers a pipeline run left up (MLflow, model servers)")
     stage("config", cmd_config, "print the resolved configuration")
     sp = stage("serve", cmd_serve, "stage 7: serve a model (KServe v1/v2 + OpenAI completions) on 127.0.0.1")
     sp.add_argument("--model", help="model URI: directory, s3://bucket/prefix, models:/NAME@ALIAS or models:/NAME/VERSION")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from lmops.processes import stop_group
 
 
 def free_port() -> int:
@@ -62,32 +63,10 @@ def start_mlflow_server(root: Path, artifacts: str, env: dict[str, str] | None =
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 10) -> None:
     """SIGTERM the whole group, SIGKILL what is left after ``grace``; fails if anything survives."""
-    pgid = proc.pid  # start_new_session=True: the leader's pid is the group id
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+    def reap() -> None:
         try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.time() + wait
-        while time.time() < deadline:
-            try:
-                proc.wait(0.1)
-            except subprocess.TimeoutExpired:
-                pass
-            if not _group_alive(pgid):
-                break
-            time.sleep(0.1)
-    if _group_alive(pgid):
-        raise RuntimeError(f"processes of group {pgid} survived SIGKILL")
+            proc.wait(0.1)
+        except subprocess.TimeoutExpired:
+            pass
 
-
-def _group_alive(pgid: int) -> bool:
-    """True while any process (zombies excluded) is still in the group."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    stop_group(proc.pid, grace, reap)  # start_new_session=True: the leader's pid is the group id

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import yaml
 
 from lmops.config import Config
 from lmops.errors import LmopsError
+from lmops.processes import stop_group
 
 ENDPOINT_FILE = "endpoint.json"
 
@@ -118,24 +118,19 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def stop_process_group(pid: int, timeout: float = 15) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it lingers."""
+    """SIGTERM the server's process group, SIGKILL it if it lingers (nothing to do when it is gone)."""
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
         return
-    os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def reap() -> None:
         try:
-            if os.waitpid(pid, os.WNOHANG) != (0, 0):
-                return
-        except ChildProcessError:  # not our child: poll for existence instead
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-        time.sleep(0.1)
-    os.killpg(pgid, signal.SIGKILL)
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass  # not our child: its parent reaps it
+
+    stop_group(pgid, timeout, reap)
 
 
 def stop_local(endpoint_json: str | Path) -> None:

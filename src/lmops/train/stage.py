@@ -22,7 +22,8 @@ from lmops.registry import TrainingRun, tracking_uri
 # cache key so that, e.g., pointing at another MLflow server does not retrain.
 OPERATIONAL = {"mlflow_tracking_uri", "experiment", "storage_path", "max_failures", "resume", "keep_checkpoints"}
 _HERE = Path(__file__).resolve().parent
-CODE = code_digest(*sorted(_HERE.glob("*.py")), _HERE.parent / "model.py")
+# rayjob.py only launches a run elsewhere; it does not change the weights a run produces
+CODE = code_digest(*sorted(p for p in _HERE.glob("*.py") if p.name != "rayjob.py"), _HERE.parent / "model.py")
 
 
 def train_stage(cfg: Config, tokens_dir: str | Path, out_dir: str | Path, *, cache_dir: str | Path | None = None,

@@ -1,0 +1,84 @@
+"""The lmops Kubeflow pipeline: config -> build -> tokenize -> train -> evaluate -> compress -> register -> deploy.
+
+Compile it with ``make pipeline`` (``lmops pipeline compile``) to ``pipelines/lmops_pipeline.yaml`` and upload
+that file in the Kubeflow UI; ``make run`` runs the same function through kfp's local runner.
+
+- Training is one task with two launchers. ``kuberay`` (the default on a cluster): the task submits a
+  KubeRay RayJob whose GPU worker group is ``num_workers`` x ``gpus_per_worker`` (scheduled with
+  ``gpu_node_selector`` / ``gpu_tolerations``) and waits for it. ``local``: Ray runs inside the task's own
+  pod, which gets ``train_pod_gpus`` GPUs (kfp accelerator limit) and the same node selector and tolerations.
+  (One task rather than an If/Else of two: kfp 2.17's local runner cannot pick an artifact out of
+  ``dsl.OneOf``, and ``make run`` runs this very pipeline.)
+- Register and deploy run only when the evaluation gate passed against the current champion (``dsl.If``).
+- kfp caching is on for build and tokenize (pure functions of their inputs), off for the rest: evaluation
+  reads the champion, and registration and deployment change the world. lmops' own content-addressed stage
+  cache (``cache_dir``) additionally serves any stage whose inputs and config are unchanged.
+"""
+
+from kfp import dsl, kubernetes
+
+import components as c
+
+DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+@dsl.pipeline(name="lmops", description="Raw text to a served, versioned causal language model: build, tokenize, "
+                                         "train (Ray), evaluate, compress, register (MLflow), deploy (KServe).")
+def lmops_pipeline(
+    config: str = "tiny",
+    overrides: list = [],
+    model_name: str = "lmops-lm",
+    sources: list = [],
+    num_workers: int = 1,
+    gpus_per_worker: int = 0,
+    launcher: str = "kuberay",
+    train_pod_gpus: int = 0,
+    mlflow_tracking_uri: str = "",
+    deploy_target: str = "kubernetes",
+    cache_dir: str = "",
+    gpu_node_selector: dict = {},
+    gpu_tolerations: list = DEFAULT_TOLERATIONS,
+):
+    """Parameters:
+    config: preset name (tiny, small, gpt2-124m) or a YAML path inside the image.
+    overrides: config overrides, each "key.path=value" (e.g. "train.max_steps=2000").
+    model_name: MLflow registered model name (registry.model_name).
+    sources: data sources (paths, globs, s3:// URIs); empty = the config's build.sources.
+    num_workers: Ray Train workers (DDP ranks). gpus_per_worker: GPUs per worker (0 = CPU).
+    launcher: "kuberay" (submit a RayJob) or "local" (Ray inside the train pod).
+    train_pod_gpus: GPUs of the train pod itself (launcher=local; keep 0 with kuberay, whose workers get theirs).
+    mlflow_tracking_uri: MLflow server for tracking, the champion gate and the registry; empty = $MLFLOW_TRACKING_URI.
+    deploy_target: "kubernetes" (KServe InferenceService) or "local" (a model server beside the pipeline).
+    cache_dir: lmops' stage cache folder ("" = none; kfp's own caching still applies to build/tokenize).
+    gpu_node_selector / gpu_tolerations: scheduling of the GPU pods (the RayJob's workers, or the train pod).
+    """
+    cfg = c.resolve_config(config=config, overrides=overrides, model_name=model_name, sources=sources,
+                           num_workers=num_workers, gpus_per_worker=gpus_per_worker,
+                           mlflow_tracking_uri=mlflow_tracking_uri, deploy_target=deploy_target, cache_dir=cache_dir,
+                           gpu_node_selector=gpu_node_selector, gpu_tolerations=gpu_tolerations)
+    cfg.set_display_name("config").set_caching_options(False)
+    resolved = cfg.outputs["resolved"]
+
+    built = c.build(config=resolved).set_display_name("build").set_caching_options(True)
+    tokens = c.tokenize(config=resolved, dataset=built.outputs["dataset"])
+    tokens.set_display_name("tokenize").set_caching_options(True)
+
+    trained = c.train(config=resolved, tokens=tokens.outputs["tokens"], launcher=launcher, pod_gpus=train_pod_gpus,
+                      job_name=f"lmops-{dsl.PIPELINE_JOB_ID_PLACEHOLDER}")
+    trained.set_display_name("train").set_caching_options(False)
+    trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(train_pod_gpus)
+    kubernetes.add_node_selector_json(trained, gpu_node_selector)
+    kubernetes.add_toleration_json(trained, gpu_tolerations)
+    checkpoint = trained.outputs["checkpoint"]
+
+    scored = c.evaluate(config=resolved, checkpoint=checkpoint, tokens=tokens.outputs["tokens"])
+    scored.set_display_name("evaluate").set_caching_options(False)
+    small = c.compress(config=resolved, checkpoint=checkpoint, tokens=tokens.outputs["tokens"])
+    small.set_display_name("compress").set_caching_options(False)
+
+    with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a kfp condition)
+        reg = c.register(config=resolved, checkpoint=checkpoint, evaluation=scored.outputs["evaluation"],
+                         compressed=small.outputs["compressed"], pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        reg.set_display_name("register").set_caching_options(False)
+        served = c.deploy(config=resolved, model_uri=reg.outputs["model_uri"])
+        served.set_display_name("deploy").set_caching_options(False)

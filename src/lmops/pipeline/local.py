@@ -1,0 +1,211 @@
+"""``make run`` / ``lmops pipeline run``: the Kubeflow pipeline on one machine, through kfp's local runner.
+
+The same ``pipelines/lmops_pipeline.py`` that compiles for the Kubeflow UI runs here with kfp's
+``SubprocessRunner``: each task is a subprocess of this environment, artifacts are folders under
+``<state>/kfp/<run>/``, training uses a local Ray, the registry is a local MLflow server (sqlite, started
+on first use and kept for the next run) and deploy starts a local KServe model server. lmops' stage cache
+(``<state>/cache``) makes a second run reuse every stage whose inputs and config did not change.
+
+Ctrl-C stops the running task and everything it started (Ray included); the local servers the run
+reuses (MLflow, the model server) stay up until ``make stop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from lmops.config import REPO_ROOT, load_config
+from lmops.errors import LmopsError
+from lmops.pipeline import servers
+
+TASKS = ("resolve-config", "build", "tokenize", "train", "evaluate", "compress", "register", "deploy")
+
+
+class PipelineRunError(LmopsError, RuntimeError):
+    """A task of the local pipeline run failed; its log is above, the message names it."""
+
+
+def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name: str = "",
+                 sources: list[str] | None = None, tracking_uri: str | None = None,
+                 quiet_kfp: bool = True) -> dict[str, Any]:
+    """Run the whole pipeline locally; returns the summary (see ``summarize``).
+
+    tracking_uri: an MLflow server to use instead of the recorded local one (started when missing)."""
+    from kfp import local
+
+    cfg = load_config(config, overrides)  # a bad config fails here, before anything starts
+    state = servers.state_dir()
+    os.environ["LMOPS_STATE_DIR"] = str(state)
+    # kfp runs each task with the first `python3` on PATH, and Ray workers too: make it this environment's
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = time.time()
+    url, fresh = (tracking_uri, False) if tracking_uri else servers.ensure_mlflow()
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    print(f"[run] MLflow server {url} ({'started' if fresh else 'reused'}, {time.time() - started:.1f}s)", flush=True)
+
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from pipelines.lmops_pipeline import lmops_pipeline
+
+    root = state / "kfp" / time.strftime("%Y%m%d-%H%M%S")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    args = dict(config=config, overrides=list(overrides or []), model_name=model_name or cfg.registry.model_name,
+                sources=list(sources or []), num_workers=cfg.train.num_workers,
+                gpus_per_worker=1 if cfg.train.use_gpu else 0, launcher="local",
+                train_pod_gpus=cfg.train.num_workers if cfg.train.use_gpu else 0, mlflow_tracking_uri=url,
+                deploy_target="local", cache_dir=str(Path(cfg.cache_dir).resolve()) if cfg.cache_dir else "")
+    try:
+        with _kfp_output(quiet_kfp), warnings.catch_warnings():
+            # "custom or non-Python base image ... in a Python environment": deliberate, the image is this venv
+            warnings.filterwarnings("ignore", message=".*non-Python base image")
+            # display names, resources, selectors: compiled into the YAML, meaningless for local subprocesses
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
+            lmops_pipeline(**args)
+    except KeyboardInterrupt:
+        _stop_children()
+        raise
+    except RuntimeError as e:
+        _stop_children()
+        failed = _failed_task(root)
+        raise PipelineRunError(f"pipeline run failed{f' in task {failed!r}' if failed else ''} (its log is above;"
+                               f" outputs under {root}): {e}") from None
+    return summarize(root, time.time() - started, mlflow_url=url)
+
+
+def _stop_children() -> None:
+    """Whatever the interrupted task left running below this process (the task itself, Ray, ...)."""
+    from lmops.processes import descendants, stop_tree
+
+    left = stop_tree(descendants(os.getpid()))
+    if left:
+        print(f"[run] could not stop processes {left}", file=sys.stderr)
+
+
+def _failed_task(root: Path) -> str | None:
+    """The task that ran last and wrote no executor output: the one that failed."""
+    dirs = [d for d in root.glob("*/*") if d.is_dir() and not (d / "executor_output.json").exists()]
+    return max(dirs, key=lambda d: d.stat().st_mtime).name if dirs else None
+
+
+# ---------------------------------------------------------------- kfp's log, trimmed
+@contextlib.contextmanager
+def _kfp_output(quiet: bool):
+    """kfp prints each task's full executor input (our config included) and loader chatter: keep the task
+    boundaries, statuses and the stages' own log lines."""
+    if not quiet:
+        yield
+        return
+    real = sys.stdout
+    sys.stdout = _Trim(real)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = real
+
+
+class _Trim(io.TextIOBase):
+    DROP = ("Looking for component", "Loading KFP component", "Wrote executor output file", "Streamed logs:",
+            # Ray 2.60 without its dashboard: harmless, every few seconds
+            "Failed to query Ray Train Controller actor state")
+
+    def __init__(self, out):
+        self.out, self.buf, self.skipping, self.last = out, "", False, None
+
+    def write(self, s: str) -> int:
+        self.buf += s
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            self._line(line)
+        return len(s)
+
+    def _line(self, line: str) -> None:
+        text = line.strip()
+        if "Got executor_input:" in text:
+            self.skipping = "json"  # a JSON block follows; it ends with a lone closing brace
+            return
+        if self.skipping == "json":
+            if line.rstrip() in ("    }", "}"):
+                self.skipping = False
+            return
+        if re.match(r"\d\d:\d\d:\d\d", text):
+            self.skipping = False
+            if re.search(r"Task .* outputs:$", text):
+                self.skipping = "outputs"  # artifact reprs with all their metadata: the summary has them
+                return
+        if self.skipping:
+            return
+        if not text or any(d in text for d in self.DROP) or set(text) <= {"-"} or text == self.last:
+            return  # (Ray forwards each worker line twice)
+        self.last = text
+        self.out.write(line + "\n")
+
+    def flush(self) -> None:
+        if self.buf:
+            self._line(self.buf)
+            self.buf = ""
+        self.out.flush()
+
+
+# ---------------------------------------------------------------- the closing summary
+def task_outputs(root: Path) -> dict[str, dict[str, Any]]:
+    """task name -> {"params": ..., "artifacts": {output: metadata}} from the run's executor outputs."""
+    out = {}
+    for f in sorted(root.rglob("executor_output.json")):
+        data = json.loads(f.read_text())
+        arts = {name: (a.get("artifacts") or [{}])[0].get("metadata", {}) for name, a in data.get("artifacts", {}).items()}
+        out[f.parent.name] = {"params": data.get("parameterValues", {}), "artifacts": arts}
+    return out
+
+
+def summarize(root: Path, total_s: float, mlflow_url: str = "") -> dict[str, Any]:
+    outputs = task_outputs(root)
+    rows = []
+    for task in TASKS:
+        if task not in outputs:
+            continue
+        meta = next((m for m in outputs[task]["artifacts"].values() if "status" in m), {})
+        rows.append({"stage": "config" if task == "resolve-config" else task, "status": meta.get("status", "?"),
+                     "seconds": float(meta.get("seconds") or 0), "detail": meta.get("detail", "")})
+    work = sum(r["seconds"] for r in rows)
+    compress = next((m for m in outputs.get("compress", {}).get("artifacts", {}).values() if "metrics" in m), {})
+    reg = outputs.get("register", {}).get("params", {})
+    dep = next((m for m in outputs.get("deploy", {}).get("artifacts", {}).values() if "url" in m), {})
+    return {"run_dir": str(root), "total_s": round(total_s, 1), "stages_s": round(work, 1),
+            "overhead_s": round(total_s - work, 1), "rows": rows, "variants": compress.get("metrics", {}),
+            "registered": reg.get("model_uri", ""), "mlflow": mlflow_url,
+            "endpoint": dep.get("url", ""), "example": dep.get("example", {})}
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    print()
+    print(f"{'stage':<10} {'status':<7} {'time':>7}  detail")
+    for r in s["rows"]:
+        print(f"{r['stage']:<10} {r['status']:<7} {r['seconds']:>6.1f}s  {r['detail']}")
+    print()
+    variants = s["variants"]
+    if variants:
+        base = variants.get("fp32", {})
+        print(f"perplexity: fp32 {base.get('perplexity', float('nan')):.2f}; " + "; ".join(
+            f"{v} {m['perplexity']:.2f} (x{m['perplexity_ratio']:.3f}, size x{m['size_ratio']:.2f}, "
+            f"{'pass' if m['passed'] else 'FAIL'})" for v, m in variants.items() if v != "fp32"))
+    if s["registered"]:
+        print(f"registered: {s['registered']} (alias candidate) in {s['mlflow']}")
+    else:
+        print("registered: nothing (the evaluation gate failed against the champion)")
+    if s["endpoint"]:
+        print(f"endpoint:   {s['endpoint']}  (OpenAI: {s['endpoint']}/openai/v1/completions; KServe v1/v2)")
+    if s["example"]:
+        print(f"example:    {s['example']['prompt']!r} -> {s['example']['completion']!r}")
+    print(f"total {s['total_s']:.1f}s: stages {s['stages_s']:.1f}s, orchestration {s['overhead_s']:.1f}s"
+          f"  (outputs: {s['run_dir']}; `make stop` stops the local servers)")

@@ -1,0 +1,117 @@
+"""The local servers of a one-machine run, recorded under ``<state>/servers/`` so a later run reuses them
+and ``lmops stop`` (``make stop``) stops them.
+
+- ``mlflow.json``: the MLflow server (sqlite backend and artifacts under ``<state>/mlflow``), started on
+  first use and reused while it answers.
+- ``serve-<model name>.json``: the KServe model server the deploy step started for that model name; a new
+  deploy of the same name replaces it.
+
+Each record holds the process group to signal. The state folder is ``$LMOPS_STATE_DIR`` (``make run``
+sets it to the project's ``.state``), else ``.state`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lmops.config import Config
+from lmops.processes import group_alive, stop_group
+
+MLFLOW = "mlflow"
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("LMOPS_STATE_DIR") or ".state").resolve()
+
+
+def _records() -> Path:
+    return state_dir() / "servers"
+
+
+def _read(name: str) -> dict[str, Any] | None:
+    try:
+        rec = json.loads((_records() / f"{name}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return rec if group_alive(int(rec.get("pgid", -1))) else None
+
+
+def _write(name: str, record: dict[str, Any]) -> None:
+    _records().mkdir(parents=True, exist_ok=True)
+    tmp = _records() / f".{name}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, _records() / f"{name}.json")
+
+
+def ensure_mlflow() -> tuple[str, bool]:
+    """(URL, started now) of the local MLflow server: the recorded one if it answers, else a new one."""
+    import requests
+
+    from lmops.registry.local_server import start_mlflow_server
+
+    rec = _read(MLFLOW)
+    if rec is not None:
+        try:
+            if requests.get(f"{rec['url']}/health", timeout=3).ok:
+                return rec["url"], False
+        except requests.RequestException:
+            pass
+        stop(MLFLOW)  # alive but not answering: replace it
+    root = state_dir() / "mlflow"
+    proc, url = start_mlflow_server(root, str(root / "artifacts"))
+    _write(MLFLOW, {"kind": "mlflow", "url": url, "pid": proc.pid, "pgid": proc.pid, "root": str(root)})
+    return url, True
+
+
+def deploy_and_record(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
+    """Deploy (lmops.serve.deploy); a local server replaces this model name's previous one and is recorded.
+    The endpoint gets one example generation, shown in ``make run``'s summary."""
+    from lmops.serve.deploy import deploy
+
+    name = f"serve-{cfg.serve.model_name}"
+    if cfg.deploy.target == "local":
+        stop(name)
+    endpoint = deploy(cfg, model_uri, out)
+    if cfg.deploy.target != "local":
+        return endpoint
+    _write(name, {"kind": "kserve", "url": endpoint["url"], "pid": endpoint["pid"], "pgid": endpoint["pgid"],
+                  "model_uri": model_uri, "endpoint": str(out / "endpoint.json")})
+    endpoint["example"] = example_generation(endpoint["protocols"]["openai_completions"], cfg)
+    (out / "endpoint.json").write_text(json.dumps(endpoint, indent=2))
+    return endpoint
+
+
+def example_generation(url: str, cfg: Config, prompt: str = "def main(") -> dict[str, Any]:
+    """One greedy completion over HTTP: proof the endpoint serves the model, and something to look at."""
+    import requests
+
+    r = requests.post(url, json={"model": cfg.serve.model_name, "prompt": prompt, "max_tokens": 24,
+                                 "temperature": 0}, timeout=60)
+    r.raise_for_status()
+    return {"prompt": prompt, "completion": r.json()["choices"][0]["text"]}
+
+
+def stop(name: str) -> bool:
+    """Stop one recorded server (its whole process group); False when it was not running."""
+    path = _records() / f"{name}.json"
+    rec = _read(name)
+    if rec is not None:
+        stop_group(int(rec["pgid"]))
+    path.unlink(missing_ok=True)
+    return rec is not None
+
+
+def stop_all() -> list[str]:
+    """Stop every recorded local server; returns what was running."""
+    folder = _records()
+    names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+    return [f"{n}" for n in names if stop(n)]
+
+
+def running() -> dict[str, dict[str, Any]]:
+    folder = _records()
+    names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+    return {n: rec for n in names if (rec := _read(n)) is not None}

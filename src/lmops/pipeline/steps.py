@@ -1,0 +1,244 @@
+"""What each kfp component does, as plain functions: config in, stage output directory out, and a summary.
+
+A component is a typed signature (kfp artifacts and parameters) that calls one of these; everything
+testable lives here. Each step returns the summary row of its stage (``status`` ran/cached, ``seconds``,
+``digest``, ``detail`` and the stage's figures), which the component records as its output artifact's
+metadata: the Kubeflow UI shows it beside the artifact, and ``make run`` prints its closing table from it.
+
+The configuration is resolved once, by ``resolve_config`` (preset or YAML, ``--set``-style overrides, and
+the pipeline's own parameters mapped onto config fields), and travels as a YAML artifact: every later
+task reads exactly the same validated configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmops.config import Config, config_from_dict, load_config
+from lmops.errors import LmopsError
+
+CONFIG_FILE = "config.yaml"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def record(artifact: Any, row: dict[str, Any], metrics: Any = None) -> None:
+    """The summary row as the artifact's metadata; its numeric figures also into a kfp ``Metrics`` output
+    (nested figures flattened as ``variant.name``), which the Kubeflow UI tabulates and compares across runs."""
+    artifact.metadata.update(_plain(row))
+    if metrics is not None:
+        for key, value in _flat(row.get("metrics", {})).items():
+            metrics.log_metric(key, value)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ---------------------------------------------------------------- config
+def resolve_config(config: str, overrides: list[str], out_dir: str | Path, *, model_name: str = "",
+                   sources: list[str] | None = None, num_workers: int = 0, gpus_per_worker: int = -1,
+                   mlflow_tracking_uri: str = "", deploy_target: str = "", cache_dir: str = "",
+                   node_selector: dict | None = None, tolerations: list | None = None) -> dict[str, Any]:
+    """Preset/YAML + overrides + pipeline parameters -> ``out_dir/config.yaml``; returns a summary.
+
+    An empty / negative parameter means "as the config says". Relative local paths (sources, workdir) become
+    absolute: tasks may run in other directories.
+    """
+    params = list(overrides or [])
+    if model_name:
+        params.append(f"registry.model_name={model_name}")
+    if num_workers > 0:
+        params.append(f"train.num_workers={num_workers}")
+    if gpus_per_worker >= 0:
+        params += [f"train.use_gpu={'true' if gpus_per_worker > 0 else 'false'}",
+                   f"kuberay.gpus_per_worker={gpus_per_worker}"]
+    if mlflow_tracking_uri:
+        params += [f"registry.tracking_uri={mlflow_tracking_uri}", f"train.mlflow_tracking_uri={mlflow_tracking_uri}"]
+    if deploy_target:
+        params.append(f"deploy.target={deploy_target}")
+    if cache_dir:
+        params.append(f"cache_dir={cache_dir}")
+    cfg = load_config(config or None, params)
+    if sources:
+        cfg = cfg.model_copy(update={"build": cfg.build.model_copy(update={"sources": list(sources)})})
+    scheduling = {k: v for k, v in (("node_selector", node_selector), ("tolerations", tolerations)) if v}
+    if scheduling:  # the RayJob's GPU workers go where the pipeline's GPU pods go
+        cfg = config_from_dict({**cfg.model_dump(mode="json"),
+                                "kuberay": {**cfg.kuberay.model_dump(mode="json"), **scheduling}})
+    cfg = _absolute_paths(cfg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return {"status": "ran", "seconds": 0.0, "digest": cfg.digest()[:12], "path": str(out),
+            "detail": f"config {cfg.name}: {cfg.model.preset} model, {cfg.train.max_steps} steps x "
+                      f"{cfg.train.num_workers} worker(s), registry model {cfg.registry.model_name!r}"}
+
+
+def _absolute_paths(cfg: Config) -> Config:
+    from lmops import storage
+    from lmops.local_run import ensure_sample_corpus
+
+    ensure_sample_corpus(cfg)  # the default source is made on first use, offline
+    sources = [s if storage.is_s3(s) or Path(s).is_absolute() else str(Path(s).resolve()) for s in cfg.build.sources]
+    return cfg.model_copy(update={"build": cfg.build.model_copy(update={"sources": sources}),
+                                  "workdir": str(Path(cfg.workdir).resolve())})
+
+
+def read_config(config_dir: str | Path) -> Config:
+    """The configuration a ``resolve_config`` task wrote (a directory holding config.yaml, or the file)."""
+    path = Path(config_dir)
+    path = path / CONFIG_FILE if path.is_dir() else path
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise LmopsError(f"{path}: resolved config not found (the config task's output)") from None
+    return config_from_dict(raw, str(path))
+
+
+# ---------------------------------------------------------------- stages
+def _timed(stage: str, run) -> dict[str, Any]:
+    from lmops.local_run import summary
+
+    started = time.time()
+    res = run()
+    return {**summary(stage, res, time.time() - started), "metrics": _plain(res.manifest.metrics)}
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """Figures only, JSON-safe: kfp metadata and Metrics take numbers, strings and booleans."""
+    return json.loads(json.dumps(d, default=str))
+
+
+def build(config_dir: str, out_dir: str) -> dict[str, Any]:
+    from lmops.data.build import build_dataset
+
+    cfg = read_config(config_dir)
+    return _timed("build", lambda: build_dataset(cfg.build, out_dir, cache_dir=cfg.cache_dir))
+
+
+def tokenize(config_dir: str, dataset_dir: str, out_dir: str) -> dict[str, Any]:
+    from lmops.data.tokenize import tokenize_dataset
+
+    cfg = read_config(config_dir)
+    return _timed("tokenize", lambda: tokenize_dataset(cfg.tokenize, dataset_dir, out_dir, cache_dir=cfg.cache_dir))
+
+
+def train(config_dir: str, tokens_dir: str, out_dir: str, gpus: int = 0) -> dict[str, Any]:
+    """Ray Train in this process's Ray: a local one, or the cluster RAY_ADDRESS names."""
+    from lmops.train.stage import train_stage
+
+    cfg = read_config(config_dir)
+    if gpus > 0 and not os.environ.get("RAY_ADDRESS"):
+        import torch
+
+        if torch.cuda.device_count() < gpus:
+            raise LmopsError(f"train: this pod was given {gpus} GPU(s) but sees {torch.cuda.device_count()}"
+                             " (is the NVIDIA device plugin running on the node?)")
+    return _timed("train", lambda: train_stage(cfg, tokens_dir, out_dir, cache_dir=cfg.cache_dir))
+
+
+def train_on_kuberay(config_dir: str, tokens_uri: str, out_dir: str, *, job_name: str,
+                     checkpoint_uri: str) -> dict[str, Any]:
+    """Submit a KubeRay RayJob that trains from ``tokens_uri`` into ``checkpoint_uri`` (shared storage),
+    wait for it, then fetch the checkpoint into ``out_dir`` (the task's output artifact)."""
+    from lmops import storage
+    from lmops.manifest import read_manifest
+    from lmops.train.rayjob import train_on_kuberay as submit
+
+    cfg = read_config(config_dir)
+    started = time.time()
+    status = submit(cfg, s3_uri(tokens_uri), s3_uri(checkpoint_uri), name=job_name, log=log)
+    storage.download_dir(s3_uri(checkpoint_uri), Path(out_dir))
+    m = read_manifest(out_dir, "train")
+    return {"stage": "train", "status": "ran", "seconds": round(time.time() - started, 2), "path": str(out_dir),
+            "digest": m.digest[:12], "detail": f"RayJob {job_name}: {status.get('status', {}).get('jobStatus')}",
+            "metrics": _plain(m.metrics)}
+
+
+def s3_uri(uri: str) -> str:
+    """kfp names MinIO artifacts minio://bucket/key; lmops.storage speaks s3:// (endpoint from the env)."""
+    return "s3://" + uri[len("minio://"):] if uri.startswith("minio://") else uri
+
+
+def evaluate(config_dir: str, checkpoint_dir: str, tokens_dir: str, out_dir: str) -> dict[str, Any]:
+    """Evaluate and gate against the champion's recorded metrics when an MLflow server is configured."""
+    from lmops.evaluate_stage import evaluate_stage
+
+    cfg = read_config(config_dir)
+    baseline, against = champion_baseline(cfg, Path(out_dir).parent / "champion-eval.json")
+    row = _timed("evaluate", lambda: evaluate_stage(cfg, checkpoint_dir, tokens_dir, out_dir, baseline=baseline,
+                                                    cache_dir=cfg.cache_dir))
+    gate = json.loads((Path(out_dir) / "gate.json").read_text())
+    return {**row, "gate_passed": bool(gate["passed"]), "gate_reasons": gate["reasons"],
+            "baseline": against or "none (first model: absolute bounds only)"}
+
+
+def champion_baseline(cfg: Config, dest: Path) -> tuple[Path | None, str | None]:
+    """The champion's metrics written as an eval.json to gate against, or (None, None) without one."""
+    if not (cfg.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        return None, None
+    from lmops.registry.register import champion_metrics
+
+    metrics, against = champion_metrics(cfg)
+    if metrics is None:
+        return None, None
+    dest.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return dest, against
+
+
+def compress(config_dir: str, checkpoint_dir: str, tokens_dir: str, out_dir: str) -> dict[str, Any]:
+    from lmops.compress.stage import compress_stage
+
+    cfg = read_config(config_dir)
+    return _timed("compress", lambda: compress_stage(cfg, checkpoint_dir, tokens_dir, out_dir, cache_dir=cfg.cache_dir))
+
+
+def register(config_dir: str, checkpoint_dir: str, eval_dir: str, compressed_dir: str, out_dir: str,
+             pipeline_run_id: str = "") -> dict[str, Any]:
+    """Register the model and its compressed variants; returns the candidate's ``models:/`` URI."""
+    from lmops.registry.register import register_dir
+
+    cfg = read_config(config_dir)
+    started = time.time()
+    reg, gating = register_dir(checkpoint_dir, eval_dir, cfg, compressed=compressed_dir,
+                               pipeline_run_id=pipeline_run_id or None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "registration.json").write_text(json.dumps({**reg.to_dict(), "gating": gating}, indent=2) + "\n")
+    versions = ", ".join(f"{v.variant} v{v.version}{'' if v.passed else ' (gates failed)'}" for v in reg.versions)
+    uri = f"models:/{reg.name}/{reg.candidate}" if reg.candidate else ""
+    return {"stage": "register", "status": "ran", "seconds": round(time.time() - started, 2), "path": str(out),
+            "digest": "", "model_uri": uri, "candidate_version": reg.candidate or "",
+            "detail": f"{reg.name}: {versions}; alias {cfg.registry.candidate_alias!r} -> "
+                      f"{'v' + reg.candidate if reg.candidate else 'none (no variant passed)'}"}
+
+
+def deploy(config_dir: str, model_uri: str, out_dir: str) -> dict[str, Any]:
+    """Serve ``model_uri``: a local KServe model server (replacing this model name's previous one), or an
+    InferenceService on Kubernetes; returns the endpoint and one example generation."""
+    from lmops.pipeline.servers import deploy_and_record
+
+    cfg = read_config(config_dir)
+    if not model_uri:
+        raise LmopsError("deploy: no model to deploy (no registered variant passed its gates)")
+    started = time.time()
+    endpoint = deploy_and_record(cfg, model_uri, Path(out_dir))
+    return {"stage": "deploy", "status": "ran", "seconds": round(time.time() - started, 2), "path": str(out_dir),
+            "digest": "", "url": endpoint.get("url") or "", "example": endpoint.get("example", {}),
+            "detail": f"{model_uri} at {endpoint.get('url')}"}

@@ -1,0 +1,87 @@
+"""Stopping a local server's whole process group, and checking that nothing of it survived.
+
+Local servers (mlflow, the KServe model server) run in their own session, because they spawn helpers
+(uvicorn workers, job consumers) that outlive a killed parent; stopping one means signalling the group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def stop_group(pgid: int, grace: float = 10, reap: Callable[[], None] | None = None) -> None:
+    """SIGTERM the group, SIGKILL what is left after ``grace``; raises if anything survives.
+
+    ``reap``: collects the leader when it is our child (else it would stay a zombie and count as alive).
+    """
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            if reap is not None:
+                reap()
+            if not group_alive(pgid):
+                break
+            time.sleep(0.1)
+    if group_alive(pgid):
+        raise RuntimeError(f"processes of group {pgid} survived SIGKILL")
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process (zombies excluded) is still in the group."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children first, then theirs), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop_tree(pids: list[int], grace: float = 10) -> list[int]:
+    """SIGINT (a chance to clean up, as Ctrl-C gives), then SIGTERM, then SIGKILL; returns what survived."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5), (signal.SIGKILL, 3)):
+        alive = [p for p in pids if _alive(p)]
+        for p in alive:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait
+        while time.time() < deadline and any(_alive(p) for p in alive):
+            time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -1,0 +1,72 @@
+"""The compiled pipeline is a golden file: compiling again gives the committed YAML byte for byte, and the
+YAML parses into kfp's PipelineSpec protobuf (what the Kubeflow UI and API server validate on upload)."""
+
+from __future__ import annotations
+
+import yaml
+
+from lmops.pipeline.compile import PIPELINE_YAML, compile_pipeline
+
+STAGES = ("resolve-config", "build", "tokenize", "train", "evaluate", "compress", "register", "deploy")
+
+
+def test_committed_yaml_is_what_the_pipeline_compiles_to(tmp_path):
+    fresh = compile_pipeline(tmp_path / "lmops_pipeline.yaml")
+    assert fresh.read_text() == PIPELINE_YAML.read_text(), (
+        "pipelines/lmops_pipeline.yaml is stale: run `make pipeline` and commit it")
+
+
+def _documents():
+    docs = list(yaml.safe_load_all(PIPELINE_YAML.read_text()))
+    assert len(docs) == 2, "expected the PipelineSpec and its kubernetes platform spec"
+    return docs
+
+
+def test_yaml_loads_into_kfps_pipeline_spec_protobuf():
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec_doc, platform_doc = _documents()
+    spec = json_format.ParseDict(spec_doc, pipeline_spec_pb2.PipelineSpec())  # unknown fields raise
+    platform = json_format.ParseDict(platform_doc, pipeline_spec_pb2.PlatformSpec())
+    assert spec.pipeline_info.name == "lmops"
+    tasks = dict(spec.root.dag.tasks)
+    # every stage is a task (register and deploy inside the gate's condition)
+    names = set(tasks) | {t for c in spec.components.values() for t in c.dag.tasks}
+    assert set(STAGES) <= names, names
+    assert "kubernetes" in platform.platforms
+
+
+def test_parameters_the_ui_shows():
+    spec, _ = _documents()
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"config", "overrides", "model_name", "sources", "num_workers", "gpus_per_worker", "launcher",
+            "train_pod_gpus", "mlflow_tracking_uri", "deploy_target", "gpu_node_selector",
+            "gpu_tolerations"} <= set(params)
+    assert params["config"]["defaultValue"] == "tiny"
+    assert params["num_workers"]["parameterType"] == "NUMBER_INTEGER"
+
+
+def test_gate_caching_gpus_and_scheduling_are_compiled_in():
+    spec, platform = _documents()
+    tasks = spec["root"]["dag"]["tasks"]
+    # register + deploy run only when evaluate's output (the gate verdict) is true
+    gate = next(t for t in tasks.values() if "triggerPolicy" in t)
+    assert "evaluate-Output" in gate["triggerPolicy"]["condition"]
+    inner = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
+    assert {"register", "deploy"} <= set(inner)
+    # kfp caching: on for build and tokenize, off for the rest
+    assert tasks["build"]["cachingOptions"].get("enableCache") is True
+    assert tasks["tokenize"]["cachingOptions"].get("enableCache") is True
+    for name in ("train", "evaluate", "compress"):
+        assert not tasks[name]["cachingOptions"].get("enableCache"), name
+    # GPUs, node selector and tolerations of the train pod come from pipeline parameters
+    train_exec = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert train_exec["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "train_pod_gpus" in str(train_exec["resources"]["accelerator"])
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert "gpu_node_selector" in str(k8s["nodeSelector"]) and "gpu_tolerations" in str(k8s["tolerations"])
+    # every component runs the lmops image and does not pip-install kfp at start
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        assert ex["container"]["image"].startswith("ghcr.io/lmops/lmops:"), name
+        assert "pip install" not in " ".join(ex["container"]["command"]), name

@@ -1,0 +1,103 @@
+"""The whole pipeline through kfp's local runner (the `make run` path) on a micro config: real kfp
+SubprocessRunner tasks, a real local Ray for training, the session's real MLflow server, and a real KServe
+model server answering over HTTP at the end. Then a second run reuses the cached stages and replaces the
+server, and a failing stage stops the run with its error."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import requests
+
+from lmops.pipeline import servers
+from lmops.pipeline.local import PipelineRunError, run_pipeline
+
+pytestmark = pytest.mark.slow
+MICRO = ["train.max_steps=12", "train.eval_every=6", "train.eval_batches=2", "train.checkpoint_every=12",
+         "train.log_every=6", "train.micro_batch_size=8", "train.block_size=64", "tokenize.vocab_size=400",
+         "evaluate.block_size=64", "evaluate.max_blocks=8", "evaluate.latency_repeats=1",
+         "evaluate.latency_new_tokens=4", "compress.distill.enabled=false", "compress.prune.recovery_steps=0",
+         "build.min_chars=1", "serve.max_prompt_tokens=64"]
+WORDS = ("def return import class self value list dict index loop print string number module function "
+         "argument result error file path").split()
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory, monkeypatch_module):
+    root = tmp_path_factory.mktemp("pipeline")
+    monkeypatch_module.setenv("LMOPS_STATE_DIR", str(root / "state"))
+    monkeypatch_module.chdir(root)  # relative paths of the config (workdir) land here, not in the checkout
+    corpus = root / "corpus"
+    corpus.mkdir()
+    rng = random.Random(0)
+    with open(corpus / "docs.jsonl", "w") as f:
+        for _ in range(400):
+            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60)))}) + "\n")
+    yield root, corpus
+    servers.stop_all()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def first_run(state, mlflow_server):
+    root, corpus = state
+    overrides = [*MICRO, f"cache_dir={root / 'cache'}"]
+    return run_pipeline("tiny", overrides, model_name="lm-pipeline", sources=[str(corpus)],
+                        tracking_uri=mlflow_server)
+
+
+def test_the_whole_pipeline_runs_and_serves(first_run, mlflow_server):
+    s = first_run
+    stages = [r["stage"] for r in s["rows"]]
+    assert stages == ["config", "build", "tokenize", "train", "evaluate", "compress", "register", "deploy"], s
+    assert all(r["status"] == "ran" for r in s["rows"]), s["rows"]
+    assert s["overhead_s"] >= 0 and s["total_s"] >= s["stages_s"]
+    # compression figures reached the summary
+    assert {"fp32", "int8", "pruned"} <= set(s["variants"])
+    assert s["variants"]["int8"]["perplexity_ratio"] > 0
+    # registered in the real MLflow server, the candidate alias on the registered version
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    name, version = s["registered"].removeprefix("models:/").split("/")
+    assert name == "lm-pipeline"
+    assert client.get_model_version_by_alias(name, "candidate").version == version
+    mv = client.get_model_version(name, version)
+    assert mv.tags["lmops.gate.passed"] == "true" and mv.tags["lmops.pipeline_run_id"]
+    # the endpoint serves that version over HTTP
+    r = requests.post(f"{s['endpoint']}/v1/models/lmops:predict",
+                      json={"instances": [{"prompt": "def return", "max_new_tokens": 4}]}, timeout=60)
+    assert r.status_code == 200 and isinstance(r.json()["predictions"][0]["text"], str)
+    assert isinstance(s["example"]["completion"], str)
+    assert "serve-lmops" in servers.running()
+
+
+def test_a_second_run_reuses_cached_stages_and_replaces_the_server(first_run, state, mlflow_server):
+    root, corpus = state
+    old_pid = servers.running()["serve-lmops"]["pid"]
+    again = run_pipeline("tiny", [*MICRO, f"cache_dir={root / 'cache'}"], model_name="lm-pipeline",
+                         sources=[str(corpus)], tracking_uri=mlflow_server)
+    status = {r["stage"]: r["status"] for r in again["rows"]}
+    for stage in ("build", "tokenize", "train", "evaluate", "compress"):
+        assert status[stage] == "cached", again["rows"]
+    assert again["registered"] == first_run["registered"]  # the same content: the same version, reused
+    assert servers.running()["serve-lmops"]["pid"] != old_pid
+    assert requests.get(f"{again['endpoint']}/v1/models/lmops", timeout=10).status_code == 200
+
+
+def test_a_failing_stage_stops_the_run_with_its_error(state, mlflow_server, tmp_path, capsys):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    with pytest.raises(PipelineRunError, match="task 'build'"):
+        run_pipeline("tiny", MICRO, model_name="lm-pipeline-fail", sources=[str(empty)], tracking_uri=mlflow_server)
+    out = capsys.readouterr().out
+    assert "no-data" in out  # the build stage's own message, in the task log
+    assert "Executing task \x1b[96m'train'" not in out and "'train'" not in out.split("'build'")[-1]
