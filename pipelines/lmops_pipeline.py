@@ -19,9 +19,6 @@ from kfp import dsl, kubernetes
 
 import components as c
 
-DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-
-
 @dsl.pipeline(name="lmops", description="Raw text to a served, versioned causal language model: build, tokenize, "
                                          "train (Ray), evaluate, compress, register (MLflow), deploy (KServe).")
 def lmops_pipeline(
@@ -37,7 +34,7 @@ def lmops_pipeline(
     deploy_target: str = "kubernetes",
     cache_dir: str = "",
     gpu_node_selector: dict = {},
-    gpu_tolerations: list = DEFAULT_TOLERATIONS,
+    gpu_tolerations: list = [],
 ):
     """Parameters:
     config: preset name (tiny, small, gpt2-124m) or a YAML path inside the image.
@@ -50,7 +47,10 @@ def lmops_pipeline(
     mlflow_tracking_uri: MLflow server for tracking, the champion gate and the registry; empty = $MLFLOW_TRACKING_URI.
     deploy_target: "kubernetes" (KServe InferenceService) or "local" (a model server beside the pipeline).
     cache_dir: lmops' stage cache folder ("" = none; kfp's own caching still applies to build/tokenize).
-    gpu_node_selector / gpu_tolerations: scheduling of the GPU pods (the RayJob's workers, or the train pod).
+    gpu_node_selector / gpu_tolerations: scheduling of the GPU pods (the RayJob's workers, or the train pod);
+    empty = the config's kuberay.node_selector / kuberay.tolerations (default: tolerate nvidia.com/gpu:NoSchedule)
+    for the RayJob, nothing for the train pod. (No default list here: kfp writes a dict default's keys in an
+    unstable order, and the compiled YAML is a golden file.)
     """
     cfg = c.resolve_config(config=config, overrides=overrides, model_name=model_name, sources=sources,
                            num_workers=num_workers, gpus_per_worker=gpus_per_worker,
