@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -93,9 +94,11 @@ def cmd_pipeline(args: argparse.Namespace) -> dict:
         return {"pipeline": str(out)}
     from lmops.pipeline.local import print_summary, run_pipeline
 
-    load_config(args.config, args.set)  # fail on a bad config before starting anything
-    summary = run_pipeline(args.config or "tiny", args.set, model_name=args.model_name or "",
-                           sources=args.source, quiet_kfp=not args.verbose)
+    cfg = load_config(args.config, args.set)  # fail on a bad config before starting anything
+    # a configured MLflow server (registry.tracking_uri, $MLFLOW_TRACKING_URI) is used; else a local one
+    summary = run_pipeline(args.config or "tiny", args.set, model_name=args.model_name or "", sources=args.source,
+                           tracking_uri=cfg.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+                           quiet_kfp=not args.verbose)
     if not args.json:
         print_summary(summary)
     return summary

@@ -22,7 +22,7 @@ def test_ctrl_c_while_training_leaves_no_orphans(tmp_path, mlflow_server):
     # a new session, like a terminal's foreground job; Ctrl-C is SIGINT to its whole process group
     proc = subprocess.Popen([sys.executable, "-m", "lmops.cli", "pipeline", "run", "--set", "train.max_steps=5000",
                              "--set", f"cache_dir={tmp_path / 'cache'}", "--set", f"workdir={tmp_path / 'runs'}",
-                             "--set", f"registry.tracking_uri={mlflow_server}"],
+                             "--set", f"registry.tracking_uri={mlflow_server}", "--set", "serve.port=0"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
     seen: set[int] = set()
     deadline = time.time() + 240

@@ -19,7 +19,7 @@ MICRO = ["train.max_steps=12", "train.eval_every=6", "train.eval_batches=2", "tr
          "train.log_every=6", "train.micro_batch_size=8", "train.block_size=64", "tokenize.vocab_size=400",
          "evaluate.block_size=64", "evaluate.max_blocks=8", "evaluate.latency_repeats=1",
          "evaluate.latency_new_tokens=4", "compress.distill.enabled=false", "compress.prune.recovery_steps=0",
-         "build.min_chars=1", "serve.max_prompt_tokens=64"]
+         "build.min_chars=1", "serve.max_prompt_tokens=64", "serve.port=0"]
 WORDS = ("def return import class self value list dict index loop print string number module function "
          "argument result error file path").split()
 
