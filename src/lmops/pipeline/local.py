@@ -64,6 +64,10 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
                 gpus_per_worker=1 if cfg.train.use_gpu else 0, launcher="local",
                 train_pod_gpus=cfg.train.num_workers if cfg.train.use_gpu else 0, mlflow_tracking_uri=url,
                 deploy_target="local", cache_dir=str(Path(cfg.cache_dir).resolve()) if cfg.cache_dir else "")
+    from lmops.processes import descendants
+
+    # what already runs below this process (a caller's own servers, Ray...) is not the run's to stop
+    before = set(descendants(os.getpid()))
     try:
         with _kfp_output(quiet_kfp), warnings.catch_warnings():
             # "custom or non-Python base image ... in a Python environment": deliberate, the image is this venv
@@ -72,21 +76,22 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
             lmops_pipeline(**args)
     except KeyboardInterrupt:
-        _stop_children()
+        _stop_children(before)
         raise
     except RuntimeError as e:
-        _stop_children()
+        _stop_children(before)
         failed = _failed_task(root)
         raise PipelineRunError(f"pipeline run failed{f' in task {failed!r}' if failed else ''} (its log is above;"
                                f" outputs under {root}): {e}") from None
     return summarize(root, time.time() - started, mlflow_url=url)
 
 
-def _stop_children() -> None:
-    """Whatever the interrupted task left running below this process (the task itself, Ray, ...)."""
+def _stop_children(before: set[int]) -> None:
+    """Whatever the interrupted task left running below this process (the task itself, Ray, ...), and nothing
+    that ran before the pipeline started: stopping a caller's Ray would take the caller down with it."""
     from lmops.processes import descendants, stop_tree
 
-    left = stop_tree(descendants(os.getpid()))
+    left = stop_tree([p for p in descendants(os.getpid()) if p not in before])
     if left:
         print(f"[run] could not stop processes {left}", file=sys.stderr)
 
