@@ -13,23 +13,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def stop_group(pgid: int, grace: float = 10, reap: Callable[[], None] | None = None) -> None:
+def stop_group(pgid: int, grace: float = 10, reap: Callable[[], bool] | None = None) -> None:
     """SIGTERM the group, SIGKILL what is left after ``grace``; raises if anything survives.
 
-    ``reap``: collects the leader when it is our child (else it would stay a zombie and count as alive).
+    ``reap``: collects the leader when it is our child, True once it is collected (else it would stay a
+    zombie, and a caller checking the pid would still find it).
     """
+    def gone() -> bool:
+        collected = reap() if reap is not None else True
+        return collected and not group_alive(pgid)
+
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             break
         deadline = time.time() + wait
-        while time.time() < deadline:
-            if reap is not None:
-                reap()
-            if not group_alive(pgid):
-                break
+        while time.time() < deadline and not gone():
             time.sleep(0.1)
+    if reap is not None:
+        deadline = time.time() + 5  # the leader may still be on its way to becoming a zombie
+        while not reap() and time.time() < deadline:
+            time.sleep(0.05)
     if group_alive(pgid):
         raise RuntimeError(f"processes of group {pgid} survived SIGKILL")
 

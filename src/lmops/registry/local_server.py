@@ -63,10 +63,11 @@ def start_mlflow_server(root: Path, artifacts: str, env: dict[str, str] | None =
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 10) -> None:
     """SIGTERM the whole group, SIGKILL what is left after ``grace``; fails if anything survives."""
-    def reap() -> None:
+    def reap() -> bool:
         try:
             proc.wait(0.1)
+            return True
         except subprocess.TimeoutExpired:
-            pass
+            return False
 
     stop_group(proc.pid, grace, reap)  # start_new_session=True: the leader's pid is the group id

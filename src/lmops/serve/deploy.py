@@ -124,11 +124,11 @@ def stop_process_group(pid: int, timeout: float = 15) -> None:
     except ProcessLookupError:
         return
 
-    def reap() -> None:
+    def reap() -> bool:
         try:
-            os.waitpid(pid, os.WNOHANG)
+            return os.waitpid(pid, os.WNOHANG) != (0, 0)
         except ChildProcessError:
-            pass  # not our child: its parent reaps it
+            return True  # not our child (or already collected): its parent reaps it
 
     stop_group(pgid, timeout, reap)
 
