@@ -17,6 +17,8 @@ from lmops.errors import LmopsError
 from lmops.local_run import SAMPLE_CORPUS, ensure_sample_corpus, print_table, run_local, summary
 
 
+TRACKING_HELP = "MLflow server (default: registry.tracking_uri, $MLFLOW_TRACKING_URI)"
+
 
 def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.set)
@@ -266,22 +268,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--compressed", help="a compress stage output: also register its variants (int8, pruned,"
                                          " student), each gated by compress.json and by the model's own gate")
     sp.add_argument("--pipeline-run-id", help="recorded as a tag (default: $LMOPS_PIPELINE_RUN_ID)")
-    sp.add_argument("--tracking-uri", help="MLflow server (default: registry.tracking_uri, $MLFLOW_TRACKING_URI)")
+    sp.add_argument("--tracking-uri", help=TRACKING_HELP)
     sp = stage("promote", cmd_promote, "set an alias (default: champion) on a version whose gates passed")
     sp.add_argument("name", help="registered model name")
     sp.add_argument("version", help="version number")
     sp.add_argument("--alias", help="alias to set (default: registry.champion_alias)")
     sp.add_argument("--force", action="store_true", help="promote despite missing/failed gates (needs --reason)")
     sp.add_argument("--reason", help="why; recorded in the alias history (and on the version when forced)")
-    sp.add_argument("--tracking-uri", help="MLflow server (default: registry.tracking_uri, $MLFLOW_TRACKING_URI)")
+    sp.add_argument("--tracking-uri", help=TRACKING_HELP)
     sp = stage("rollback", cmd_rollback, "move an alias back to the version that held it before")
     sp.add_argument("name", help="registered model name")
     sp.add_argument("--alias", help="alias to roll back (default: registry.champion_alias)")
     sp.add_argument("--reason", help="why; recorded in the alias history and on the rolled-back version")
-    sp.add_argument("--tracking-uri", help="MLflow server (default: registry.tracking_uri, $MLFLOW_TRACKING_URI)")
+    sp.add_argument("--tracking-uri", help=TRACKING_HELP)
     sp = stage("lineage", cmd_lineage, "print a version's chain: checkpoint -> tokens -> dataset -> raw sources")
     sp.add_argument("uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
-    sp.add_argument("--tracking-uri", help="MLflow server (default: registry.tracking_uri, $MLFLOW_TRACKING_URI)")
+    sp.add_argument("--tracking-uri", help=TRACKING_HELP)
     sp = sub.add_parser("sample-corpus", help="make the offline sample corpus (stdlib docstrings)")
     sp.add_argument("--dest", default=str(SAMPLE_CORPUS))
     sp.add_argument("--json", action="store_true")

@@ -104,14 +104,16 @@ def stop(name: str) -> bool:
     return rec is not None
 
 
+def _names() -> list[str]:
+    folder = _records()
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
 def stop_all() -> list[str]:
     """Stop every recorded local server; returns what was running."""
-    folder = _records()
-    names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
-    return [f"{n}" for n in names if stop(n)]
+    return [n for n in _names() if stop(n)]
 
 
 def running() -> dict[str, dict[str, Any]]:
-    folder = _records()
-    names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
-    return {n: rec for n in names if (rec := _read(n)) is not None}
+    """The recorded servers that are still up, by name."""
+    return {n: rec for n in _names() if (rec := _read(n)) is not None}
