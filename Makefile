@@ -3,25 +3,49 @@ SHELL := /bin/bash
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-# Re-install when the dependency list changes (the stamp is keyed by pyproject.toml's hash).
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# Every install goes through the lock (exact versions of every direct and transitive dependency).
+LOCK := requirements.lock
+TORCH_VERSION := 2.13.0
+# torch comes first and pinned: from this machine's wheel folder (pip's find-links: the CPU wheel) or,
+# for CUDA, from TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cu128). An unpinned torch from
+# PyPI pulls several GB of CUDA packages.
+TORCH_INDEX_URL ?=
+export UV_FIND_LINKS ?= $(shell $(PY) -m pip config get global.find-links 2>/dev/null)
+# uv reads the system's certificate store (where a proxy's CA is installed), as pip does here.
+export UV_SYSTEM_CERTS ?= 1
+export UV_PYTHON := $(BIN)/python
+UV := $(BIN)/uv
+# Re-install when the lock or the package metadata changes.
+STAMP := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml | sha256sum | cut -c1-12)
 # kfp's local runner and Ray workers call the first `python3` on PATH: make it the venv's.
 export PATH := $(BIN):$(PATH)
 export RAY_AUTH_MODE ?= disabled
 CONFIG ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: run test bench venv clean stop pipeline images
+.PHONY: run test bench venv lock clean stop pipeline images
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(UV):
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	@# torch first and pinned: an unpinned torch pulls several GB of CUDA packages
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[all,test]'
+	@# the installer itself, at the version the lock names
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$$(grep -m1 '^uv==' $(LOCK))"
+
+# A fresh venv gets exactly the lock (uv pip sync); with TORCH_INDEX_URL (a CUDA torch and its
+# nvidia-* libraries, which the CPU lock does not list) the lock is installed over that torch instead.
+$(STAMP): $(LOCK) pyproject.toml | $(UV)
+	$(UV) pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(UV) pip $(if $(TORCH_INDEX_URL),install -r,sync) $(LOCK)
+	$(UV) pip install -q --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
+
+# Regenerate the lock from pyproject.toml (run after editing its dependencies; commit both together).
+# The local label of the CPU wheel (+cpu) is dropped so that a CUDA build of the same torch satisfies it.
+lock: | $(UV)
+	$(UV) pip compile pyproject.toml --extra all --extra test --extra dev --python-version 3.11 \
+	  --constraint <(echo torch==$(TORCH_VERSION)) --custom-compile-command "make lock" -o $(LOCK)
+	sed -i -E 's/^torch==([0-9.]+)\+[a-z0-9]+$$/torch==\1/' $(LOCK)
 
 # The Kubeflow pipeline through kfp's local runner: local Ray, MLflow (sqlite) and KServe model server.
 run: $(STAMP)

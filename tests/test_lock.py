@@ -1,0 +1,87 @@
+"""requirements.lock: agrees with pyproject.toml, and is what this environment has installed.
+
+`make` installs only from the lock; these tests catch a pyproject.toml edit without `make lock`, and an
+environment that drifted from the lock (what a fresh clone gets is what the tests ran against).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+REPO = Path(__file__).resolve().parents[1]
+LOCK = REPO / "requirements.lock"
+# Extras `make lock` resolves (the Makefile's `lock` target).
+LOCKED_EXTRAS = ("all", "test", "dev")
+# Installed beside the lock: the project itself and the venv's own installer.
+NOT_LOCKED = {"lmops", "pip"}
+
+
+def locked_pins() -> dict[str, Version]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line)
+        if m:
+            pins[canonicalize_name(m.group(1))] = Version(m.group(2))
+    return pins
+
+
+def direct_requirements() -> list[Requirement]:
+    """pyproject's dependencies plus the locked extras, with `lmops[...]` self-references expanded."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    reqs, todo, seen = list(project["dependencies"]), list(LOCKED_EXTRAS), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for text in extras[extra]:
+            req = Requirement(text)
+            if canonicalize_name(req.name) == "lmops":
+                todo.extend(req.extras)
+            else:
+                reqs.append(text)
+    return [Requirement(r) for r in reqs]
+
+
+def public(version: Version) -> Version:
+    """2.13.0+cpu -> 2.13.0: the lock drops torch's local label so CPU and CUDA builds both satisfy it."""
+    return Version(version.public)
+
+
+def test_lock_pins_every_direct_dependency_within_pyprojects_range():
+    pins = locked_pins()
+    problems = []
+    for req in direct_requirements():
+        name = canonicalize_name(req.name)
+        if name not in pins:
+            problems.append(f"{req.name}: in pyproject.toml but not in requirements.lock")
+        elif not req.specifier.contains(pins[name], prereleases=True):
+            problems.append(f"{req.name}: requirements.lock pins {pins[name]}, pyproject.toml asks {req.specifier}")
+    assert not problems, "pyproject.toml and requirements.lock disagree (run `make lock`):\n" + "\n".join(problems)
+
+
+def test_lock_pins_torch_to_the_version_make_installs_first():
+    makefile = (REPO / "Makefile").read_text()
+    wanted = re.search(r"^TORCH_VERSION := (\S+)$", makefile, re.M).group(1)
+    assert locked_pins()["torch"] == Version(wanted)
+
+
+def test_environment_has_exactly_the_locked_versions():
+    pins = locked_pins()
+    installed = {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in metadata.distributions()}
+    # A CUDA torch (TORCH_INDEX_URL) brings its nvidia-* libraries, which the CPU lock cannot list.
+    torch_needs = {canonicalize_name(Requirement(r).name) for r in (metadata.requires("torch") or [])}
+    wrong = [f"{n}: installed {installed.get(n, 'nothing')}, locked {v}"
+             for n, v in sorted(pins.items()) if n not in installed or public(installed[n]) != v]
+    extra = sorted(n for n in installed if n not in pins and n not in NOT_LOCKED and n not in torch_needs)
+    assert not wrong and not extra, (
+        "this environment is not the lock (recreate it: rm -rf .venv && make venv):\n"
+        + "\n".join(wrong + [f"{n}: installed but not in requirements.lock" for n in extra]))
