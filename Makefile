@@ -73,7 +73,7 @@ bench: $(STAMP)
 clean: stop
 	rm -rf runs .state/cache .state/kfp
 
-# Stop the local servers `make run` leaves up for the next run (MLflow, the KServe model server).
+# Stop the local servers `make run` leaves up for the next run (MLflow, Ray, the KServe model server).
 stop:
 	@test -x $(BIN)/lmops || { echo "nothing to stop (no .venv)"; exit 0; }
 	LMOPS_STATE_DIR=$(CURDIR)/.state $(BIN)/lmops stop

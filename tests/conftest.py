@@ -107,6 +107,13 @@ def ray_runtime():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def ray_address(ray_runtime) -> str:
+    """The session Ray's GCS address, for subprocesses that connect to it (RAY_ADDRESS) instead of starting
+    their own."""
+    return ray_runtime.get_runtime_context().gcs_address
+
+
 # ---------------------------------------------------------------- MLflow (registry tests)
 from lmops.registry.local_server import start_mlflow_server, stop_process_group  # noqa: E402,F401
 

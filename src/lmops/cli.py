@@ -100,6 +100,8 @@ def cmd_pipeline(args: argparse.Namespace) -> dict:
     # a configured MLflow server (registry.tracking_uri, $MLFLOW_TRACKING_URI) is used; else a local one
     summary = run_pipeline(args.config or "tiny", args.set, model_name=args.model_name or "", sources=args.source,
                            tracking_uri=cfg.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+                           # a Ray cluster of the user's (RAY_ADDRESS) is used; else the recorded local one
+                           ray_address=os.environ.get("RAY_ADDRESS"),
                            quiet_kfp=not args.verbose)
     if not args.json:
         print_summary(summary)
@@ -107,7 +109,7 @@ def cmd_pipeline(args: argparse.Namespace) -> dict:
 
 
 def cmd_stop(args: argparse.Namespace) -> dict:
-    """Stop the local servers `make run` left up (MLflow, model servers)."""
+    """Stop the local servers `make run` left up (MLflow, Ray, model servers)."""
     from lmops.pipeline.servers import stop_all
 
     stopped = stop_all()

@@ -3,11 +3,12 @@
 The same ``pipelines/lmops_pipeline.py`` that compiles for the Kubeflow UI runs here with kfp's
 ``SubprocessRunner``: each task is a subprocess of this environment, artifacts are folders under
 ``<state>/kfp/<run>/``, training uses a local Ray, the registry is a local MLflow server (sqlite, started
-on first use and kept for the next run) and deploy starts a local KServe model server. lmops' stage cache
+on first use and kept for the next run), training and distillation connect to one local Ray runtime
+(``ray start --head``, likewise kept) and deploy starts a local KServe model server. lmops' stage cache
 (``<state>/cache``) makes a second run reuse every stage whose inputs and config did not change.
 
-Ctrl-C stops the running task and everything it started (Ray included); the local servers the run
-reuses (MLflow, the model server) stay up until ``make stop``.
+Ctrl-C stops the running task and everything it started (its Ray job's workers included); the local
+servers the run reuses (MLflow, Ray, the model server) stay up until ``make stop``.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ class PipelineRunError(LmopsError, RuntimeError):
 
 def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name: str = "",
                  sources: list[str] | None = None, tracking_uri: str | None = None,
-                 quiet_kfp: bool = True) -> dict[str, Any]:
+                 ray_address: str | None = None, quiet_kfp: bool = True) -> dict[str, Any]:
     """Run the whole pipeline locally; returns the summary (see ``summarize``).
 
-    tracking_uri: an MLflow server to use instead of the recorded local one (started when missing)."""
+    tracking_uri: an MLflow server to use instead of the recorded local one (started when missing).
+    ray_address: a Ray cluster for the train and compress tasks instead of the recorded local runtime
+    (started when missing)."""
     from kfp import local
 
     cfg = load_config(config, overrides)  # a bad config fails here, before anything starts
@@ -52,6 +55,9 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     url, fresh = (tracking_uri, False) if tracking_uri else servers.ensure_mlflow()
     os.environ["MLFLOW_TRACKING_URI"] = url
     print(f"[run] MLflow server {url} ({'started' if fresh else 'reused'}, {time.time() - started:.1f}s)", flush=True)
+    t0 = time.time()
+    address, fresh = (ray_address, False) if ray_address else servers.ensure_ray()
+    print(f"[run] Ray runtime {address} ({'started' if fresh else 'reused'}, {time.time() - t0:.1f}s)", flush=True)
 
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
@@ -68,6 +74,9 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
 
     # what already runs below this process (a caller's own servers, Ray...) is not the run's to stop
     before = set(descendants(os.getpid()))
+    # the tasks are subprocesses: the environment is how they find the shared Ray (lmops.train.ray_train)
+    previous_address = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = address
     try:
         with _kfp_output(quiet_kfp), warnings.catch_warnings():
             # "custom or non-Python base image ... in a Python environment": deliberate, the image is this venv
@@ -83,7 +92,16 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
         failed = _failed_task(root)
         raise PipelineRunError(f"pipeline run failed{f' in task {failed!r}' if failed else ''} (its log is above;"
                                f" outputs under {root}): {e}") from None
+    finally:
+        _restore_env("RAY_ADDRESS", previous_address)
     return summarize(root, time.time() - started, mlflow_url=url)
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _stop_children(before: set[int]) -> None:

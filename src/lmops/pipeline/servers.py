@@ -5,6 +5,8 @@ and ``lmops stop`` (``make stop``) stops them.
   first use and reused while it answers.
 - ``serve-<model name>.json``: the KServe model server the deploy step started for that model name; a new
   deploy of the same name replaces it.
+- ``ray.json``: the local Ray runtime (``ray start --head``) the train and compress stages connect to, so a
+  run pays Ray's start-up once (and a later run not at all).
 
 Each record holds the process group to signal. The state folder is ``$LMOPS_STATE_DIR`` (``make run``
 sets it to the project's ``.state``), else ``.state`` in the working directory.
@@ -21,6 +23,7 @@ from lmops.config import Config
 from lmops.processes import group_alive, stop_group
 
 MLFLOW = "mlflow"
+RAY = "ray"
 
 
 def state_dir() -> Path:
@@ -64,6 +67,20 @@ def ensure_mlflow() -> tuple[str, bool]:
     proc, url = start_mlflow_server(root, str(root / "artifacts"))
     _write(MLFLOW, {"kind": "mlflow", "url": url, "pid": proc.pid, "pgid": proc.pid, "root": str(root)})
     return url, True
+
+
+def ensure_ray() -> tuple[str, bool]:
+    """(GCS address, started now) of the local Ray runtime: the recorded one while it answers, else a new one."""
+    from lmops.train.ray_head import gcs_answers, start_ray_head
+
+    rec = _read(RAY)
+    if rec is not None:
+        if gcs_answers(rec["address"]):
+            return rec["address"], False
+        stop(RAY)
+    proc, address = start_ray_head(state_dir() / "logs" / "ray-head.log")
+    _write(RAY, {"kind": "ray", "address": address, "pid": proc.pid, "pgid": proc.pid})
+    return address, True
 
 
 def deploy_and_record(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:

@@ -46,7 +46,9 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         return False
     # a local runtime needs no token auth (Ray 2.60 turns it on and writes a token into $HOME)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+    # address="local": a runtime of our own. Without it ray.init() silently joins any `ray start` cluster
+    # on this machine (and then refuses num_cpus); sharing one is opt-in, through RAY_ADDRESS.
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
              logging_level="WARNING", configure_logging=True)
     return True
 
