@@ -57,31 +57,52 @@ print(json.dumps(res.manifest.counts))
 """
 
 
-def test_unreadable_file_is_skipped_and_reported(tmp_path):
-    """chmod 000 does not stop root, so as root the build runs in a child process that has given up
+def _build_with_locked(src: Path, locked: Path, out: Path) -> dict:
+    """Build ``src`` while ``locked`` is chmod 000; returns the manifest counts.
+
+    chmod 000 does not stop root, so as root the build runs in a child process that has given up
     the capabilities that bypass file permissions: a real permission error either way."""
     as_root = os.geteuid() == 0
     if as_root and not _has_cap_setpcap():
         pytest.skip("running as root without CAP_SETPCAP: cannot shed the capability that bypasses chmod 000")
+    mode = locked.stat().st_mode
+    locked.chmod(0)
+    try:
+        proc = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(src), str(out)],
+                              capture_output=True, text=True, timeout=120,
+                              preexec_fn=_without_dac_override if as_root else None)
+    finally:
+        locked.chmod(mode)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_unreadable_file_is_skipped_and_reported(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "ok.txt").write_text(prose(1))
     locked = src / "locked.txt"
     locked.write_text(prose(2))
-    locked.chmod(0)
-    try:
-        proc = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(src), str(tmp_path / "out")],
-                              capture_output=True, text=True, timeout=120,
-                              preexec_fn=_without_dac_override if as_root else None)
-    finally:
-        locked.chmod(0o644)
-    assert proc.returncode == 0, proc.stderr
-    counts = json.loads(proc.stdout)
+    counts = _build_with_locked(src, locked, tmp_path / "out")
     assert counts["files"]["skipped"] == {"unreadable": 1}
     [problem] = counts["report"]
     assert problem["file"] == str(locked) and problem["reason"] == "unreadable"
     assert "permission denied" in problem["detail"].lower()
     assert counts["documents"]["kept"] == 1
+
+
+def test_unlistable_directory_is_counted_and_named(tmp_path):
+    src = tmp_path / "src"
+    locked = src / "locked"
+    locked.mkdir(parents=True)
+    (locked / "a.txt").write_text(prose(2))
+    (src / "ok.txt").write_text(prose(1))
+    counts = _build_with_locked(src, locked, tmp_path / "out")
+    assert counts["files"]["paths_skipped"] == {"unlistable": 1}
+    assert counts["files"]["seen"] == 1 and counts["documents"]["kept"] == 1
+    [problem] = counts["report"]
+    assert problem["file"] == str(locked) and problem["reason"] == "unlistable"
+    assert "permission denied" in problem["detail"].lower()
 
 
 BAD_UTF8 = b"caf\xe9 au lait, " + prose(1).encode() + b" \xff\xfe end"

@@ -1,11 +1,13 @@
 """Raw sources -> documents, with every skipped file and dropped record counted in a Tally.
 
-Sources are local files, directories (recursive), globs and ``s3://`` prefixes, listed through
-``lmops.storage`` (a source that matches nothing is a fatal StorageError). The format follows the
-extension: ``.txt`` (a document per file or per blank-line separated paragraph), ``.jsonl`` (one JSON
-object a line, text in ``jsonl_field``; blank lines are not records) and ``.parquet`` (text in
-``parquet_column``). Files with any other extension are skipped and counted as ``unknown_format``
-rather than guessed at: a stray ``.csv`` or ``.json`` read as prose would pollute the corpus quietly.
+Sources are local files, directories (recursive), globs and ``s3://`` prefixes: local ones listed
+by ``lmops.data.listing`` (which also names what it passed over: links, hidden or unlistable
+directories), S3 ones by ``lmops.storage``; a source that matches nothing is a fatal StorageError.
+The format follows the extension: ``.txt`` (a document per file or per blank-line separated
+paragraph), ``.jsonl`` (one JSON object a line, text in ``jsonl_field``; blank lines are not
+records) and ``.parquet`` (text in ``parquet_column``). Files with any other extension are skipped
+and counted as ``unknown_format`` rather than guessed at: a stray ``.csv`` or ``.json`` read as
+prose would pollute the corpus quietly.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from pathlib import PurePosixPath
 
 from lmops.config import BuildConfig, sha256_json
 from lmops.data.accounting import Tally
+from lmops.data.listing import Passed, list_local
 from lmops.manifest import sha256_file
-from lmops.storage import Entry, StorageError, is_s3, list_files, read_bytes
+from lmops.storage import Entry, StorageError, is_s3, list_files, nothing_matches, read_bytes
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
 BINARY_SNIFF_BYTES = 8192
@@ -66,15 +69,23 @@ def format_of(uri: str) -> str | None:
     return FORMATS.get(PurePosixPath(uri).suffix.lower())
 
 
-def list_sources(sources: list[str]) -> list[SourceFile]:
-    """Every file the sources name, once each (sorted by URI), with a content id for the cache key."""
+def list_sources(sources: list[str]) -> tuple[list[SourceFile], list[Passed]]:
+    """Every file the sources name, once each (sorted by URI), with a content id for the cache key;
+    and every local path passed over without reading (links, hidden or unlistable directories)."""
     if not sources:
         raise BuildError("build.sources is empty: name at least one file, directory, glob or s3:// prefix")
     entries: dict[str, Entry] = {}
+    passed: dict[str, Passed] = {}
     for source in sources:
-        for entry in list_files(source):
+        found, skipped = (list_files(source), []) if is_s3(source) else list_local(source)
+        if not found and not skipped:
+            raise nothing_matches(source)
+        for entry in found:
             entries.setdefault(entry.uri, entry)
-    return [SourceFile(e, _content_id(e)) for e in sorted(entries.values(), key=lambda e: e.uri)]
+        for p in skipped:
+            passed.setdefault(p.uri, p)
+    files = [SourceFile(e, _content_id(e)) for e in sorted(entries.values(), key=lambda e: e.uri)]
+    return files, [p for uri, p in sorted(passed.items()) if uri not in entries]
 
 
 def _content_id(entry: Entry) -> str:
