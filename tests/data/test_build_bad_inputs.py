@@ -195,3 +195,35 @@ def test_nothing_kept_is_an_error(tmp_path):
     with pytest.raises(BuildError, match=r"nothing kept.*too_short.*build.min_chars"):
         build(cfg(tmp_path), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- through the CLI: one line, exit 2
+def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    lmops = Path(sys.executable).with_name("lmops")  # the installed entry point
+    return subprocess.run([str(lmops), "build", "--out", str(tmp_path / "out"),
+                           "--set", f"cache_dir={tmp_path / 'cache'}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_nothing_kept_is_one_line_and_exit_2(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "table.csv").write_text("a,b\n1,2\n")
+    proc = _cli("--set", f"build.sources=['{src}']", tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("lmops build: error: nothing kept") and f"{src / 'table.csv'}: unknown_format" in line
+
+
+def test_cli_bad_record_with_fail_is_one_line_and_exit_2(tmp_path, capsys):
+    from lmops.cli import main
+
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"text": prose(1)}) + "\n{oops\n")
+    code = main(["build", "--out", str(tmp_path / "out"), "--set", f"cache_dir={tmp_path / 'cache'}",
+                 "--set", f"build.sources=['{f}']", "--set", "build.bad_records=fail"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == err.strip().splitlines()[0]
+    assert err.startswith(f"lmops build: error: {f}:2: not JSON") and "build.bad_records=fail" in err

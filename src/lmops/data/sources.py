@@ -24,6 +24,7 @@ from pathlib import PurePosixPath
 from lmops.config import BuildConfig, sha256_json
 from lmops.data.accounting import Tally
 from lmops.data.listing import Passed, list_local
+from lmops.errors import LmopsError
 from lmops.manifest import sha256_file
 from lmops.storage import Entry, StorageError, is_s3, list_files, nothing_matches, read_bytes
 
@@ -32,8 +33,11 @@ BINARY_SNIFF_BYTES = 8192
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 
 
-class BuildError(RuntimeError):
-    """The build cannot produce a dataset; the message names the file[:line] and the config key."""
+class BuildError(LmopsError, RuntimeError):
+    """The build cannot produce a dataset; the message names the file[:line] and the config key.
+
+    A user error (bad data or sources), so the CLI prints it as one line and exits 2.
+    """
 
 
 class BadRecordError(BuildError):
