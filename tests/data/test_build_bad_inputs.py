@@ -197,6 +197,20 @@ def test_nothing_kept_is_an_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_length_and_emptiness_filters_name_file_and_line(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                         for t in [prose(1), "tiny", "   \n ", "y" * 500]))
+    (src / "short.txt").write_text("hi")
+    c = build(cfg(src, max_chars=400), tmp_path / "out").manifest.counts
+    assert c["documents"]["dropped"] == {"too_short": 2, "empty": 1, "too_long": 1}
+    named = {p["file"]: p["reason"] for p in c["report"]}
+    assert named == {f"{src / 'd.jsonl'}:2": "too_short", f"{src / 'd.jsonl'}:3": "empty",
+                     f"{src / 'd.jsonl'}:4": "too_long", str(src / "short.txt"): "too_short"}
+    assert "build.max_chars=400" in next(p["detail"] for p in c["report"] if p["reason"] == "too_long")
+
+
 # ---------------------------------------------------------------- through the CLI: one line, exit 2
 def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     lmops = Path(sys.executable).with_name("lmops")  # the installed entry point

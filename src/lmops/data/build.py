@@ -128,14 +128,16 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
 
 
 def _cleaned(raw: Iterable[sources.RawDoc], cfg: BuildConfig, tally: Tally) -> Iterator[Doc]:
-    """Normalize each document and apply the length filters (both counted as drop reasons)."""
+    """Normalize each document and apply the length filters (drops counted and named by file[:line])."""
     for r in raw:
         text = clean_text(r.text)
         if not text:
-            tally.drop("empty")
+            tally.drop_record(r.uri, "empty", r.line, "no text left after cleaning")
         elif len(text) < cfg.min_chars:
-            tally.drop("too_short")
+            tally.drop_record(r.uri, "too_short", r.line, f"{len(text)} characters after cleaning, "
+                              f"under build.min_chars={cfg.min_chars}")
         elif len(text) > cfg.max_chars:
-            tally.drop("too_long")
+            tally.drop_record(r.uri, "too_long", r.line, f"{len(text)} characters after cleaning, "
+                              f"over build.max_chars={cfg.max_chars}")
         else:
             yield Doc(text_id(text), text, r.source)

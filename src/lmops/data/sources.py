@@ -55,7 +55,13 @@ class SkipFile(Exception):
 @dataclass(frozen=True)
 class RawDoc:
     text: str
-    source: str  # "<uri>" or "<uri>:<line>" (line of a JSONL record, row of parquet, first line of a paragraph)
+    uri: str
+    line: int | None = None  # line of a JSON record, row of parquet, first line of a paragraph
+
+    @property
+    def source(self) -> str:
+        """"<uri>" or "<uri>:<line>", as the output records name where each document came from."""
+        return self.uri if self.line is None else f"{self.uri}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,7 @@ def read_txt(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[RawD
     if cfg.txt_mode == "file":
         docs = [RawDoc(text, uri)]
     else:
-        docs = [RawDoc(par, f"{uri}:{line}") for line, par in paragraphs(text)]
+        docs = [RawDoc(par, uri, line) for line, par in paragraphs(text)]
     tally.docs_read += len(docs)
     return docs
 
@@ -225,7 +231,7 @@ def read_jsonl(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[Ra
             continue
         text = _without_surrogates(value, uri, lineno, cfg, tally)
         if text is not None:
-            docs.append(RawDoc(text, f"{uri}:{lineno}"))
+            docs.append(RawDoc(text, uri, lineno))
     return docs
 
 
@@ -275,5 +281,5 @@ def read_parquet(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[
             value = _decode_record(value, uri, row, cfg, tally)
             if value is None:
                 continue
-        docs.append(RawDoc(value, f"{uri}:{row}"))
+        docs.append(RawDoc(value, uri, row))
     return docs
