@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmops.config import BuildConfig
-from lmops.data import accounting, clean, dedup, listing, sources, split
+from lmops.data import accounting, clean, compressed, dedup, listing, sources, split
 from lmops.data.accounting import Tally
 from lmops.data.clean import clean_text, text_id
 from lmops.data.dedup import Doc, exact_dedup, near_dedup
@@ -30,8 +30,8 @@ from lmops.data.split import assign_split, split_names, write_shards
 from lmops.manifest import StageResult, code_digest, run_stage
 
 STAGE = "build"
-CODE = code_digest(__file__, accounting.__file__, clean.__file__, dedup.__file__, listing.__file__, sources.__file__,
-                   split.__file__)
+CODE = code_digest(__file__, accounting.__file__, clean.__file__, compressed.__file__, dedup.__file__,
+                   listing.__file__, sources.__file__, split.__file__)
 
 
 def _stderr(msg: str) -> None:
@@ -97,7 +97,7 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
             f"{tally.docs_read} document(s) read, dropped {dict(tally.docs_dropped)}, "
             f"files skipped {dict(tally.files_skipped)}, paths skipped {dict(tally.paths_skipped)}"
             + (f" (e.g. {examples})" if examples else "")
-            + f" — check the sources, build.min_chars/max_chars and the formats ({', '.join(sources.FORMATS)})"
+            + f" — check the sources, build.min_chars/max_chars and the formats ({sources.format_list()})"
         )
     by_split: dict[str, list[Doc]] = {name: [] for name in split_names(cfg.split)}
     for d in docs:

@@ -5,9 +5,10 @@ by ``lmops.data.listing`` (which also names what it passed over: links, hidden o
 directories), S3 ones by ``lmops.storage``; a source that matches nothing is a fatal StorageError.
 The format follows the extension: ``.txt`` (a document per file or per blank-line separated
 paragraph), ``.jsonl`` (one JSON object a line, text in ``jsonl_field``; blank lines are not
-records) and ``.parquet`` (text in ``parquet_column``). Files with any other extension are skipped
-and counted as ``unknown_format`` rather than guessed at: a stray ``.csv`` or ``.json`` read as
-prose would pollute the corpus quietly.
+records), ``.json`` (a JSON array of such objects, one object, or JSON lines), ``.parquet`` (text in
+``parquet_column``), and the three text formats compressed as ``.gz`` or ``.zst``. Files with any
+other extension are skipped and counted as ``unknown_format`` rather than guessed at: a stray
+``.csv`` read as prose would pollute the corpus quietly.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 from lmops.config import BuildConfig, sha256_json
 from lmops.data.accounting import Tally
+from lmops.data.compressed import COMPRESSIONS, CorruptCompressed, MissingDecompressor, decompress
 from lmops.data.listing import Passed, list_local
 from lmops.errors import LmopsError
 from lmops.manifest import sha256_file
 from lmops.storage import Entry, StorageError, is_s3, list_files, nothing_matches, read_bytes
 
-FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
+TEXT_FORMATS = ("txt", "jsonl", "json")
+FORMATS = (*TEXT_FORMATS, "parquet", *(f"{f}.{c}" for f in TEXT_FORMATS for c in COMPRESSIONS))
+"""Format names, each also the file name ending that selects it ("jsonl.gz": gzip-compressed JSONL)."""
 BINARY_SNIFF_BYTES = 8192
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 
@@ -76,7 +81,12 @@ class SourceFile:
 
 # ---------------------------------------------------------------- listing and content identity
 def format_of(uri: str) -> str | None:
-    return FORMATS.get(PurePosixPath(uri).suffix.lower())
+    name = PurePosixPath(uri).name.lower()
+    return next((f for f in FORMATS if name.endswith("." + f)), None)
+
+
+def format_list() -> str:
+    return ", ".join("." + f for f in FORMATS)
 
 
 def list_sources(sources: list[str]) -> tuple[list[SourceFile], list[Passed]]:
@@ -123,7 +133,7 @@ def iter_documents(files: list[SourceFile], cfg: BuildConfig, tally: Tally) -> I
         fmt = format_of(f.uri)
         if fmt is None:
             tally.skip_file(f.uri, "unknown_format", f"extension {PurePosixPath(f.uri).suffix!r} is not one of "
-                            f"{', '.join(FORMATS)}")
+                            f"{format_list()}")
             continue
         try:
             data = read_bytes(f.uri)
@@ -147,11 +157,26 @@ def _check_and_read(uri: str, fmt: str, data: bytes, cfg: BuildConfig, tally: Ta
         raise SkipFile("empty", f"{len(data)} bytes, no text")
     if fmt == "parquet":
         return read_parquet(uri, data, cfg, tally)
+    fmt, _, compression = fmt.partition(".")
+    if compression:
+        data = _decompressed(uri, data, compression)
+        if not data.strip():
+            raise SkipFile("empty", f"decompresses to {len(data)} bytes, no text")
     if b"\0" in data[:BINARY_SNIFF_BYTES]:
         raise SkipFile("binary", f"NUL byte in the first {BINARY_SNIFF_BYTES} bytes")
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
-    return read_txt(uri, data, cfg, tally) if fmt == "txt" else read_jsonl(uri, data, cfg, tally)
+    reader = {"txt": read_txt, "jsonl": read_jsonl, "json": read_json}[fmt]
+    return reader(uri, data, cfg, tally)
+
+
+def _decompressed(uri: str, data: bytes, compression: str) -> bytes:
+    try:
+        return decompress(data, compression)
+    except CorruptCompressed as e:
+        raise SkipFile("corrupt_compressed", str(e)) from None
+    except MissingDecompressor as e:
+        raise BuildError(f"{uri}: {e}") from None
 
 
 def decode_utf8(data: bytes) -> tuple[str, int]:
@@ -205,7 +230,6 @@ def paragraphs(text: str) -> Iterator[tuple[int, str]]:
 
 def read_jsonl(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[RawDoc]:
     docs = []
-    field = cfg.jsonl_field
     # split bytes, not text: "\n" never occurs inside a multi-byte UTF-8 sequence, and a bad byte
     # then costs one record (invalid_utf8: drop), not the whole file
     for lineno, raw in enumerate(data.split(b"\n"), 1):
@@ -220,19 +244,81 @@ def read_jsonl(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[Ra
         except json.JSONDecodeError as e:
             _bad_record(uri, lineno, "not_json", f"not JSON: {e}", cfg, tally)
             continue
-        if not isinstance(record, dict) or field not in record:
-            what = "an object" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
-            _bad_record(uri, lineno, "missing_field", f"{what} without field {field!r} (build.jsonl_field)", cfg, tally)
-            continue
-        value = record[field]
-        if not isinstance(value, str):
-            _bad_record(uri, lineno, "not_string",
-                        f"field {field!r} is {type(value).__name__}, expected a string", cfg, tally)
-            continue
-        text = _without_surrogates(value, uri, lineno, cfg, tally)
-        if text is not None:
-            docs.append(RawDoc(text, uri, lineno))
+        docs.extend(_record_doc(record, uri, lineno, cfg, tally))
     return docs
+
+
+def read_json(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[RawDoc]:
+    """A .json file: an array of records, one record, or JSON lines (many datasets ship those as .json).
+
+    Records follow the JSONL rules (text in ``jsonl_field``) and are located by the line their
+    value starts on. An array that is not valid JSON is a corrupt file: skipped as ``invalid_json``,
+    or a BadRecordError with ``bad_records: fail``.
+    """
+    text, bad = decode_utf8(data)
+    start = len(text) - len(text.lstrip())
+    if not text.startswith("[", start):
+        try:
+            values = [(1 + text.count("\n", 0, start), json.loads(text))]
+        except json.JSONDecodeError:
+            return read_jsonl(uri, data, cfg, tally)  # more than one value: JSON lines, judged line by line
+    else:
+        try:
+            values = list(_array_items(text, start))
+        except json.JSONDecodeError as e:
+            if cfg.bad_records == "fail":
+                raise BadRecordError(f"{uri}:{e.lineno}: not a valid JSON array: {e} "
+                                     "(build.bad_records=fail; set it to skip to count and go on)") from None
+            raise SkipFile("invalid_json", f"not a valid JSON array: {e}") from None
+    if bad and cfg.invalid_utf8 == "drop":
+        raise SkipFile("invalid_utf8", f"{bad} invalid UTF-8 sequence(s) (build.invalid_utf8=drop)")
+    if bad:
+        tally.replaced_utf8(uri, bad)
+    docs = []
+    for line, record in values:
+        tally.docs_read += 1
+        docs.extend(_record_doc(record, uri, line, cfg, tally))
+    return docs
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _array_items(text: str, start: int) -> Iterator[tuple[int, Any]]:
+    """(line, value) of each element of the JSON array at ``text[start]``; JSONDecodeError if invalid."""
+    decoder = json.JSONDecoder()
+    line, counted = 1 + text.count("\n", 0, start), start
+    pos = _JSON_SPACE.match(text, start + 1).end()
+    if not text.startswith("]", pos):
+        while True:
+            line, counted = line + text.count("\n", counted, pos), pos
+            value, pos = decoder.raw_decode(text, pos)
+            yield line, value
+            pos = _JSON_SPACE.match(text, pos).end()
+            if text.startswith(",", pos):
+                pos = _JSON_SPACE.match(text, pos + 1).end()
+            elif text.startswith("]", pos):
+                break
+            else:
+                raise json.JSONDecodeError("Expecting ',' or ']' after an array element", text, pos)
+    end = _JSON_SPACE.match(text, pos + 1).end()
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data after the array", text, end)
+
+
+def _record_doc(record: Any, uri: str, line: int, cfg: BuildConfig, tally: Tally) -> list[RawDoc]:
+    """The document of one JSON record (.jsonl line or .json element), or none when it is dropped."""
+    field = cfg.jsonl_field
+    if not isinstance(record, dict) or field not in record:
+        what = "an object" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
+        _bad_record(uri, line, "missing_field", f"{what} without field {field!r} (build.jsonl_field)", cfg, tally)
+        return []
+    value = record[field]
+    if not isinstance(value, str):
+        _bad_record(uri, line, "not_string", f"field {field!r} is {type(value).__name__}, expected a string", cfg, tally)
+        return []
+    text = _without_surrogates(value, uri, line, cfg, tally)
+    return [] if text is None else [RawDoc(text, uri, line)]
 
 
 def _without_surrogates(value: str, uri: str, lineno: int, cfg: BuildConfig, tally: Tally) -> str | None:
