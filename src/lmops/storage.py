@@ -84,8 +84,13 @@ def list_files(source: str, *, missing_ok: bool = False) -> list[Entry]:
     """
     entries = _list_s3(source) if is_s3(source) else _list_local(source)
     if not entries and not missing_ok:
-        raise StorageError(f"{source}: no such file or directory (or nothing matches)")
+        raise nothing_matches(source)
     return entries
+
+
+def nothing_matches(source: str) -> StorageError:
+    """The error for a source that names nothing (a typo must never be an empty dataset)."""
+    return StorageError(f"{source}: no such file or directory (or nothing matches)")
 
 
 def _list_local(source: str) -> list[Entry]:

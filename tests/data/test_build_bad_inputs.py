@@ -57,31 +57,52 @@ print(json.dumps(res.manifest.counts))
 """
 
 
-def test_unreadable_file_is_skipped_and_reported(tmp_path):
-    """chmod 000 does not stop root, so as root the build runs in a child process that has given up
+def _build_with_locked(src: Path, locked: Path, out: Path) -> dict:
+    """Build ``src`` while ``locked`` is chmod 000; returns the manifest counts.
+
+    chmod 000 does not stop root, so as root the build runs in a child process that has given up
     the capabilities that bypass file permissions: a real permission error either way."""
     as_root = os.geteuid() == 0
     if as_root and not _has_cap_setpcap():
         pytest.skip("running as root without CAP_SETPCAP: cannot shed the capability that bypasses chmod 000")
+    mode = locked.stat().st_mode
+    locked.chmod(0)
+    try:
+        proc = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(src), str(out)],
+                              capture_output=True, text=True, timeout=120,
+                              preexec_fn=_without_dac_override if as_root else None)
+    finally:
+        locked.chmod(mode)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_unreadable_file_is_skipped_and_reported(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "ok.txt").write_text(prose(1))
     locked = src / "locked.txt"
     locked.write_text(prose(2))
-    locked.chmod(0)
-    try:
-        proc = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(src), str(tmp_path / "out")],
-                              capture_output=True, text=True, timeout=120,
-                              preexec_fn=_without_dac_override if as_root else None)
-    finally:
-        locked.chmod(0o644)
-    assert proc.returncode == 0, proc.stderr
-    counts = json.loads(proc.stdout)
+    counts = _build_with_locked(src, locked, tmp_path / "out")
     assert counts["files"]["skipped"] == {"unreadable": 1}
     [problem] = counts["report"]
     assert problem["file"] == str(locked) and problem["reason"] == "unreadable"
     assert "permission denied" in problem["detail"].lower()
     assert counts["documents"]["kept"] == 1
+
+
+def test_unlistable_directory_is_counted_and_named(tmp_path):
+    src = tmp_path / "src"
+    locked = src / "locked"
+    locked.mkdir(parents=True)
+    (locked / "a.txt").write_text(prose(2))
+    (src / "ok.txt").write_text(prose(1))
+    counts = _build_with_locked(src, locked, tmp_path / "out")
+    assert counts["files"]["paths_skipped"] == {"unlistable": 1}
+    assert counts["files"]["seen"] == 1 and counts["documents"]["kept"] == 1
+    [problem] = counts["report"]
+    assert problem["file"] == str(locked) and problem["reason"] == "unlistable"
+    assert "permission denied" in problem["detail"].lower()
 
 
 BAD_UTF8 = b"caf\xe9 au lait, " + prose(1).encode() + b" \xff\xfe end"
@@ -174,3 +195,49 @@ def test_nothing_kept_is_an_error(tmp_path):
     with pytest.raises(BuildError, match=r"nothing kept.*too_short.*build.min_chars"):
         build(cfg(tmp_path), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_length_and_emptiness_filters_name_file_and_line(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                         for t in [prose(1), "tiny", "   \n ", "y" * 500]))
+    (src / "short.txt").write_text("hi")
+    c = build(cfg(src, max_chars=400), tmp_path / "out").manifest.counts
+    assert c["documents"]["dropped"] == {"too_short": 2, "empty": 1, "too_long": 1}
+    named = {p["file"]: p["reason"] for p in c["report"]}
+    assert named == {f"{src / 'd.jsonl'}:2": "too_short", f"{src / 'd.jsonl'}:3": "empty",
+                     f"{src / 'd.jsonl'}:4": "too_long", str(src / "short.txt"): "too_short"}
+    assert "build.max_chars=400" in next(p["detail"] for p in c["report"] if p["reason"] == "too_long")
+
+
+# ---------------------------------------------------------------- through the CLI: one line, exit 2
+def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    lmops = Path(sys.executable).with_name("lmops")  # the installed entry point
+    return subprocess.run([str(lmops), "build", "--out", str(tmp_path / "out"),
+                           "--set", f"cache_dir={tmp_path / 'cache'}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_nothing_kept_is_one_line_and_exit_2(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "table.csv").write_text("a,b\n1,2\n")
+    proc = _cli("--set", f"build.sources=['{src}']", tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("lmops build: error: nothing kept") and f"{src / 'table.csv'}: unknown_format" in line
+
+
+def test_cli_bad_record_with_fail_is_one_line_and_exit_2(tmp_path, capsys):
+    from lmops.cli import main
+
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"text": prose(1)}) + "\n{oops\n")
+    code = main(["build", "--out", str(tmp_path / "out"), "--set", f"cache_dir={tmp_path / 'cache'}",
+                 "--set", f"build.sources=['{f}']", "--set", "build.bad_records=fail"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == err.strip().splitlines()[0]
+    assert err.startswith(f"lmops build: error: {f}:2: not JSON") and "build.bad_records=fail" in err

@@ -46,13 +46,14 @@ class BuildConfig(Section):
     txt_mode: Literal["file", "paragraph"] = "file"
     """.txt files: one document per file, or one per blank-line separated paragraph."""
     jsonl_field: str = "text"
-    """Field of a .jsonl record that holds the text."""
+    """Field of a .jsonl record (or a .json file's record) that holds the text."""
     parquet_column: str = "text"
     """Column of a .parquet file that holds the text."""
     invalid_utf8: Literal["replace", "drop"] = "replace"
     """Invalid UTF-8: replace the bad bytes with U+FFFD (counted), or drop the file/record (counted)."""
     bad_records: Literal["skip", "fail"] = "skip"
-    """A JSONL line that is not JSON or lacks the field: skip and count it, or fail the stage."""
+    """A JSON record that is not JSON or lacks the field (or a .json array that is not JSON): skip and count
+    it, or fail the stage."""
     min_chars: int = Field(32, ge=0)
     """Documents shorter than this after cleaning are dropped."""
     max_chars: int = Field(200_000, ge=1)

@@ -21,6 +21,7 @@ class Tally:
     files_seen: int = 0
     files_read: int = 0
     files_skipped: Counter = field(default_factory=Counter)
+    paths_skipped: Counter = field(default_factory=Counter)  # not files: never part of seen = read + skipped
     input_bytes: int = 0
     docs_read: int = 0
     docs_dropped: Counter = field(default_factory=Counter)
@@ -53,6 +54,12 @@ class Tally:
         """A listed file none of whose content reaches the documents (binary, empty, unreadable...)."""
         self.files_skipped[reason] += 1
         self.problem(uri, reason, detail=detail)
+
+    def skip_path(self, uri: str, reason: str, detail: str, named: bool = True) -> None:
+        """A path the listing passed over (a link not followed, a hidden or unlistable directory)."""
+        self.paths_skipped[reason] += 1
+        if named:
+            self.problem(uri, reason, detail=detail)
 
     def drop_record(self, uri: str, reason: str, line: int | None = None, detail: str | None = None) -> None:
         """A source record that was read but could not become a document (bad JSON, missing field...)."""
@@ -88,6 +95,7 @@ class Tally:
                 "seen": self.files_seen,
                 "read": self.files_read,
                 "skipped": dict(sorted(self.files_skipped.items())),
+                "paths_skipped": dict(sorted(self.paths_skipped.items())),
                 "bytes_read": self.input_bytes,
                 "invalid_utf8_replaced": {"files": len(self.utf8_replaced_files),
                                           "sequences": self.utf8_replaced_sequences},

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmops.config import BuildConfig
-from lmops.data import accounting, clean, dedup, sources, split
+from lmops.data import accounting, clean, compressed, dedup, listing, sources, split
 from lmops.data.accounting import Tally
 from lmops.data.clean import clean_text, text_id
 from lmops.data.dedup import Doc, exact_dedup, near_dedup
@@ -30,7 +30,8 @@ from lmops.data.split import assign_split, split_names, write_shards
 from lmops.manifest import StageResult, code_digest, run_stage
 
 STAGE = "build"
-CODE = code_digest(__file__, accounting.__file__, clean.__file__, dedup.__file__, sources.__file__, split.__file__)
+CODE = code_digest(__file__, accounting.__file__, clean.__file__, compressed.__file__, dedup.__file__,
+                   listing.__file__, sources.__file__, split.__file__)
 
 
 def _stderr(msg: str) -> None:
@@ -51,7 +52,9 @@ def build_dataset(
     Raises StorageError for a source that matches nothing, BuildError when nothing is kept or a bad
     record is met with ``bad_records: fail``.
     """
-    files = list_sources(cfg.sources)
+    # paths passed over are not in the digest: they change no output, and their names would make a
+    # renamed corpus a cache miss; the report of the build that ran names them
+    files, passed = list_sources(cfg.sources)
     digest = sources_digest(files)
     inputs = {"sources": {
         "digest": digest,
@@ -61,15 +64,18 @@ def build_dataset(
     config = cfg.model_dump(mode="json", exclude={"sources"})
     return run_stage(
         STAGE, out_dir, code=CODE, config=config, inputs=inputs, cache_dir=cache_dir, log=log,
-        produce=lambda tmp: produce_dataset(files, cfg, tmp, workers=workers, log=log),
+        produce=lambda tmp: produce_dataset(files, cfg, tmp, workers=workers, log=log, passed=passed),
     )
 
 
 def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path, *,
-                    workers: int | None = None, log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+                    workers: int | None = None, log: Callable[[str], None] = _stderr,
+                    passed: Iterable[listing.Passed] = ()) -> dict[str, Any]:
     """Read, clean, filter, dedup, split and write the shards into ``out``; returns counts and metrics."""
     t0 = time.perf_counter()
     tally = Tally()
+    for p in passed:
+        tally.skip_path(p.uri, p.reason, p.detail, named=p.named)
     docs = list(_cleaned(iter_documents(files, cfg, tally), cfg, tally))
     t_read = time.perf_counter()
 
@@ -85,11 +91,13 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
     t_near = time.perf_counter()
 
     if not docs:
+        examples = "; ".join(f"{p['file']}: {p['reason']}" for p in tally.report[:3])
         raise BuildError(
             f"nothing kept from {len(files)} file(s) in build.sources {cfg.sources}: "
             f"{tally.docs_read} document(s) read, dropped {dict(tally.docs_dropped)}, "
-            f"files skipped {dict(tally.files_skipped)} — check the sources, build.min_chars/max_chars "
-            f"and the formats ({', '.join(sources.FORMATS)})"
+            f"files skipped {dict(tally.files_skipped)}, paths skipped {dict(tally.paths_skipped)}"
+            + (f" (e.g. {examples})" if examples else "")
+            + f" — check the sources, build.min_chars/max_chars and the formats ({sources.format_list()})"
         )
     by_split: dict[str, list[Doc]] = {name: [] for name in split_names(cfg.split)}
     for d in docs:
@@ -120,14 +128,16 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
 
 
 def _cleaned(raw: Iterable[sources.RawDoc], cfg: BuildConfig, tally: Tally) -> Iterator[Doc]:
-    """Normalize each document and apply the length filters (both counted as drop reasons)."""
+    """Normalize each document and apply the length filters (drops counted and named by file[:line])."""
     for r in raw:
         text = clean_text(r.text)
         if not text:
-            tally.drop("empty")
+            tally.drop_record(r.uri, "empty", r.line, "no text left after cleaning")
         elif len(text) < cfg.min_chars:
-            tally.drop("too_short")
+            tally.drop_record(r.uri, "too_short", r.line, f"{len(text)} characters after cleaning, "
+                              f"under build.min_chars={cfg.min_chars}")
         elif len(text) > cfg.max_chars:
-            tally.drop("too_long")
+            tally.drop_record(r.uri, "too_long", r.line, f"{len(text)} characters after cleaning, "
+                              f"over build.max_chars={cfg.max_chars}")
         else:
             yield Doc(text_id(text), text, r.source)

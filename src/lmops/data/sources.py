@@ -1,11 +1,14 @@
 """Raw sources -> documents, with every skipped file and dropped record counted in a Tally.
 
-Sources are local files, directories (recursive), globs and ``s3://`` prefixes, listed through
-``lmops.storage`` (a source that matches nothing is a fatal StorageError). The format follows the
-extension: ``.txt`` (a document per file or per blank-line separated paragraph), ``.jsonl`` (one JSON
-object a line, text in ``jsonl_field``; blank lines are not records) and ``.parquet`` (text in
-``parquet_column``). Files with any other extension are skipped and counted as ``unknown_format``
-rather than guessed at: a stray ``.csv`` or ``.json`` read as prose would pollute the corpus quietly.
+Sources are local files, directories (recursive), globs and ``s3://`` prefixes: local ones listed
+by ``lmops.data.listing`` (which also names what it passed over: links, hidden or unlistable
+directories), S3 ones by ``lmops.storage``; a source that matches nothing is a fatal StorageError.
+The format follows the extension: ``.txt`` (a document per file or per blank-line separated
+paragraph), ``.jsonl`` (one JSON object a line, text in ``jsonl_field``; blank lines are not
+records), ``.json`` (a JSON array of such objects, one object, or JSON lines), ``.parquet`` (text in
+``parquet_column``), and the three text formats compressed as ``.gz`` or ``.zst``. Files with any
+other extension are skipped and counted as ``unknown_format`` rather than guessed at: a stray
+``.csv`` read as prose would pollute the corpus quietly.
 """
 
 from __future__ import annotations
@@ -18,19 +21,28 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 from lmops.config import BuildConfig, sha256_json
 from lmops.data.accounting import Tally
+from lmops.data.compressed import COMPRESSIONS, CorruptCompressed, MissingDecompressor, decompress
+from lmops.data.listing import Passed, list_local
+from lmops.errors import LmopsError
 from lmops.manifest import sha256_file
-from lmops.storage import Entry, StorageError, is_s3, list_files, read_bytes
+from lmops.storage import Entry, StorageError, is_s3, list_files, nothing_matches, read_bytes
 
-FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
+TEXT_FORMATS = ("txt", "jsonl", "json")
+FORMATS = (*TEXT_FORMATS, "parquet", *(f"{f}.{c}" for f in TEXT_FORMATS for c in COMPRESSIONS))
+"""Format names, each also the file name ending that selects it ("jsonl.gz": gzip-compressed JSONL)."""
 BINARY_SNIFF_BYTES = 8192
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 
 
-class BuildError(RuntimeError):
-    """The build cannot produce a dataset; the message names the file[:line] and the config key."""
+class BuildError(LmopsError, RuntimeError):
+    """The build cannot produce a dataset; the message names the file[:line] and the config key.
+
+    A user error (bad data or sources), so the CLI prints it as one line and exits 2.
+    """
 
 
 class BadRecordError(BuildError):
@@ -48,7 +60,13 @@ class SkipFile(Exception):
 @dataclass(frozen=True)
 class RawDoc:
     text: str
-    source: str  # "<uri>" or "<uri>:<line>" (line of a JSONL record, row of parquet, first line of a paragraph)
+    uri: str
+    line: int | None = None  # line of a JSON record, row of parquet, first line of a paragraph
+
+    @property
+    def source(self) -> str:
+        """"<uri>" or "<uri>:<line>", as the output records name where each document came from."""
+        return self.uri if self.line is None else f"{self.uri}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -63,18 +81,31 @@ class SourceFile:
 
 # ---------------------------------------------------------------- listing and content identity
 def format_of(uri: str) -> str | None:
-    return FORMATS.get(PurePosixPath(uri).suffix.lower())
+    name = PurePosixPath(uri).name.lower()
+    return next((f for f in FORMATS if name.endswith("." + f)), None)
 
 
-def list_sources(sources: list[str]) -> list[SourceFile]:
-    """Every file the sources name, once each (sorted by URI), with a content id for the cache key."""
+def format_list() -> str:
+    return ", ".join("." + f for f in FORMATS)
+
+
+def list_sources(sources: list[str]) -> tuple[list[SourceFile], list[Passed]]:
+    """Every file the sources name, once each (sorted by URI), with a content id for the cache key;
+    and every local path passed over without reading (links, hidden or unlistable directories)."""
     if not sources:
         raise BuildError("build.sources is empty: name at least one file, directory, glob or s3:// prefix")
     entries: dict[str, Entry] = {}
+    passed: dict[str, Passed] = {}
     for source in sources:
-        for entry in list_files(source):
+        found, skipped = (list_files(source), []) if is_s3(source) else list_local(source)
+        if not found and not skipped:
+            raise nothing_matches(source)
+        for entry in found:
             entries.setdefault(entry.uri, entry)
-    return [SourceFile(e, _content_id(e)) for e in sorted(entries.values(), key=lambda e: e.uri)]
+        for p in skipped:
+            passed.setdefault(p.uri, p)
+    files = [SourceFile(e, _content_id(e)) for e in sorted(entries.values(), key=lambda e: e.uri)]
+    return files, [p for uri, p in sorted(passed.items()) if uri not in entries]
 
 
 def _content_id(entry: Entry) -> str:
@@ -102,7 +133,7 @@ def iter_documents(files: list[SourceFile], cfg: BuildConfig, tally: Tally) -> I
         fmt = format_of(f.uri)
         if fmt is None:
             tally.skip_file(f.uri, "unknown_format", f"extension {PurePosixPath(f.uri).suffix!r} is not one of "
-                            f"{', '.join(FORMATS)}")
+                            f"{format_list()}")
             continue
         try:
             data = read_bytes(f.uri)
@@ -126,11 +157,26 @@ def _check_and_read(uri: str, fmt: str, data: bytes, cfg: BuildConfig, tally: Ta
         raise SkipFile("empty", f"{len(data)} bytes, no text")
     if fmt == "parquet":
         return read_parquet(uri, data, cfg, tally)
+    fmt, _, compression = fmt.partition(".")
+    if compression:
+        data = _decompressed(uri, data, compression)
+        if not data.strip():
+            raise SkipFile("empty", f"decompresses to {len(data)} bytes, no text")
     if b"\0" in data[:BINARY_SNIFF_BYTES]:
         raise SkipFile("binary", f"NUL byte in the first {BINARY_SNIFF_BYTES} bytes")
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
-    return read_txt(uri, data, cfg, tally) if fmt == "txt" else read_jsonl(uri, data, cfg, tally)
+    reader = {"txt": read_txt, "jsonl": read_jsonl, "json": read_json}[fmt]
+    return reader(uri, data, cfg, tally)
+
+
+def _decompressed(uri: str, data: bytes, compression: str) -> bytes:
+    try:
+        return decompress(data, compression)
+    except CorruptCompressed as e:
+        raise SkipFile("corrupt_compressed", str(e)) from None
+    except MissingDecompressor as e:
+        raise BuildError(f"{uri}: {e}") from None
 
 
 def decode_utf8(data: bytes) -> tuple[str, int]:
@@ -163,7 +209,7 @@ def read_txt(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[RawD
     if cfg.txt_mode == "file":
         docs = [RawDoc(text, uri)]
     else:
-        docs = [RawDoc(par, f"{uri}:{line}") for line, par in paragraphs(text)]
+        docs = [RawDoc(par, uri, line) for line, par in paragraphs(text)]
     tally.docs_read += len(docs)
     return docs
 
@@ -184,7 +230,6 @@ def paragraphs(text: str) -> Iterator[tuple[int, str]]:
 
 def read_jsonl(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[RawDoc]:
     docs = []
-    field = cfg.jsonl_field
     # split bytes, not text: "\n" never occurs inside a multi-byte UTF-8 sequence, and a bad byte
     # then costs one record (invalid_utf8: drop), not the whole file
     for lineno, raw in enumerate(data.split(b"\n"), 1):
@@ -199,19 +244,81 @@ def read_jsonl(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[Ra
         except json.JSONDecodeError as e:
             _bad_record(uri, lineno, "not_json", f"not JSON: {e}", cfg, tally)
             continue
-        if not isinstance(record, dict) or field not in record:
-            what = "an object" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
-            _bad_record(uri, lineno, "missing_field", f"{what} without field {field!r} (build.jsonl_field)", cfg, tally)
-            continue
-        value = record[field]
-        if not isinstance(value, str):
-            _bad_record(uri, lineno, "not_string",
-                        f"field {field!r} is {type(value).__name__}, expected a string", cfg, tally)
-            continue
-        text = _without_surrogates(value, uri, lineno, cfg, tally)
-        if text is not None:
-            docs.append(RawDoc(text, f"{uri}:{lineno}"))
+        docs.extend(_record_doc(record, uri, lineno, cfg, tally))
     return docs
+
+
+def read_json(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[RawDoc]:
+    """A .json file: an array of records, one record, or JSON lines (many datasets ship those as .json).
+
+    Records follow the JSONL rules (text in ``jsonl_field``) and are located by the line their
+    value starts on. An array that is not valid JSON is a corrupt file: skipped as ``invalid_json``,
+    or a BadRecordError with ``bad_records: fail``.
+    """
+    text, bad = decode_utf8(data)
+    start = len(text) - len(text.lstrip())
+    if not text.startswith("[", start):
+        try:
+            values = [(1 + text.count("\n", 0, start), json.loads(text))]
+        except json.JSONDecodeError:
+            return read_jsonl(uri, data, cfg, tally)  # more than one value: JSON lines, judged line by line
+    else:
+        try:
+            values = list(_array_items(text, start))
+        except json.JSONDecodeError as e:
+            if cfg.bad_records == "fail":
+                raise BadRecordError(f"{uri}:{e.lineno}: not a valid JSON array: {e} "
+                                     "(build.bad_records=fail; set it to skip to count and go on)") from None
+            raise SkipFile("invalid_json", f"not a valid JSON array: {e}") from None
+    if bad and cfg.invalid_utf8 == "drop":
+        raise SkipFile("invalid_utf8", f"{bad} invalid UTF-8 sequence(s) (build.invalid_utf8=drop)")
+    if bad:
+        tally.replaced_utf8(uri, bad)
+    docs = []
+    for line, record in values:
+        tally.docs_read += 1
+        docs.extend(_record_doc(record, uri, line, cfg, tally))
+    return docs
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _array_items(text: str, start: int) -> Iterator[tuple[int, Any]]:
+    """(line, value) of each element of the JSON array at ``text[start]``; JSONDecodeError if invalid."""
+    decoder = json.JSONDecoder()
+    line, counted = 1 + text.count("\n", 0, start), start
+    pos = _JSON_SPACE.match(text, start + 1).end()
+    if not text.startswith("]", pos):
+        while True:
+            line, counted = line + text.count("\n", counted, pos), pos
+            value, pos = decoder.raw_decode(text, pos)
+            yield line, value
+            pos = _JSON_SPACE.match(text, pos).end()
+            if text.startswith(",", pos):
+                pos = _JSON_SPACE.match(text, pos + 1).end()
+            elif text.startswith("]", pos):
+                break
+            else:
+                raise json.JSONDecodeError("Expecting ',' or ']' after an array element", text, pos)
+    end = _JSON_SPACE.match(text, pos + 1).end()
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data after the array", text, end)
+
+
+def _record_doc(record: Any, uri: str, line: int, cfg: BuildConfig, tally: Tally) -> list[RawDoc]:
+    """The document of one JSON record (.jsonl line or .json element), or none when it is dropped."""
+    field = cfg.jsonl_field
+    if not isinstance(record, dict) or field not in record:
+        what = "an object" if isinstance(record, dict) else f"a JSON {type(record).__name__}"
+        _bad_record(uri, line, "missing_field", f"{what} without field {field!r} (build.jsonl_field)", cfg, tally)
+        return []
+    value = record[field]
+    if not isinstance(value, str):
+        _bad_record(uri, line, "not_string", f"field {field!r} is {type(value).__name__}, expected a string", cfg, tally)
+        return []
+    text = _without_surrogates(value, uri, line, cfg, tally)
+    return [] if text is None else [RawDoc(text, uri, line)]
 
 
 def _without_surrogates(value: str, uri: str, lineno: int, cfg: BuildConfig, tally: Tally) -> str | None:
@@ -260,5 +367,5 @@ def read_parquet(uri: str, data: bytes, cfg: BuildConfig, tally: Tally) -> list[
             value = _decode_record(value, uri, row, cfg, tally)
             if value is None:
                 continue
-        docs.append(RawDoc(value, f"{uri}:{row}"))
+        docs.append(RawDoc(value, uri, row))
     return docs
