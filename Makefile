@@ -32,20 +32,23 @@ $(UV):
 	@# the installer itself, at the version the lock names
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$$(grep -m1 '^uv==' $(LOCK))"
 
-# A fresh venv gets exactly the lock (uv pip sync); with TORCH_INDEX_URL (a CUDA torch and its
-# nvidia-* libraries, which the CPU lock does not list) the lock is installed over that torch instead.
+# A fresh venv gets exactly the lock (uv pip sync), whose torch is the CPU build. With TORCH_INDEX_URL
+# (e.g. a CUDA torch and its nvidia-* libraries, which the CPU lock does not list) torch comes from that
+# index and everything else from the lock.
 $(STAMP): $(LOCK) pyproject.toml | $(UV)
 	$(UV) pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(UV) pip $(if $(TORCH_INDEX_URL),install -r,sync) $(LOCK)
+	$(if $(TORCH_INDEX_URL),grep -v '^torch==' $(LOCK) | $(UV) pip install -r -,$(UV) pip sync $(LOCK))
 	$(UV) pip install -q --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # Regenerate the lock from pyproject.toml (run after editing its dependencies; commit both together).
-# The local label of the CPU wheel (+cpu) is dropped so that a CUDA build of the same torch satisfies it.
+# torch resolves to this machine's CPU wheel (pip's find-links); the lock keeps its +cpu label, which is
+# also what keeps uv from preferring PyPI's CUDA build of the same version on the next `make lock`.
 lock: | $(UV)
 	$(UV) pip compile pyproject.toml --extra all --extra test --extra dev --python-version 3.11 \
 	  --constraint <(echo torch==$(TORCH_VERSION)) --custom-compile-command "make lock" -o $(LOCK)
-	sed -i -E 's/^torch==([0-9.]+)\+[a-z0-9]+$$/torch==\1/' $(LOCK)
+	@grep -q '^torch==$(TORCH_VERSION)+cpu$$' $(LOCK) || { echo "make lock: torch did not resolve to the CPU \
+	  wheel ($$(grep '^torch==' $(LOCK))): is pip's find-links folder with torch-$(TORCH_VERSION)+cpu here?"; exit 1; }
 
 # The Kubeflow pipeline through kfp's local runner: local Ray, MLflow (sqlite) and KServe model server.
 run: $(STAMP)

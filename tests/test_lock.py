@@ -52,7 +52,8 @@ def direct_requirements() -> list[Requirement]:
 
 
 def public(version: Version) -> Version:
-    """2.13.0+cpu -> 2.13.0: the lock drops torch's local label so CPU and CUDA builds both satisfy it."""
+    """2.13.0+cu128 -> 2.13.0: the lock holds the CPU build of torch; a CUDA venv (TORCH_INDEX_URL) has
+    the same release built for CUDA."""
     return Version(version.public)
 
 
@@ -71,7 +72,7 @@ def test_lock_pins_every_direct_dependency_within_pyprojects_range():
 def test_lock_pins_torch_to_the_version_make_installs_first():
     makefile = (REPO / "Makefile").read_text()
     wanted = re.search(r"^TORCH_VERSION := (\S+)$", makefile, re.M).group(1)
-    assert locked_pins()["torch"] == Version(wanted)
+    assert public(locked_pins()["torch"]) == Version(wanted)
 
 
 def test_environment_has_exactly_the_locked_versions():
@@ -80,7 +81,7 @@ def test_environment_has_exactly_the_locked_versions():
     # A CUDA torch (TORCH_INDEX_URL) brings its nvidia-* libraries, which the CPU lock cannot list.
     torch_needs = {canonicalize_name(Requirement(r).name) for r in (metadata.requires("torch") or [])}
     wrong = [f"{n}: installed {installed.get(n, 'nothing')}, locked {v}"
-             for n, v in sorted(pins.items()) if n not in installed or public(installed[n]) != v]
+             for n, v in sorted(pins.items()) if n not in installed or public(installed[n]) != public(v)]
     extra = sorted(n for n in installed if n not in pins and n not in NOT_LOCKED and n not in torch_needs)
     assert not wrong and not extra, (
         "this environment is not the lock (recreate it: rm -rf .venv && make venv):\n"
