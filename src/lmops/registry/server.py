@@ -96,7 +96,7 @@ def parse_models_uri(uri: str) -> ModelRef:
 def model_ref(model: str, version: str | None = None) -> ModelRef:
     """``NAME VERSION`` (two arguments, as ``lmops promote`` takes them) or one ``models:/`` URI."""
     if version is None:
-        if isinstance(model, str) and not model.startswith("models:/"):
+        if not model.startswith("models:/"):
             raise RegistryError(f"{model!r}: expected NAME VERSION, models:/NAME/VERSION or models:/NAME@ALIAS")
         return parse_models_uri(model)
     if model.startswith("models:/"):
