@@ -1,4 +1,5 @@
-"""Evaluation: perplexity checked against the model's own loss, stride handling, eval.json, bad inputs."""
+"""Evaluation: perplexity and bits per byte checked against the model's own loss and the decoded text, stride
+handling, how much of the split is scored, eval.json, bad inputs."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from tokenizers import Tokenizer, models
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmops.config import EvaluateConfig, ModelConfig
+from lmops.data.token_bytes import token_byte_lengths
 from lmops.data.tokens import load_split, open_tokens
 from lmops.evaluate import EvaluationError, evaluate_model, perplexity, windows
 from lmops.manifest import ManifestError
@@ -41,14 +44,13 @@ def test_perplexity_equals_exp_of_the_models_own_mean_loss(tiny_model_dir, tiny_
     metrics = evaluate_model(tiny_model_dir, tiny_tokens, EvaluateConfig(block_size=block, max_blocks=n_blocks,
                                                                          batch_size=7, **QUICK))
     assert metrics["perplexity"] == pytest.approx(expected, rel=1e-5)
-    assert metrics["predicted_tokens"] == n_blocks * (block - 1) and metrics["blocks"] == n_blocks
+    assert metrics["scored_tokens"] == n_blocks * (block - 1) and metrics["blocks"] == n_blocks
     assert 1 < metrics["perplexity"] < 512  # trained a little: better than uniform over the vocabulary
 
 
-def test_strided_perplexity_matches_the_hf_sliding_window_recipe(test_ids, model):
-    ids = test_ids[:700]
-    block, stride = 64, 24
-    # Hugging Face's recipe, written out: mask targets an earlier window already scored with -100
+def hf_sliding_window_nll(model, ids, block: int, stride: int) -> tuple[float, int]:
+    """(total NLL in nats, targets) by Hugging Face's recipe, written out: mask targets an earlier window
+    already scored with -100 and let the model's own labels= loss average the rest."""
     nll_sum, count, prev_end = 0.0, 0, 0
     with torch.no_grad():
         for begin in range(0, len(ids), stride):
@@ -62,12 +64,65 @@ def test_strided_perplexity_matches_the_hf_sliding_window_recipe(test_ids, model
             prev_end = end
             if end == len(ids):
                 break
+    return nll_sum, count
+
+
+def test_strided_perplexity_matches_the_hf_sliding_window_recipe(test_ids, model):
+    ids = test_ids[:700]
+    block, stride = 64, 24
+    nll_sum, count = hf_sliding_window_nll(model, ids, block, stride)
     got = perplexity(model, ids, block, stride, batch_size=5, device=torch.device("cpu"))
-    assert got["predicted_tokens"] == count == len(ids) - 1  # every token after the first, exactly once
+    assert got["scored_tokens"] == count == len(ids) - 1  # every token after the first, exactly once
     assert got["perplexity"] == pytest.approx(math.exp(nll_sum / count), rel=1e-5)
     # non-overlapping blocks leave each block's first token unscored (no context inside its window)
     plain = perplexity(model, ids, block, block, 5, torch.device("cpu"))
-    assert plain["predicted_tokens"] == len(ids) - math.ceil(len(ids) / block)
+    assert plain["scored_tokens"] == len(ids) - math.ceil(len(ids) / block)
+
+
+def test_the_whole_split_is_scored_unless_max_blocks_caps_it(tiny_model_dir, tiny_tokens, test_ids):
+    n, block = len(test_ids), 64
+    whole = evaluate_model(tiny_model_dir, tiny_tokens, EvaluateConfig(block_size=block, **QUICK))
+    # independently: windows start at 0, block, 2*block... while a target is left after the start
+    # (a start at n - 1 would have nothing to predict); each scores all its tokens but the first
+    starts = math.ceil((n - 1) / block)
+    assert (whole["split_tokens"], whole["blocks"], whole["scored_tokens"]) == (n, starts, n - starts)
+    capped = evaluate_model(tiny_model_dir, tiny_tokens, EvaluateConfig(block_size=block, max_blocks=5, **QUICK))
+    assert (capped["split_tokens"], capped["blocks"], capped["scored_tokens"]) == (n, 5, 5 * (block - 1))
+    assert EvaluateConfig().max_blocks is None
+
+
+def test_bits_per_byte_matches_the_decoded_text_and_the_models_own_loss(tiny_model_dir, tiny_tokens, test_ids,
+                                                                       model):
+    block, stride = 64, 32  # overlapping windows score every token of the split but the first
+    metrics = evaluate_model(tiny_model_dir, tiny_tokens, EvaluateConfig(block_size=block, stride=stride, **QUICK))
+    nll_nats, count = hf_sliding_window_nll(model, test_ids, block, stride)
+    hf_tok = AutoTokenizer.from_pretrained(tiny_tokens / "tokenizer")
+    # the first token starts a document, so the scored text starts on a character boundary; the split
+    # ends with EOS, so it ends on one. EOS stands for no text (skipped), its NLL still counts.
+    text = hf_tok.decode(test_ids[1:].tolist(), skip_special_tokens=True)
+    assert "\ufffd" not in hf_tok.decode(test_ids[:1].tolist()) and "\ufffd" not in text
+    n_bytes = len(text.encode("utf-8"))
+    assert metrics["scored_tokens"] == count == len(test_ids) - 1
+    assert metrics["scored_bytes"] == n_bytes
+    assert metrics["bits_per_byte"] == pytest.approx(nll_nats / math.log(2) / n_bytes, rel=1e-5)
+    # bits per byte and perplexity are the same NLL over different units
+    assert metrics["bits_per_byte"] == pytest.approx(math.log2(metrics["perplexity"]) * count / n_bytes, rel=1e-9)
+
+
+def test_token_byte_lengths_count_partial_characters_exactly(tiny_tokens, tmp_path):
+    hf_tok = AutoTokenizer.from_pretrained(tiny_tokens / "tokenizer")
+    table = token_byte_lengths(tiny_tokens / "tokenizer")
+    assert len(table) == len(hf_tok)
+    text = "naïve café: 漢字 and 🙂, then ascii.\n"
+    ids = hf_tok.encode(text, add_special_tokens=False)
+    # a 512-token BPE splits these characters into byte tokens, which decode alone to U+FFFD
+    assert any(hf_tok.decode([i]) == "\ufffd" for i in ids)
+    assert int(table[ids].sum()) == len(text.encode("utf-8"))
+    assert table[hf_tok.eos_token_id] == 0 and table[hf_tok.pad_token_id] == 0
+    # no exact per-token bytes without a byte-level decoder: no table (bits_per_byte is then None)
+    word_level = Tokenizer(models.WordLevel({"hello": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    word_level.save(str(tmp_path / "tokenizer.json"))
+    assert token_byte_lengths(tmp_path) is None
 
 
 def test_windows_score_each_target_once():
@@ -89,6 +144,7 @@ def test_eval_json_and_metrics(tiny_model_dir, tiny_tokens, tmp_path):
     assert metrics["eval_tokens_per_s"] > 0 and metrics["latency_ms_per_token"] > 0
     assert (metrics["latency_prompt_tokens"], metrics["latency_new_tokens"]) == (8, 6)
     assert metrics["tokens_digest"] == open_tokens(tiny_tokens).manifest.digest
+    assert metrics["scored_bytes"] > metrics["scored_tokens"] and metrics["bits_per_byte"] > 0
     # the same blocks in another batch size give the same perplexity
     other = evaluate_model(tiny_model_dir, tiny_tokens, cfg.model_copy(update={"batch_size": 1, **QUICK}))
     assert other["perplexity"] == pytest.approx(metrics["perplexity"], rel=1e-5)

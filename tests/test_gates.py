@@ -24,6 +24,10 @@ def test_relative_regression_respects_each_metrics_direction():
     slower = verdict({"perplexity": 10.0, "eval_tokens_per_s": 940.0}, rules)
     assert not slower.passed and "eval_tokens_per_s" in slower.reasons[0]
     assert [c.status for c in slower.details] == ["fail", "pass"]  # failures first
+    # bits per byte, like perplexity, is better lower
+    bpb = {"bits_per_byte": {"max_regression": 0.01}}
+    assert check({"bits_per_byte": 2.02}, {"bits_per_byte": 2.0}, bpb).passed
+    assert not check({"bits_per_byte": 2.03}, {"bits_per_byte": 2.0}, bpb).passed
 
 
 def test_min_improvement_and_absolute_deltas():

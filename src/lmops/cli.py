@@ -197,7 +197,7 @@ def cmd_lineage(args: argparse.Namespace) -> dict:
     from lmops.registry import describe_lineage, lineage_lines
 
     cfg = _config(args)
-    info = describe_lineage(args.uri, tracking_uri=args.tracking_uri or cfg.registry.tracking_uri)
+    info = describe_lineage(args.model, args.version, tracking_uri=args.tracking_uri or cfg.registry.tracking_uri)
     if not args.json:
         print("\n".join(lineage_lines(info)))
     return info
@@ -284,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--reason", help="why; recorded in the alias history and on the rolled-back version")
     sp.add_argument("--tracking-uri", help=TRACKING_HELP)
     sp = stage("lineage", cmd_lineage, "print a version's chain: checkpoint -> tokens -> dataset -> raw sources")
-    sp.add_argument("uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    sp.add_argument("model", help="registered model name (then VERSION), or models:/NAME/VERSION or"
+                                  " models:/NAME@ALIAS")
+    sp.add_argument("version", nargs="?", help="version number, after NAME (as for promote)")
     sp.add_argument("--tracking-uri", help=TRACKING_HELP)
     sp = sub.add_parser("sample-corpus", help="make the offline sample corpus (stdlib docstrings)")
     sp.add_argument("--dest", default=str(SAMPLE_CORPUS))

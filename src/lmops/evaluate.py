@@ -1,12 +1,17 @@
 """Evaluation (stage 4): one function scores any candidate model directory on a token split.
 
 Metrics (``eval.json``):
-- ``perplexity`` = exp(total NLL / total predicted tokens) over fixed-length windows of ``block_size``
+- ``perplexity`` = exp(total NLL / total scored tokens) over fixed-length windows of ``block_size``
   tokens started every ``stride`` tokens. With stride < block_size the windows overlap and only the
   tokens no earlier window scored count (Hugging Face's sliding-window recipe), so every token is
   scored once, with up to block_size - stride tokens of extra context. A token is only scored with at
   least one token of context in its window: with stride = block_size each window scores block_size - 1
-  tokens, exactly what the model's own ``labels=`` loss averages over.
+  tokens, exactly what the model's own ``labels=`` loss averages over. Every window of the split is
+  scored unless ``max_blocks`` caps them; ``scored_tokens`` of ``split_tokens`` says how much was.
+- ``bits_per_byte`` = total NLL in bits / ``scored_bytes``, the UTF-8 bytes of exactly the scored target
+  tokens (lmops.data.token_bytes; EOS is 0 bytes, its NLL still counts). Unlike perplexity it compares
+  models with different tokenizers. None (with ``scored_bytes`` None) for a tokenizer that is not
+  byte-level.
 - ``eval_tokens_per_s``: tokens fed through the model per second of the perplexity pass (overlap
   context included: it is work done).
 - ``latency_ms_per_token``: greedy generation at batch 1, wall time / new tokens (the prompt's prefill
@@ -32,6 +37,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lmops.config import EvaluateConfig
+from lmops.data.token_bytes import token_byte_lengths
 from lmops.data.tokens import load_split, open_tokens
 from lmops.devices import resolve_device, synchronize
 from lmops.model import check_vocab, count_params
@@ -57,7 +63,7 @@ def evaluate_model(model_dir: str | Path, tokens_dir: str | Path, cfg: EvaluateC
         device = torch.device("cpu")  # dynamic int8 kernels (fbgemm) exist for CPUs only
     model = load_candidate(model_dir, device)
     check_vocab(model, info.vocab_size, where=f"evaluate {model_dir}")
-    metrics = evaluate_loaded(model, ids, cfg, device)
+    metrics = evaluate_loaded(model, ids, cfg, device, token_byte_lengths(info.tokenizer_dir))
     metrics.update(split=split, size_bytes=weights_bytes(model_dir), model_dir=str(model_dir),
                    tokens_digest=info.manifest.digest)
     if out is not None:
@@ -83,9 +89,11 @@ def _is_int8_dir(model_dir: Path) -> bool:
     return (Path(model_dir) / "quantization.json").is_file()
 
 
-def evaluate_loaded(model: torch.nn.Module, ids: np.ndarray, cfg: EvaluateConfig, device: torch.device) -> dict[str, Any]:
-    """The metrics that need only the model in memory and the token ids."""
-    ppl = perplexity(model, ids, cfg.block_size, cfg.stride or cfg.block_size, cfg.batch_size, device, cfg.max_blocks)
+def evaluate_loaded(model: torch.nn.Module, ids: np.ndarray, cfg: EvaluateConfig, device: torch.device,
+                    token_bytes: np.ndarray | None = None) -> dict[str, Any]:
+    """The metrics that need only the model in memory, the token ids and their byte lengths."""
+    ppl = perplexity(model, ids, cfg.block_size, cfg.stride or cfg.block_size, cfg.batch_size, device, cfg.max_blocks,
+                     token_bytes)
     lat = generation_latency(model, ids, cfg.latency_prompt_tokens, cfg.latency_new_tokens, cfg.latency_repeats, device)
     return {**ppl, **lat, "params": count_params(model), "device": str(device)}
 
@@ -108,7 +116,10 @@ def windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int,
 
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, ids: np.ndarray, block_size: int, stride: int, batch_size: int,
-               device: torch.device, max_blocks: int | None = None) -> dict[str, Any]:
+               device: torch.device, max_blocks: int | None = None,
+               token_bytes: np.ndarray | None = None) -> dict[str, Any]:
+    """Perplexity over the windows of ``ids`` (the first ``max_blocks`` of them; None = all), and bits per
+    byte when ``token_bytes`` (bytes per token id) is given."""
     wins = windows(len(ids), block_size, stride)[:max_blocks]
     if not wins:
         raise EvaluationError(f"the split has {len(ids)} tokens: too few to score (need at least 2)")
@@ -129,8 +140,16 @@ def perplexity(model: torch.nn.Module, ids: np.ndarray, block_size: int, stride:
     synchronize(device)
     seconds = time.perf_counter() - start
     mean_nll = nll_sum / scored
-    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "predicted_tokens": scored, "blocks": len(wins),
-            "block_size": block_size, "stride": stride, "eval_tokens_per_s": fed / seconds, "eval_seconds": seconds}
+    n_bytes = None if token_bytes is None else scored_bytes(ids, wins, token_bytes)
+    return {"perplexity": math.exp(mean_nll), "nll": mean_nll, "scored_tokens": scored, "split_tokens": len(ids),
+            "scored_bytes": n_bytes, "bits_per_byte": nll_sum / math.log(2) / n_bytes if n_bytes else None,
+            "blocks": len(wins), "block_size": block_size, "stride": stride, "eval_tokens_per_s": fed / seconds,
+            "eval_seconds": seconds}
+
+
+def scored_bytes(ids: np.ndarray, wins: list[tuple[int, int, int]], token_bytes: np.ndarray) -> int:
+    """UTF-8 bytes of exactly the target tokens the windows score (positions [score_from, end) of each)."""
+    return sum(int(token_bytes[np.asarray(ids[s:e], dtype=np.int64)].sum()) for _, e, s in wins)
 
 
 def _batches_of_equal_length(wins: list[tuple[int, int, int]], batch_size: int):

@@ -29,6 +29,7 @@ EPS = 1e-9
 GREATER_IS_BETTER: dict[str, bool] = {
     "perplexity": False,
     "nll": False,
+    "bits_per_byte": False,
     "loss": False,
     "val_loss": False,
     "latency_ms_per_token": False,

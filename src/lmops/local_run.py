@@ -73,17 +73,30 @@ def _detail(stage: str, c: dict[str, Any], mt: dict[str, Any]) -> str:
                 f"{_f(mt.get('final_loss'))}, val {_f(mt.get('first_val_loss'))} -> {_f(mt.get('val_loss'))}; "
                 f"{mt.get('tokens_per_s', 0):,.0f} tok/s")
     if stage == "evaluate":
-        return (f"perplexity {_f(mt.get('perplexity'), 2)}; {mt.get('eval_tokens_per_s', 0):,.0f} tok/s; "
+        return (f"perplexity {_f(mt.get('perplexity'), 2)}; {bits_per_byte_text(mt.get('bits_per_byte'))} "
+                f"({scored_text(c.get('scored_tokens'), c.get('split_tokens'))}); "
+                f"{mt.get('eval_tokens_per_s', 0):,.0f} tok/s; "
                 f"{_f(mt.get('latency_ms_per_token'), 2)} ms/token; {mt.get('size_bytes', 0) / 1e6:.1f} MB; "
                 f"gate {'pass' if mt.get('gate_passed') else 'FAIL'}")
     if stage == "compress":
-        return "; ".join(f"{v} ppl x{m['perplexity_ratio']:.3f} size x{m['size_ratio']:.2f} "
+        return "; ".join(f"{v} ppl x{m['perplexity_ratio']:.3f} {bits_per_byte_text(m.get('bits_per_byte'))} "
+                         f"size x{m['size_ratio']:.2f} "
                          f"{'pass' if m['passed'] else 'FAIL'}" for v, m in mt.items() if v != "fp32")
     return ""
 
 
 def _f(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def bits_per_byte_text(bpb: float | None) -> str:
+    """``1.234 bits/byte``; without a figure, why (lmops.data.token_bytes: only byte-level tokenizers)."""
+    return "bits/byte n/a (tokenizer not byte-level)" if bpb is None else f"{bpb:.3f} bits/byte"
+
+
+def scored_text(scored: int | None, total: int | None) -> str:
+    """How much of the test split evaluation scored (all of it unless evaluate.max_blocks caps it)."""
+    return "tokens scored: -" if scored is None or total is None else f"{scored:,} of {total:,} test tokens scored"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

@@ -47,7 +47,7 @@ def test_stage_writes_scored_gated_variants(ray_runtime, trained_checkpoint, tin
     for name in ("int8", "pruned", "student"):
         ev = json.loads((out / name / "eval.json").read_text())
         r = rows[name]
-        assert r["perplexity"] == ev["perplexity"]
+        assert r["perplexity"] == ev["perplexity"] and r["bits_per_byte"] == ev["bits_per_byte"] > 0
         assert r["perplexity_ratio"] == pytest.approx(ev["perplexity"] / baseline["perplexity"])
         assert r["size_bytes"] == ev["size_bytes"] > 0
         # the configured budget decides, through lmops.gates
@@ -85,6 +85,13 @@ def test_an_impossible_budget_fails_that_variant_with_a_reason(trained_checkpoin
     assert rows["pruned"]["passed"] is False
     assert rows["pruned"]["reasons"][0].startswith("FAIL perplexity: ratio") and "<= 0.5" in rows["pruned"]["reasons"][0]
     assert res.manifest.counts["passed"] == ["int8"]
+    # every candidate is scored by the same evaluate: the same tokens and bytes, bits per byte for each
+    fp32 = json.loads((res.path / "fp32_eval.json").read_text())
+    for name in ("int8", "pruned"):
+        ev = json.loads((res.path / name / "eval.json").read_text())
+        assert [ev[k] for k in ("scored_tokens", "split_tokens", "scored_bytes")] == \
+            [fp32[k] for k in ("scored_tokens", "split_tokens", "scored_bytes")]
+        assert rows[name]["bits_per_byte"] == ev["bits_per_byte"] > 0
     again = compress_stage(cfg, trained_checkpoint, tiny_tokens, tmp_path / "out", log=lambda s: None)
     assert again.cached
 

@@ -199,6 +199,40 @@ def test_lineage_prints_the_chain_down_to_the_raw_sources(registered, chain, mlf
     assert info["version"] == v["fp32"] and [c["role"] for c in info["chain"]] == roles[1:]
 
 
+def test_lineage_takes_name_and_version_like_promote(registered, mlflow_server, capsys):
+    cfg, _, v = registered
+    assert lmops("lineage", f"models:/{cfg.model_name}/{v['pruned']}", uri=mlflow_server) == 0
+    by_uri = capsys.readouterr().out
+    assert lmops("lineage", cfg.model_name, v["pruned"], uri=mlflow_server) == 0
+    by_args = capsys.readouterr().out
+    assert by_args == by_uri and "sources:" in by_args
+    assert lmops("lineage", cfg.model_name, v["fp32"], "--json", uri=mlflow_server) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == v["fp32"]
+    for argv, message in [((cfg.model_name,), "expected NAME VERSION, models:/NAME/VERSION or models:/NAME@ALIAS"),
+                          ((f"models:/{cfg.model_name}/1", "1"), "not both"),
+                          ((cfg.model_name, "one"), "version must be a number"),
+                          ((cfg.model_name, "99"), "has no version 99")]:
+        assert lmops("lineage", *argv, uri=mlflow_server) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+def test_lineage_of_a_version_registered_by_hand_is_a_clear_error(mlflow_server, client, capsys):
+    """A version made in MLflow without lmops (no lineage tags): one line naming it and the missing tags."""
+    name = fresh_name()
+    client.create_registered_model(name)
+    mv = client.create_model_version(name, "s3://models/hand-made", tags={"team": "search"})
+    client.set_registered_model_alias(name, "champion", mv.version)
+    capsys.readouterr()  # MLflow's own log of the creation above
+    by_version = f"models:/{name}/{mv.version}"
+    for argv, where in [((name, mv.version), by_version), ((by_version,), by_version),
+                        ((f"models:/{name}@champion",), f"models:/{name}@champion (version {mv.version})")]:
+        assert lmops("lineage", *argv, uri=mlflow_server) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "None" not in err, err
+        assert err.startswith(f"lmops lineage: error: {where}: no lineage tags"), err
+        assert "lmops.lineage.model.digest" in err, err
+
+
 # ---------------------------------------------------------------- bad input
 def test_unreachable_server_fails_fast_and_clearly(chain, evals):
     from conftest import free_port

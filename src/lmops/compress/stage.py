@@ -6,7 +6,8 @@ Output directory::
     int8/  pruned/  student/   each a model directory with its eval.json and its own manifest.json
                             (enabled variants only; the manifest names the checkpoint it came from, so a
                             variant registers and traces its lineage like any stage output)
-    compress.json           one row per model: size, CPU latency, perplexity, ratios vs fp32, verdict, reasons
+    compress.json           one row per model: size, CPU latency, perplexity, bits per byte, ratios vs fp32,
+                            verdict, reasons
     compress.png            the same as bar charts, budgets drawn in
     manifest.json           inputs: the checkpoint's and the tokens' digests
 
@@ -28,6 +29,7 @@ from lmops.compress import CompressError
 from lmops.compress.source import load_fp32
 from lmops.config import Config
 from lmops.data.tokens import open_tokens
+from lmops.local_run import bits_per_byte_text
 from lmops.manifest import (MANIFEST, StageResult, code_digest, content_digest, file_table, run_stage, stage_key,
                             verify, write_manifest)
 
@@ -78,7 +80,7 @@ def compress_stage(cfg: Config, checkpoint_dir: str | Path, tokens_dir: str | Pa
 
         load_fp32(checkpoint_dir)  # a directory that does not load fails here, with its path, not deep in evaluate
         baseline = score(checkpoint_dir, "fp32")
-        log(f"[compress] fp32: perplexity {baseline['perplexity']:.3f}")
+        log(f"[compress] fp32: perplexity {baseline['perplexity']:.3f}; {bits_per_byte_text(baseline['bits_per_byte'])}")
         extras: dict[str, dict[str, Any]] = {}
         if cc.int8.enabled:
             from lmops.compress.quantize import quantize_dir
@@ -99,15 +101,16 @@ def compress_stage(cfg: Config, checkpoint_dir: str | Path, tokens_dir: str | Pa
             verdict = gates.check(metrics, baseline, cc.gates.get(name, {}))
             rows.append(row(name, metrics, baseline, verdict, extra))
             seal_variant(tmp / name, name, rows[-1], config, inputs)
-            log(f"[compress] {name}: perplexity x{rows[-1]['perplexity_ratio']:.3f}, size x{rows[-1]['size_ratio']:.3f}"
+            log(f"[compress] {name}: perplexity x{rows[-1]['perplexity_ratio']:.3f}, "
+                f"{bits_per_byte_text(metrics['bits_per_byte'])}, size x{rows[-1]['size_ratio']:.3f}"
                 f" -> {'PASS' if verdict.passed else 'FAIL'}")
         table = {"baseline": "fp32", "device": "cpu", "rows": rows}
         (tmp / "compress.json").write_text(json.dumps(table, indent=2) + "\n")
         plot_table(rows, cc.gates, tmp / "compress.png")
         return {"counts": {"variants": [r["variant"] for r in rows[1:]],
                            "passed": [r["variant"] for r in rows[1:] if r["passed"]]},
-                "metrics": {r["variant"]: {k: r[k] for k in ("perplexity", "perplexity_ratio", "size_ratio",
-                                                              "latency_ratio", "passed")} for r in rows}}
+                "metrics": {r["variant"]: {k: r[k] for k in ("perplexity", "perplexity_ratio", "bits_per_byte",
+                                                              "size_ratio", "latency_ratio", "passed")} for r in rows}}
 
     return run_stage("compress", out_dir, code=CODE, config=config, inputs=inputs, produce=produce,
                      cache_dir=cache_dir, log=log)
@@ -136,6 +139,7 @@ def row(variant: str, metrics: dict[str, Any], baseline: dict[str, Any], verdict
             "params": metrics["params"],
             "latency_ms_per_token": metrics["latency_ms_per_token"], "latency_ratio": ratio("latency_ms_per_token"),
             "perplexity": metrics["perplexity"], "perplexity_ratio": ratio("perplexity"),
+            "bits_per_byte": metrics.get("bits_per_byte"),
             "passed": True if verdict is None else verdict.passed,
             "reasons": ["baseline"] if verdict is None else verdict.reasons,
             **extra}

@@ -45,7 +45,7 @@ class EvaluateConfig(Section):
     stride: int | None = Field(None, ge=1)
     """Start-to-start distance of blocks; default = block_size (no overlap)."""
     max_blocks: int | None = Field(None, ge=1)
-    """Cap on blocks scored (None = the whole test split)."""
+    """Cap on blocks scored (None = the whole test split); eval.json's scored_tokens / split_tokens say how much."""
     batch_size: int = Field(8, ge=1)
     """Blocks per forward pass."""
     latency_prompt_tokens: int = Field(32, ge=1)

@@ -210,18 +210,26 @@ def summarize(root: Path, total_s: float, mlflow_url: str = "") -> dict[str, Any
             "endpoint": dep.get("url", ""), "example": dep.get("example", {})}
 
 
+def print_variants(variants: dict[str, dict[str, Any]]) -> None:
+    """The test-split figures per model (fp32 first, the baseline of the ratios); bits/byte is blank where
+    the tokenizer is not byte-level."""
+    print(f"{'model':<8} {'perplexity':>10} {'bits/byte':>9} {'ppl/fp32':>8} {'size/fp32':>9}  gate")
+    for v, m in variants.items():
+        bpb = "-" if m.get("bits_per_byte") is None else f"{m['bits_per_byte']:.3f}"
+        ratios = "" if v == "fp32" else (f" {m['perplexity_ratio']:>8.3f} {m['size_ratio']:>9.2f}  "
+                                         f"{'pass' if m['passed'] else 'FAIL'}")
+        print(f"{v:<8} {m['perplexity']:>10.2f} {bpb:>9}{ratios}")
+
+
 def print_summary(s: dict[str, Any]) -> None:
     print()
     print(f"{'stage':<10} {'status':<7} {'time':>7}  detail")
     for r in s["rows"]:
         print(f"{r['stage']:<10} {r['status']:<7} {r['seconds']:>6.1f}s  {r['detail']}")
     print()
-    variants = s["variants"]
-    if variants:
-        base = variants.get("fp32", {})
-        print(f"perplexity: fp32 {base.get('perplexity', float('nan')):.2f}; " + "; ".join(
-            f"{v} {m['perplexity']:.2f} (x{m['perplexity_ratio']:.3f}, size x{m['size_ratio']:.2f}, "
-            f"{'pass' if m['passed'] else 'FAIL'})" for v, m in variants.items() if v != "fp32"))
+    if s["variants"]:
+        print_variants(s["variants"])
+        print()
     if s["registered"]:
         print(f"registered: {s['registered']} (alias candidate) in {s['mlflow']}")
     else:

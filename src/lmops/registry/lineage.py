@@ -20,6 +20,8 @@ from typing import Any
 from lmops.manifest import Manifest, ManifestError, read_manifest
 
 TAG = "lmops.lineage"
+MODEL_DIGEST = f"{TAG}.model.digest"
+"""Every version ``lmops register`` made has this tag; without it a version has no lineage to show."""
 # stage name -> role in the chain; any other stage (quantize, prune, distill...) is the "variant" link
 ROLES = {"train": "checkpoint", "tokenize": "tokens", "build": "dataset"}
 ORDER = ("variant", "checkpoint", "tokens", "dataset", "sources")

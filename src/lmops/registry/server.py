@@ -93,6 +93,17 @@ def parse_models_uri(uri: str) -> ModelRef:
     return ModelRef(validate_name(name), version=version)
 
 
+def model_ref(model: str, version: str | None = None) -> ModelRef:
+    """``NAME VERSION`` (two arguments, as ``lmops promote`` takes them) or one ``models:/`` URI."""
+    if version is None:
+        if not model.startswith("models:/"):
+            raise RegistryError(f"{model!r}: expected NAME VERSION, models:/NAME/VERSION or models:/NAME@ALIAS")
+        return parse_models_uri(model)
+    if model.startswith("models:/"):
+        raise RegistryError(f"{model!r} {version!r}: give NAME VERSION or one models:/ URI, not both")
+    return ModelRef(validate_name(model), version=version)  # resolve() checks the version is a number
+
+
 def get_version(client, server: str, name: str, version: str):
     """The model version, or an error that says what exists instead."""
     from mlflow.exceptions import MlflowException

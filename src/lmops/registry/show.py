@@ -6,15 +6,22 @@ from typing import Any
 
 from lmops.manifest import ManifestError, read_manifest
 from lmops.registry import lineage
-from lmops.registry.server import connect, parse_models_uri, resolve
+from lmops.registry.server import connect, model_ref, resolve
+from lmops.registry.tracking import RegistryError
 
 
-def describe_lineage(uri: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
-    """The version behind ``models:/NAME@ALIAS`` (or ``/VERSION``) and its lineage links, model first."""
-    ref = parse_models_uri(uri)
+def describe_lineage(model: str, version: str | None = None, *, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The version behind ``NAME VERSION``, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` and its lineage
+    links, model first."""
+    ref = model_ref(model, version)
     server, client = connect(tracking_uri)
     mv = resolve(client, server, ref)
     tags = mv.tags or {}
+    if lineage.MODEL_DIGEST not in tags:
+        # a version registered by hand (or by another tool) has no chain: say so instead of printing Nones
+        where = str(ref) if ref.version else f"{ref} (version {mv.version})"
+        raise RegistryError(f"{where}: no lineage tags on this model version ({lineage.MODEL_DIGEST} and the other"
+                            f" {lineage.TAG}.* tags are missing; `lmops register` writes them)")
     links = lineage.from_tags(tags)
     return {
         "uri": str(ref), "server": server, "name": ref.name, "version": mv.version,
