@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from lmops import kube
@@ -17,21 +16,15 @@ from lmops.crd import API_VERSION, SpecError, parse_deployment
 from lmops.crd.deployment import ModelDeploymentSpec
 from lmops.observe import ProbeError, bits_per_byte, probe_texts, read_metrics
 from lmops.operator import service
+from lmops.operator.settings import Settings
 from lmops.registry import rollout as registry_rollout
+from lmops.rollout.status import status_patch
 from lmops.rollout import (ApplyService, GateInputs, Notify, Observed, RevertAlias, ServiceState, decide,
                            invalid_spec, needs_gates)
 
 log = logging.getLogger("lmops.operator")
 KIND = "ModelDeployment"
 WARNING_OUTCOMES = ("RolledBack", "Failed", "Aborted")
-
-
-@dataclass
-class Settings:
-    tracking_uri: str | None = None
-    poll_s: float = 10.0
-    """How often the registry is polled when nothing else wakes the reconcile (webhooks lost or off)."""
-    probe_timeout_s: float = 30.0
 
 
 def reconcile(obj: dict[str, Any], settings: Settings, *, now: dt.datetime | None = None, client=None) -> float:
@@ -100,13 +93,6 @@ def _config_map(ref, namespace: str, client) -> dict[str, str] | None:
     if cm is None:
         raise ProbeError(f"probe ConfigMap {namespace}/{ref.name} not found")
     return cm.get("data") or {}
-
-
-def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch from ``old`` to ``new``: changed keys, and None for removed ones."""
-    patch = {k: v for k, v in new.items() if old.get(k) != v}
-    patch.update({k: None for k in old if k not in new})
-    return patch
 
 
 def _record(meta: dict[str, Any], old: dict[str, Any], new: dict[str, Any], client) -> None:

@@ -50,3 +50,10 @@ def append_history(status: dict[str, Any], version: str, outcome: str, reason: s
     history.append(entry)
     del history[:-limit]
     return entry
+
+
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from ``old`` to ``new`` status: changed keys, and None for removed ones."""
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch
