@@ -11,6 +11,8 @@ from lmops.operator import runtime, training
 async def startup(settings: kopf.OperatorSettings, **_):
     settings.posting.level = 30  # kopf's own events: warnings and errors only; ours say what happened
     settings.persistence.finalizer = "lmops.dev/operator"
+    # no cluster-wide scans (namespaces, CRDs): the Role is namespaced and the namespaces are named
+    settings.scanning.disabled = True
     runtime.RUNTIME.start()
 
 

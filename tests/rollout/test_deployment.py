@@ -300,3 +300,19 @@ def test_killed_after_recording_before_acting(kind, world_kw, crash_at):
     assert (w.alias, w.applied) == (w_ref.alias, w_ref.applied)
     assert [e["outcome"] for e in w.notified.values()] == [e["outcome"] for e in w_ref.notified.values()]
     assert sum(o == "Promoted" for _, o in outcomes(final)) == (kind == "promote")
+
+
+def test_status_patch_removes_and_leaves_out_empty_strings():
+    from lmops.rollout.status import status_patch
+
+    old = {"phase": "Progressing", "canaryVersion": "2", "conditions": [{"type": "A", "message": "x"}]}
+    new = {"phase": "Stable", "conditions": [{"type": "A", "message": "", "reason": "R"}], "rollbackReason": ""}
+    assert status_patch(old, new) == {"phase": "Stable", "canaryVersion": None,
+                                      "conditions": [{"type": "A", "reason": "R"}]}
+
+
+def test_error_rate_without_requests_is_recorded_not_judged():
+    from lmops.rollout.deployment import evaluate_gates
+
+    (check,) = evaluate_gates(parse_deployment({"model": {"name": "m"}}), GateInputs())
+    assert check.passed and "no requests" in check.message

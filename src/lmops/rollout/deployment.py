@@ -323,6 +323,9 @@ def evaluate_gates(spec: ModelDeploymentSpec, g: GateInputs) -> list[GateCheck]:
     elif gates.min_requests > 0:
         checks.append(GateCheck("errorRate", False, g.requests, gates.min_requests,
                             f"only {g.requests:.0f} requests answered, {gates.min_requests} needed to judge"))
+    else:  # recorded, so the status says why no rate was judged
+        checks.append(GateCheck("errorRate", True, None, gates.max_error_rate,
+                                "no requests answered yet: nothing to judge (minRequests 0)"))
     probe = gates.quality_probe
     if probe is not None:
         if g.probe_error or g.canary_bpb is None or g.stable_bpb is None:

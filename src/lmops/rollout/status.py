@@ -53,7 +53,19 @@ def append_history(status: dict[str, Any], version: str, outcome: str, reason: s
 
 
 def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch from ``old`` to ``new`` status: changed keys, and None for removed ones."""
+    """A JSON merge patch from ``old`` to ``new`` status: changed keys, and None for removed ones.
+
+    Empty strings are left out (an absent field): the 1.20 API server stores an empty string in a custom
+    resource's status as null and then refuses it against the schema's ``type: string``."""
+    new = without_empty_strings(new)
     patch = {k: v for k, v in new.items() if old.get(k) != v}
     patch.update({k: None for k in old if k not in new})
     return patch
+
+
+def without_empty_strings(value):
+    if isinstance(value, dict):
+        return {k: without_empty_strings(v) for k, v in value.items() if v != ""}
+    if isinstance(value, list):
+        return [without_empty_strings(v) for v in value]
+    return value
