@@ -40,19 +40,20 @@ CANDIDATES: dict[str, list[str]] = {
     "v2048": ["tokenize.vocab_size=2048", "model.n_layer=2", "model.d_model=64", "model.d_ff=192",
               "train.max_steps=200", "train.micro_batch_size=16", "train.lr=2e-3"],
     "v2048-d96-400": ["tokenize.vocab_size=2048", "model.n_layer=2", "model.d_model=96", "model.d_ff=288",
-                      "model.n_head=4", "train.max_steps=400", "train.micro_batch_size=16", "train.lr=3e-3"],
+                      "train.max_steps=400", "train.micro_batch_size=16", "train.lr=3e-3"],
     "v2048-4x96-400": ["tokenize.vocab_size=2048", "model.n_layer=4", "model.d_model=96", "model.d_ff=288",
-                       "model.n_head=4", "train.max_steps=400", "train.micro_batch_size=16", "train.lr=3e-3"],
+                       "train.max_steps=400", "train.micro_batch_size=16", "train.lr=3e-3"],
     "v1024-4x128-400": ["tokenize.vocab_size=1024", "model.n_layer=4", "model.d_model=128", "model.d_ff=384",
-                        "model.n_head=4", "train.max_steps=400", "train.micro_batch_size=16", "train.lr=3e-3"],
+                        "train.max_steps=400", "train.micro_batch_size=16", "train.lr=3e-3"],
     "v2048-4x128-600": ["tokenize.vocab_size=2048", "model.n_layer=4", "model.d_model=128", "model.d_ff=384",
-                        "model.n_head=4", "train.max_steps=600", "train.micro_batch_size=16", "train.lr=3e-3"],
+                        "train.max_steps=600", "train.micro_batch_size=16", "train.lr=3e-3"],
 }
 
 
 def run(name: str, overrides: list[str], threads: int) -> dict:
-    common = ["model.preset=custom", "model.max_seq_len=256", "train.warmup_steps=20", "train.eval_every=100000",
-              "train.checkpoint_every=100000", "train.log_every=100000", "evaluate.max_blocks=null"]
+    common = ["model.preset=custom", "model.max_seq_len=256", "model.n_head=4", "train.warmup_steps=20",
+              "train.eval_every=100000", "train.checkpoint_every=100000", "train.log_every=100000",
+              "evaluate.max_blocks=null"]
     cfg = load_config("tiny", [*common, *overrides])
     ensure_sample_corpus(cfg)  # the preset's relative source: run from the repository root
     dataset = WORK / "dataset"
