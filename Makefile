@@ -41,10 +41,12 @@ $(STAMP): $(LOCK) pyproject.toml | $(UV)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # Regenerate the lock from pyproject.toml (run after editing its dependencies; commit both together).
-# The local label of the CPU wheel (+cpu) is dropped so that a CUDA build of the same torch satisfies it.
+# The local label of the CPU wheel (+cpu) is dropped so that a CUDA build of the same torch satisfies it;
+# --upgrade-package torch: otherwise uv prefers the lock's label-less pin, PyPI's CUDA build, and locks
+# its nvidia-* packages.
 lock: | $(UV)
 	$(UV) pip compile pyproject.toml --extra all --extra test --extra dev --python-version 3.11 \
-	  --constraint <(echo torch==$(TORCH_VERSION)) --custom-compile-command "make lock" -o $(LOCK)
+	  --constraint <(echo torch==$(TORCH_VERSION)) --upgrade-package torch --custom-compile-command "make lock" -o $(LOCK)
 	sed -i -E 's/^torch==([0-9.]+)\+[a-z0-9]+$$/torch==\1/' $(LOCK)
 
 # The Kubeflow pipeline through kfp's local runner: local Ray, MLflow (sqlite) and KServe model server.
