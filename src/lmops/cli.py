@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = stage("lineage", cmd_lineage, "print a version's chain: checkpoint -> tokens -> dataset -> raw sources")
     sp.add_argument("uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
     sp.add_argument("--tracking-uri", help=TRACKING_HELP)
+    from lmops.cluster.commands import add_parser as add_cluster
+
+    add_cluster(sub)
     sp = sub.add_parser("sample-corpus", help="make the offline sample corpus (stdlib docstrings)")
     sp.add_argument("--dest", default=str(SAMPLE_CORPUS))
     sp.add_argument("--json", action="store_true")
