@@ -13,6 +13,7 @@ kind naming the operator that is missing, a 422 listing the server's field error
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -47,7 +48,8 @@ def api_client(kubeconfig: str | None = None):
         config.load_incluster_config()
     except config.ConfigException:
         try:
-            config.load_kube_config()
+            # KUBECONFIG as it is now: the client library reads it only once, when first imported
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
         except (config.ConfigException, FileNotFoundError) as e:
             raise KubeError(f"no Kubernetes credentials (not in a cluster, no usable kubeconfig): {e}") from None
     return client.ApiClient()

@@ -142,6 +142,10 @@ def _start(folder: Path, bins: binaries.Binaries, port: int | None, standins: bo
         "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
         "--authorization-mode=RBAC", "--service-cluster-ip-range=10.96.0.0/16",
         "--endpoint-reconciler-type=none",  # no kubelet, no endpoints to keep
+        # ConfigMaps are read from etcd, not the watch cache (which on a young server still holds every
+        # event): compacting etcd then expires old resourceVersions (410 Gone), which the tests of
+        # lmops.kube.Watch need to provoke. Nothing here watches ConfigMaps at volume.
+        "--watch-cache-sizes=configmaps#0",
     ])
     _wait(folder, APISERVER, lambda: _http_ok(f"{server}/readyz", token, ca_file), deadline)
     # The self-signed serving certificate exists once the server listens: the kubeconfig trusts it.

@@ -15,7 +15,7 @@ What it plays, for each RayJob (ray.io/v1):
 
 What it does not: no RayCluster object, no pods, Services or submitter Job, no image pulls, no
 resources or GPUs (``rayClusterSpec`` is ignored beyond the head's env), no autoscaling, no
-``suspend``/Kueue, no ``backoffLimit`` retries, no TTL clean-up. A missing Secret fails the job at
+Kueue (a ``suspend``-ed job is left alone, never started), no ``backoffLimit`` retries, no TTL clean-up. A missing Secret fails the job at
 once (SubmissionFailed) where a real pod would wait in CreateContainerConfigError.
 """
 
@@ -65,6 +65,8 @@ class KubeRayStandIn(StandIn):
         status = obj.get("status") or {}
         if job is not None or meta.get("deletionTimestamp") or meta["uid"] in self.done:
             return
+        if obj["spec"].get("suspend"):
+            return  # KubeRay holds a suspended job (a queue such as Kueue decides when it runs)
         if status.get("jobDeploymentStatus") in ("Complete", "Failed", "ValidationFailed"):
             return  # finished before; nothing to run
         if status.get("jobDeploymentStatus"):
@@ -78,7 +80,7 @@ class KubeRayStandIn(StandIn):
     def _start(self, key: tuple[str, str], obj: dict[str, Any]) -> None:
         ns, name = key
         cluster = f"{name}-{secrets.token_hex(3)[:5]}"
-        base = {"jobDeploymentStatus": "Initializing", "jobStatus": "", "startTime": now(),
+        base = {"jobDeploymentStatus": "Initializing", "startTime": now(),  # jobStatus: omitted while empty, as KubeRay does
                 "rayClusterName": cluster, "jobId": f"{name}-{secrets.token_hex(3)[:5]}",
                 "dashboardURL": f"{cluster}-head-svc.{ns}.svc.cluster.local:8265",
                 "observedGeneration": obj["metadata"].get("generation")}
@@ -87,7 +89,9 @@ class KubeRayStandIn(StandIn):
             .get("spec", {}).get("containers", [{}])[0]
         try:
             env = self.container_env(head, ns)
-            env.pop("RAY_ADDRESS", None)  # the job's "cluster" is the local Ray it starts itself
+            # The job's "Ray cluster" is a local Ray of its own: "local" starts one, where a bare ray.init()
+            # would join any Ray another process on this machine runs.
+            env["RAY_ADDRESS"] = "local"
         except LookupError as e:
             self.write_status(obj, {"jobDeploymentStatus": "Failed", "reason": "SubmissionFailed",
                                     "message": f"{e} (the head pod could not start)", "endTime": now()})
