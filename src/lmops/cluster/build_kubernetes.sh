@@ -42,8 +42,9 @@ step "apt-get install golang-1.19-go etcd-server rsync dpkg-dev"
 if ! dpkg -s golang-1.19-go etcd-server rsync dpkg-dev >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
     golang-1.19-go etcd-server rsync dpkg-dev >"$LOG" 2>&1 || fail "$(apt_fix "$LOG")"
-  # Debian starts the etcd service on install; lmops runs its own etcd on a free port.
-  (systemctl disable --now etcd || service etcd stop || pkill -x etcd) >/dev/null 2>&1 || true
+  # Debian's etcd-server starts its service on install where an init system runs; lmops runs its own etcd
+  # on free ports, so stop that service (only it: never other etcd processes on this machine).
+  (systemctl disable --now etcd || service etcd stop) >/dev/null 2>&1 || true
 fi
 export PATH=/usr/lib/go-1.19/bin:$PATH
 command -v go >/dev/null || fail "go 1.19 not found at /usr/lib/go-1.19/bin after installing golang-1.19-go"
@@ -87,9 +88,10 @@ for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kuberne
 done
 
 build() {  # $1: command name. `go build -v` names each package as it compiles it: count them for progress.
-  local log="$WORK/build-$1.log"
+  local log="$WORK/build-$1.log" n=0
+  # (a bash loop, not awk: mawk buffers its input and the counts would arrive in bursts)
   go build -v -ldflags "-s -w $LDFLAGS" -o "$OUT/bin/$1" "./cmd/$1" 2>&1 | tee "$log" | \
-    awk '{ n++; if (n % 100 == 0) { printf "   %s: %d packages compiled\n", cmd, n; fflush() } }' cmd="$1"
+    while read -r _; do n=$((n + 1)); [ $((n % 100)) = 0 ] && echo "   $1: $n packages compiled"; done
   [ "${PIPESTATUS[0]}" = 0 ] || { tail -n 30 "$log"; fail "go build ./cmd/$1 failed (see $log)"; }
 }
 step "go build ./cmd/kube-apiserver (the long step: 5-10 min on 2 cores)"
