@@ -162,6 +162,28 @@ def apply(obj: dict[str, Any], *, field_manager: str = FIELD_MANAGER, force: boo
     return out.to_dict()
 
 
+def create(obj: dict[str, Any], *, field_manager: str = FIELD_MANAGER, client=None) -> bool:
+    """Create one object; False when it exists already (then nothing is changed). Cheaper than apply for
+    very large objects (the 2 MB CRDs): the server does no field-by-field merge."""
+    from kubernetes.client.exceptions import ApiException
+
+    what = _describe(obj)
+    dyn = _dynamic(client, what)
+    resource = _resource(dyn, obj["apiVersion"], obj["kind"], what)
+    ns = obj.get("metadata", {}).get("namespace") if resource.namespaced else None
+    try:
+        # the response (the whole object again) is not read: wrapping megabytes costs seconds
+        _call(dyn, "create", what, resource, ns, dyn.request, "post", resource.path(namespace=ns), body=obj,
+              field_manager=field_manager, _preload_content=False)
+    except KubeError as e:
+        if e.status == 409:
+            return False
+        raise
+    except ApiException as e:  # 404: the namespace is missing
+        raise KubeError(f"{what}: create refused: {e.status} {_body(e).get('message') or e.reason}", e.status) from None
+    return True
+
+
 def get(api_version: str, kind: str, name: str, namespace: str | None, client=None) -> dict[str, Any] | None:
     """The object as the API server has it now, or None when there is no such object (404)."""
     from kubernetes.client.exceptions import ApiException
@@ -173,6 +195,25 @@ def get(api_version: str, kind: str, name: str, namespace: str | None, client=No
         return _call(dyn, "get", what, resource, namespace, dyn.get, resource, name=name, namespace=namespace).to_dict()
     except ApiException:  # 404
         return None
+
+
+def served(api_version: str, plural: str, client=None) -> bool:
+    """True when the API server serves ``plural`` in ``api_version`` (its discovery lists it): a new CRD
+    is usable. Reads the group's small discovery document, not the CRD itself (megabytes)."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    client = client or api_client()
+    try:
+        resp = client.call_api(f"/apis/{api_version}", "GET", auth_settings=["BearerToken"], _preload_content=False,
+                               _return_http_data_only=True)
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise _refused(e, "get", f"discovery of {api_version}") from None
+    except HTTPError as e:
+        raise _unreachable(client, f"discovery of {api_version}", e) from None
+    return any(r.get("name") == plural for r in json.loads(resp.data).get("resources") or [])
 
 
 def list_objects(api_version: str, kind: str, namespace: str | None = None, client=None) -> tuple[list[dict[str, Any]], str]:

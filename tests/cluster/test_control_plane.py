@@ -51,14 +51,14 @@ def test_up_again_reuses_the_running_control_plane(kube_cluster):
     assert cp.status(Path(kube_cluster.folder))["state"] == "running"
 
 
-def test_kubectl_sees_the_crds_and_the_served_version(kube_cluster):
+def test_kubectl_sees_the_crds_and_the_served_version(kube_cluster, kube_namespace):
     crds = kubectl(kube_cluster, "get", "crds", "-o", "name")
     for name in ("inferenceservices.serving.kserve.io", "servingruntimes.serving.kserve.io",
                  "clusterservingruntimes.serving.kserve.io", "rayjobs.ray.io", "rayclusters.ray.io"):
         assert f"customresourcedefinition.apiextensions.k8s.io/{name}" in crds
     version = json.loads(kubectl(kube_cluster, "version", "-o", "json"))["serverVersion"]
     assert version["gitVersion"] == "v1.20.2"
-    assert kubectl(kube_cluster, "get", "inferenceservices,rayjobs", "-A").strip() in ("", "No resources found")
+    assert kubectl(kube_cluster, "get", "inferenceservices,rayjobs", "-n", kube_namespace).strip() == ""
 
 
 def test_controller_manager_gives_namespaces_their_service_account_and_token(kube_namespace, kube_cluster):

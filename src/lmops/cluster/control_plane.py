@@ -159,14 +159,16 @@ def _start(folder: Path, bins: binaries.Binaries, port: int | None, standins: bo
         "--leader-elect=false", "--secure-port=0", "--port=0",  # no serving ports: nothing to collide
         "--use-service-account-credentials=false",
     ])
-    from lmops.cluster import crds
-
-    installed = crds.install(cluster.client(), deadline=deadline)
-    echo(f"lmops cluster: CRDs installed: {', '.join(installed)}")
     if standins:
+        # started before the CRDs are served (their watches retry until then): their imports overlap
+        # the seconds the API server spends on the large CRDs' schemas
         for name, module in STANDIN_MODULES.items():
             _spawn(folder, name, [sys.executable, "-m", module, "--kubeconfig", str(kubeconfig)],
                    env={"PYTHONUNBUFFERED": "1"})
+    from lmops.cluster import crds
+
+    installed = crds.install(cluster.client(), deadline=deadline)
+    echo(f"lmops cluster: CRDs installed and served ({time.monotonic() - t0:.1f}s): {', '.join(installed)}")
     # The default ServiceAccount appears once the controller-manager works: the last sign of life.
     _wait(folder, CONTROLLER_MANAGER, lambda: _default_sa(cluster), deadline)
     _write_json(_info_path(folder), asdict(cluster))
