@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   " models:/NAME@ALIAS")
     sp.add_argument("version", nargs="?", help="version number, after NAME (as for promote)")
     sp.add_argument("--tracking-uri", help=TRACKING_HELP)
+    from lmops.cluster.commands import add_parser as add_cluster
+
+    add_cluster(sub)
     sp = sub.add_parser("sample-corpus", help="make the offline sample corpus (stdlib docstrings)")
     sp.add_argument("--dest", default=str(SAMPLE_CORPUS))
     sp.add_argument("--json", action="store_true")

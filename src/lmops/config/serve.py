@@ -69,9 +69,9 @@ class DeployConfig(Section):
     model: str | None = None
     """Model URI (directory, s3://, models:/NAME@ALIAS); the CLI's --model overrides it."""
     ready_timeout_s: float = Field(120.0, gt=0)
-    """local: how long to wait for the server to report ready before failing (and stopping it)."""
+    """How long to wait for the server (local) or the InferenceService (kubernetes) to be ready before failing."""
     smoke_prompt: str = Field("Hello", min_length=1)
-    """local: prompt of the smoke request sent once the server is ready."""
+    """Prompt of the smoke request sent once the server (or the URL in the InferenceService status) is ready."""
     name: str = Field("lmops-lm", pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=45)
     """InferenceService name (a DNS label; KServe appends suffixes, so at most 45 characters)."""
     namespace: str = "default"
