@@ -81,7 +81,7 @@ def stop_server(server: Server) -> int:
 def server(tiny_dir, tmp_path_factory):
     """One server per test module; small limits so limit checks are cheap to hit."""
     srv = start_server(tiny_dir, tmp_path_factory.mktemp("srv") / "server.log",
-                       "serve.max_new_tokens=24", "serve.default_max_new_tokens=8", "serve.max_prompt_tokens=64", "serve.max_batch_size=8",
+                       "serve.max_new_tokens=24", "serve.default_max_new_tokens=8", "serve.max_prompt_tokens=64", "serve.max_batch_size=8", "serve.max_prompts_per_request=8", "serve.body_read_timeout_s=1",
                        "serve.max_wait_ms=5")
     yield srv
     code = stop_server(srv)

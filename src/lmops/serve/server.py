@@ -21,6 +21,7 @@ from kserve.model_server import app as kserve_app
 from kserve.protocol.rest.server import RESTServer
 
 from lmops.config import ServeConfig
+from lmops.serve.guard import RequestGuard
 from lmops.serve.model import LmopsModel
 from lmops.serve.openai_api import register_openai_routes
 
@@ -36,6 +37,7 @@ class LocalModelServer(ModelServer):
         kwargs.setdefault("enable_latency_logging", False)
         super().__init__(http_port=http_port, **kwargs)  # (re)configures kserve's and uvicorn's loggers
         self.host = host
+        logging.getLogger("kserve").addFilter(OneLineClientErrors())
         # RequestLog writes the one line per request: silence uvicorn's access line and the second
         # line KServe's timing middleware writes (set here, after KServe configured logging)
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
@@ -82,6 +84,19 @@ class RequestLog:
                             (time.perf_counter() - t0) * 1000)
 
 
+class OneLineClientErrors(logging.Filter):
+    """KServe's exception handlers (kserve/errors.py) log a full traceback for every 400/404/503 they
+    answer; a client's mistake is worth one line, so the traceback is dropped and the message kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.pathname.endswith(("kserve/errors.py", "kserve\\errors.py")):
+            exc = record.exc_info[1]
+            record.msg, record.args = "%s: %s: %s", (record.funcName, type(exc).__name__, exc)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -108,7 +123,8 @@ def serve(model_uri: str, cfg: ServeConfig) -> int:
         return 1
     server = LocalModelServer(cfg.host, cfg.port)
     register_openai_routes(kserve_app, model)
-    kserve_app.add_middleware(RequestLog)
+    kserve_app.add_middleware(RequestGuard, cfg=cfg)
+    kserve_app.add_middleware(RequestLog)  # added last = outermost: logs what the guard answered too
     server.start([model])
     model.stop()
     return 0
