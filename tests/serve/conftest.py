@@ -44,7 +44,19 @@ class Server:
         return self.base + path
 
 
-def start_server(model: str | Path, log_path: Path, *sets: str, name: str = "tiny", ready_timeout: float = 60) -> Server:
+def start_server(model: str | Path, log_path: Path, *sets: str, name: str = "tiny", ready_timeout: float = 60,
+                 attempts: int = 3) -> Server:
+    # a free port can be taken by another process between choosing it and binding it: try another
+    for attempt in range(attempts):
+        try:
+            return _start_server(model, log_path, sets, name, ready_timeout)
+        except RuntimeError as e:
+            if "address already in use" not in str(e) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_server(model: str | Path, log_path: Path, sets: tuple[str, ...], name: str, ready_timeout: float) -> Server:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "lmops.cli", "serve", "--model", str(model), "--port", str(port), "--name", name,

@@ -25,7 +25,7 @@ import numpy as np
 from lmops.serve import _kserve  # noqa: F401  (must precede the kserve imports below)
 from kserve import Model
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
 
 from lmops.config import ServeConfig
 from lmops.serve.batcher import MicroBatcher
@@ -151,7 +151,8 @@ class LmopsModel(Model):
         except (ValueError, TypeError) as e:  # data that does not match its shape / datatype
             raise BadRequest(f"input {V2_PROMPT!r}: {e}") from None
         check_prompt_count(len(prompts), self.cfg)
-        settings = dict(req.parameters or {})
+        # over gRPC the parameters are InferParameter messages: the same plain values as over REST
+        settings = to_http_parameters(req.parameters) if req.parameters else {}
         if "prompt" in settings:
             raise BadRequest("parameters: 'prompt' goes in the input tensor, not in parameters")
         out = []
