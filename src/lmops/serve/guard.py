@@ -53,15 +53,14 @@ class RequestGuard:
                 state["complete"] = True
             await send(message)
 
-        inner = asyncio.ensure_future(self._run(scope, replay, tracked_send, openai, state))
-        watcher = asyncio.ensure_future(self._watch(receive, gone, inner, state))
+        task = asyncio.current_task()
+        watcher = asyncio.ensure_future(self._watch(receive, gone, task, state))
         try:
-            await inner
+            await self._run(scope, replay, tracked_send, openai, state)
         except asyncio.CancelledError:
             if not state["client_gone"]:
-                inner.cancel()
                 raise
-            # the client disconnected: nobody to answer
+            task.uncancel()  # the client disconnected: nobody to answer, nothing else to cancel
         finally:
             watcher.cancel()
 
@@ -76,14 +75,16 @@ class RequestGuard:
             # connection, the only honest end for a response that cannot be finished
 
     @staticmethod
-    async def _watch(receive, gone: asyncio.Event, inner: asyncio.Future, state: dict) -> None:
+    async def _watch(receive, gone: asyncio.Event, task: asyncio.Task, state: dict) -> None:
+        # runs beside the route; the route's own task is cancelled (not a copy of it) so that no extra
+        # task per request is needed
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 gone.set()
-                if not state["complete"] and not inner.done():
+                if not state["complete"] and not task.done():
                     state["client_gone"] = True
-                    inner.cancel()
+                    task.cancel()
                 return
 
     async def _read_body(self, scope, receive, send, openai: bool) -> bytes | None:
