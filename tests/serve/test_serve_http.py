@@ -10,19 +10,15 @@ import threading
 import pytest
 import requests
 
+from conftest import listening_addresses
+
 
 def v1(server, instances, **kw):
     return requests.post(server.url(f"/v1/models/{server.name}:predict"), json={"instances": instances}, timeout=30, **kw)
 
 
 def test_binds_loopback_only(server):
-    port = int(server.base.rsplit(":", 1)[1])
-    listening = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in open(table).read().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
-                listening.append(local.rsplit(":", 1)[0])
+    listening = listening_addresses(int(server.base.rsplit(":", 1)[1]))
     assert listening == ["0100007F"], listening  # 127.0.0.1, little-endian hex; not 0.0.0.0
 
 

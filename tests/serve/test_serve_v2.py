@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import requests
 
-from conftest import free_port, start_server, stop_server
+from conftest import free_port, listening_addresses, start_server, stop_server
 
 EXPECTED_INPUTS = [{"name": "prompt", "datatype": "BYTES", "shape": [-1]}]
 EXPECTED_OUTPUTS = [{"name": "text", "datatype": "BYTES", "shape": [-1]},
@@ -64,12 +64,6 @@ def test_grpc_infer_and_metadata_with_kserve_client(grpc_server):
 
 
 def test_grpc_binds_loopback_only(grpc_server):
-    port = int(grpc_server.grpc.rsplit(":", 1)[1])
-    listening = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in open(table).read().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                listening.append(local.rsplit(":", 1)[0])
-    # 127.0.0.1, little-endian hex; gRPC listens on an IPv6 socket as ::ffff:127.0.0.1 (still loopback)
+    listening = listening_addresses(int(grpc_server.grpc.rsplit(":", 1)[1]))
+    # 127.0.0.1; gRPC listens on an IPv6 socket as ::ffff:127.0.0.1 (still loopback only)
     assert listening and set(listening) <= {"0100007F", "0000000000000000FFFF00000100007F"}, listening
