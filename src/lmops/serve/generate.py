@@ -74,7 +74,10 @@ def generate_batch(model, tokenizer, reqs: list[GenRequest], device: str | torch
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     gens = [torch.Generator().manual_seed(r.seed) if r.seed is not None else None for r in reqs]
 
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    # the LM head over every prompt position only when a prompt is scored; otherwise the last one is enough
+    # (for an 8k vocabulary that is most of a long prompt's prefill)
+    keep = 0 if any(r.prompt_logprobs for r in reqs) else 1
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=keep)
     scored = [prompt_logprobs(out.logits[i, L - len(r.prompt_ids):], r.prompt_ids, r.logprobs or 0)
               if r.prompt_logprobs else None for i, r in enumerate(reqs)]
     past, logits = out.past_key_values, out.logits[:, -1, :]
