@@ -53,6 +53,7 @@ def protocol_urls(base: str, name: str) -> dict[str, str]:
         "v2_infer": f"{base}/v2/models/{name}/infer",
         "openai_base": f"{base}/openai/v1",
         "openai_completions": f"{base}/openai/v1/completions",
+        "openai_chat": f"{base}/openai/v1/chat/completions",
         "ready": f"{base}/v1/models/{name}",
         "metrics": f"{base}/metrics",
     }
