@@ -133,3 +133,37 @@ def mlflow_server(tmp_path_factory):
         yield url
     finally:
         stop_process_group(proc)
+
+
+# ---------------------------------------------------------------- Kubernetes (`lmops cluster`)
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory):
+    """One real control plane for the session (etcd, kube-apiserver with RBAC, controller-manager, the
+    KServe and KubeRay stand-ins), started by the same code as `lmops cluster up`; KUBECONFIG points at
+    it while the session runs. Builds the binaries first when they are missing (minutes, shown)."""
+    from lmops.cluster import control_plane
+
+    folder = tmp_path_factory.mktemp("cluster")
+    echo = lambda line: print(line, file=sys.__stderr__, flush=True)  # noqa: E731 - past pytest's capture
+    cluster = control_plane.up(folder, echo=echo)
+    old = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = cluster.kubeconfig
+    try:
+        yield cluster
+    finally:
+        if old is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = old
+        control_plane.down(folder, echo=lambda line: None)
+
+
+@pytest.fixture
+def kube_namespace(kube_cluster, request):
+    """A fresh namespace per test (deleted afterwards; the namespace controller removes its objects)."""
+    from lmops import kube
+
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, client=kube_cluster.client())
+    yield name
+    kube.delete("v1", "Namespace", name, None, client=kube_cluster.client())

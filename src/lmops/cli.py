@@ -123,7 +123,8 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     from lmops.serve.server import serve
 
     cfg = _config(args)
-    updates = {k: v for k, v in (("host", args.host), ("port", args.port), ("model_name", args.name)) if v is not None}
+    updates = {k: v for k, v in (("host", args.host), ("port", args.port), ("model_name", args.name),
+                                 ("grpc_port", args.grpc_port)) if v is not None}
     serve_cfg = cfg.serve.model_copy(update=updates)
     model = args.model or cfg.deploy.model
     if not model:
@@ -261,11 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--verbose", action="store_true", help="run: kfp's full task log (executor inputs included)")
     sp = stage("stop", cmd_stop, "stop the local servers a pipeline run left up (MLflow, model servers)")
     stage("config", cmd_config, "print the resolved configuration")
-    sp = stage("serve", cmd_serve, "stage 7: serve a model (KServe v1/v2 + OpenAI completions) on 127.0.0.1")
+    sp = stage("serve", cmd_serve, "stage 7: serve a model (KServe v1/v2 REST and gRPC + OpenAI) on 127.0.0.1")
     sp.add_argument("--model", help="model URI: directory, s3://bucket/prefix, models:/NAME@ALIAS or models:/NAME/VERSION")
     sp.add_argument("--host", help="bind address (default: serve.host = 127.0.0.1)")
     sp.add_argument("--port", type=int, help="REST port (default: serve.port)")
     sp.add_argument("--name", help="model name in the URLs (default: serve.model_name)")
+    sp.add_argument("--grpc-port", type=int, help="KServe v2 gRPC port on the same host (default: serve.grpc_port, off)")
     sp = stage("deploy", cmd_deploy, "stage 7: start a local server or apply an InferenceService")
     sp.add_argument("--model", help="model URI (default: deploy.model)")
     sp.add_argument("--target", choices=["local", "kubernetes"], help="default: deploy.target")
@@ -309,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs-dir", default=".state/operator-runs", help="local executor: one folder per run")
     sp.add_argument("--handlers", help="kopf handlers file (default: operators/handlers.py)")
     sp.set_defaults(fn=cmd_operator)
+    from lmops.cluster.commands import add_parser as add_cluster
+
+    add_cluster(sub)
     sp = sub.add_parser("sample-corpus", help="make the offline sample corpus (stdlib docstrings)")
     sp.add_argument("--dest", default=str(SAMPLE_CORPUS))
     sp.add_argument("--json", action="store_true")

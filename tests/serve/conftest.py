@@ -25,6 +25,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening_addresses(port: int) -> list[str]:
+    """Local addresses LISTENing on ``port``, as /proc/net/tcp{,6} spell them (little-endian hex)."""
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                listening.append(local.rsplit(":", 1)[0])
+    return listening
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("serve") / "tiny", layers=2)
@@ -44,7 +55,19 @@ class Server:
         return self.base + path
 
 
-def start_server(model: str | Path, log_path: Path, *sets: str, name: str = "tiny", ready_timeout: float = 60) -> Server:
+def start_server(model: str | Path, log_path: Path, *sets: str, name: str = "tiny", ready_timeout: float = 60,
+                 attempts: int = 3) -> Server:
+    # a free port can be taken by another process between choosing it and binding it: try another
+    for attempt in range(attempts):
+        try:
+            return _start_server(model, log_path, sets, name, ready_timeout)
+        except RuntimeError as e:
+            if "address already in use" not in str(e) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_server(model: str | Path, log_path: Path, sets: tuple[str, ...], name: str, ready_timeout: float) -> Server:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "lmops.cli", "serve", "--model", str(model), "--port", str(port), "--name", name,
@@ -77,11 +100,13 @@ def stop_server(server: Server) -> int:
     return server.proc.returncode
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tiny_dir, tmp_path_factory):
-    """One server per test module; small limits so limit checks are cheap to hit."""
+    """One server for the whole session (start-up is most of a module's time on a loaded machine); tests
+    compare metrics and log lines before and after, so they do not depend on each other. Small limits so
+    limit checks are cheap to hit."""
     srv = start_server(tiny_dir, tmp_path_factory.mktemp("srv") / "server.log",
-                       "serve.max_new_tokens=24", "serve.default_max_new_tokens=8", "serve.max_prompt_tokens=64", "serve.max_batch_size=8",
+                       "serve.max_new_tokens=24", "serve.default_max_new_tokens=8", "serve.max_prompt_tokens=64", "serve.max_batch_size=8", "serve.max_prompts_per_request=8", "serve.body_read_timeout_s=1",
                        "serve.max_wait_ms=5")
     yield srv
     code = stop_server(srv)

@@ -10,19 +10,15 @@ import threading
 import pytest
 import requests
 
+from conftest import listening_addresses
+
 
 def v1(server, instances, **kw):
     return requests.post(server.url(f"/v1/models/{server.name}:predict"), json={"instances": instances}, timeout=30, **kw)
 
 
 def test_binds_loopback_only(server):
-    port = int(server.base.rsplit(":", 1)[1])
-    listening = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in open(table).read().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
-                listening.append(local.rsplit(":", 1)[0])
+    listening = listening_addresses(int(server.base.rsplit(":", 1)[1]))
     assert listening == ["0100007F"], listening  # 127.0.0.1, little-endian hex; not 0.0.0.0
 
 
@@ -149,15 +145,22 @@ def test_v2_bad_requests(server, body, message):
 
 @pytest.mark.parametrize("body,message", [
     ({"prompt": "hi"}, "model is required"),
-    ({"model": "tiny", "prompt": "hi", "max_tokens": 1000}, "between 1 and 24"),
-    ({"model": "tiny", "prompt": "hi", "logprobs": 2}, "unknown field 'logprobs'"),
-    ({"model": "tiny", "prompt": "hi", "n": 2}, "n:"),
+    ({"model": "tiny", "prompt": "hi", "max_tokens": 1000}, "between 0 and 24"),
+    ({"model": "tiny", "prompt": "hi", "logprobs": 6}, "at most 5 alternatives"),
+    ({"model": "tiny", "prompt": "hi", "best_of": 3}, "best_of"),
+    ({"model": "tiny", "prompt": ["a"] * 3, "n": 3}, "limit is 8"),
+    ({"model": "tiny", "prompt": "hi", "temperature": "0.5"}, "temperature"),
+    ({"model": "tiny", "prompt": "hi", "seed": 2 ** 64}, "seed"),
+    ({"model": "tiny", "prompt": "hi", "presence_penalty": 3}, "presence_penalty"),
+    ({"model": "tiny", "prompt": "hi", "logit_bias": {"5": 1}}, "logit_bias"),
+    ({"model": "tiny", "prompt": "hi", "stop": ["x"] * 5}, "5 stop strings"),
+    ({"model": "tiny", "prompt": "x" * 20000}, "bytes"),
     ({"model": "tiny", "prompt": ""}, "non-empty"),
     ({"model": "tiny", "prompt": ["a", "b"], "stream": True}, "single prompt"),
 ])
 def test_openai_bad_requests(server, body, message):
     r = requests.post(server.url("/openai/v1/completions"), json=body, timeout=10)
-    assert r.status_code == 400, r.text
+    assert r.status_code in (400, 413), r.text
     assert message in r.json()["error"]["message"]
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmops.data.tokenizer import CHAT_TEMPLATE
+
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 TEXT = [
     "The quick brown fox jumps over the lazy dog.",
@@ -29,11 +31,12 @@ def make_tokenizer(out: Path, vocab_size: int = 384):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(TEXT, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD)
+    fast.chat_template = CHAT_TEMPLATE  # what the tokenize stage saves with every tokenizer
     fast.save_pretrained(out)
     return fast
 
 
-def make_model_dir(out: str | Path, seed: int = 0, layers: int = 1, max_positions: int = 256) -> Path:
+def make_model_dir(out: str | Path, seed: int = 0, layers: int = 1, max_positions: int = 256, hidden: int = 32) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -41,7 +44,7 @@ def make_model_dir(out: str | Path, seed: int = 0, layers: int = 1, max_position
     out.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer(out)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_positions,
                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(cfg)

@@ -1,7 +1,6 @@
-"""The KubeRay training launch: the RayJob manifest against (our copy of part of) KubeRay's CRD schema,
-the decision on KubeRay's status, submit-and-wait against a small stand-in API server on 127.0.0.1
-(playing the KubeRay controller by scripting the status it would write), and the entrypoint's staging
-through a real S3 endpoint (moto) with a real Ray Train run."""
+"""The KubeRay training launch without a cluster: the RayJob manifest against (our copy of part of)
+KubeRay's CRD schema, the decision on KubeRay's status, and the entrypoint's staging through a real S3
+endpoint (moto). Submitting and waiting, against the real API server: test_rayjob_cluster.py."""
 
 from __future__ import annotations
 
@@ -10,27 +9,21 @@ import copy
 import json
 import re
 import shlex
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlparse
 
 import jsonschema
 import pytest
 import yaml
 
-from lmops import kube, storage
-from lmops.config import ConfigError, config_from_dict, load_config
+from lmops import storage
+from lmops.config import ConfigError, load_config
 from lmops.errors import LmopsError
 from lmops.train import rayjob
 from lmops.train.rayjob import (
-    RayJobError,
     cluster_config,
     decode_config,
     rayjob_outcome,
     render_rayjob,
-    submit_and_wait,
-    train_on_kuberay,
 )
 
 SCHEMA = yaml.safe_load((Path(__file__).parent / "rayjob_v1_schema.yaml").read_text())
@@ -205,234 +198,6 @@ def test_rayjob_outcome(status, state, words):
         assert msg is None
 
 
-# ---------------------------------------------------------------- submit and wait, against a stand-in API server
-class FakeKube(ThreadingHTTPServer):
-    """Just enough of the Kubernetes API for the dynamic client: discovery, and apply / get / delete of
-    namespaced RayJobs. ``script[name]`` plays KubeRay: each GET moves the stored object to the next
-    status in the list (staying at the last)."""
-
-    daemon_threads = True
-
-    def __init__(self, with_crd: bool = True):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.with_crd = with_crd
-        self.objects: dict[tuple[str, str], dict] = {}
-        self.script: dict[str, list[dict]] = {}
-        self.calls: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-
-    @property
-    def client(self):
-        from kubernetes import client
-
-        conf = client.Configuration()
-        conf.host = f"http://127.0.0.1:{self.server_address[1]}"
-        return client.ApiClient(conf)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: FakeKube
-
-    def log_message(self, *args):  # quiet
-        pass
-
-    def _send(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _not_found(self, what: str) -> None:
-        self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
-                         "message": f"{what} not found", "code": 404})
-
-    def _discovery(self, path: str) -> dict | None:
-        groups = [{"name": "ray.io", "versions": [{"groupVersion": "ray.io/v1", "version": "v1"}],
-                   "preferredVersion": {"groupVersion": "ray.io/v1", "version": "v1"}}] if self.server.with_crd else []
-        return {
-            "/version": {"major": "1", "minor": "30", "gitVersion": "v1.30.0"},
-            "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
-            "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups},
-            "/api/v1": {"kind": "APIResourceList", "groupVersion": "v1", "resources": []},
-            "/apis/ray.io/v1": {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "ray.io/v1",
-                                "resources": [{"name": "rayjobs", "singularName": "rayjob", "namespaced": True,
-                                               "kind": "RayJob", "verbs": ["create", "delete", "get", "list",
-                                                                           "patch", "update", "watch"]}]},
-        }.get(path)
-
-    def _object_key(self, path: str) -> tuple[str, str] | None:
-        parts = path.strip("/").split("/")  # apis/ray.io/v1/namespaces/NS/rayjobs/NAME
-        if len(parts) == 7 and parts[:3] == ["apis", "ray.io", "v1"] and parts[3] == "namespaces" and parts[5] == "rayjobs":
-            return parts[4], parts[6]
-        return None
-
-    def do_GET(self):
-        path = urlparse(self.path).path
-        found = self._discovery(path)
-        if found is not None:
-            return self._send(200, found)
-        key = self._object_key(path)
-        with self.server.lock:
-            self.server.calls.append(("GET", path))
-            obj = self.server.objects.get(key) if key else None
-            if obj is None:
-                return self._not_found(path)
-            steps = self.server.script.get(key[1])
-            if steps:
-                obj["status"] = steps.pop(0) if len(steps) > 1 else steps[0]
-            return self._send(200, obj)
-
-    def do_PATCH(self):
-        path = urlparse(self.path).path
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        key = self._object_key(path)
-        assert self.headers["Content-Type"] == "application/apply-patch+yaml"
-        with self.server.lock:
-            self.server.calls.append(("PATCH", path))
-            old = self.server.objects.get(key, {})
-            obj = {**body, "metadata": {**body["metadata"], "uid": "u-1", "generation": 1}}
-            if "status" in old:
-                obj["status"] = old["status"]
-            self.server.objects[key] = obj
-            return self._send(200, obj)
-
-    def do_DELETE(self):
-        path = urlparse(self.path).path
-        key = self._object_key(path)
-        with self.server.lock:
-            self.server.calls.append(("DELETE", path))
-            if self.server.objects.pop(key, None) is None:
-                return self._not_found(path)
-            return self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
-
-
-@pytest.fixture
-def fake_kube():
-    server = FakeKube()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def _manifest(name: str = "lmops-train-abc") -> dict:
-    return render_rayjob(_cfg("train.num_workers=2"), name=name, tokens_uri=TOKENS, checkpoint_uri=CKPT)
-
-
-def test_success_logs_each_status_change(fake_kube):
-    m = _manifest()
-    fake_kube.script["lmops-train-abc"] = [
-        {"jobDeploymentStatus": "Initializing"},
-        {"jobDeploymentStatus": "Initializing"},
-        {"jobDeploymentStatus": "Running", "jobStatus": "PENDING", "rayClusterName": "lmops-train-abc-raycluster-x1",
-         "dashboardURL": "lmops-train-abc-raycluster-x1-head-svc.default.svc.cluster.local:8265"},
-        {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "rayClusterName": "lmops-train-abc-raycluster-x1"},
-        {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "rayClusterName": "lmops-train-abc-raycluster-x1"},
-        {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "message": "Job finished successfully."},
-    ]
-    lines: list[str] = []
-    obj = submit_and_wait(m, timeout_s=30, poll_s=0.01, log=lines.append, client=fake_kube.client)
-    assert obj["status"]["jobStatus"] == "SUCCEEDED"
-    assert fake_kube.objects[("default", "lmops-train-abc")]["spec"] == m["spec"]  # what was applied
-    transitions = [line for line in lines if "->" in line]
-    assert transitions[0] == "[train] RayJob default/lmops-train-abc: (submitted) -> Initializing (job -)"
-    assert transitions[1].startswith("[train] RayJob default/lmops-train-abc: Initializing -> Running (job PENDING)"
-                                     "; ray cluster lmops-train-abc-raycluster-x1; dashboard ")
-    assert transitions[2] == "[train] RayJob default/lmops-train-abc: Running -> Running (job RUNNING)"
-    assert transitions[3].startswith("[train] RayJob default/lmops-train-abc: Running -> Complete (job SUCCEEDED)")
-    assert len(transitions) == 4  # repeated statuses are not logged again
-
-
-def test_failure_names_the_reason_and_where_the_logs_are(fake_kube):
-    fake_kube.script["lmops-train-abc"] = [
-        {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
-        {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed",
-         "message": "Job entrypoint command failed with exit code 1", "rayClusterName": "lmops-train-abc-raycluster-x1"},
-    ]
-    with pytest.raises(RayJobError) as e:
-        submit_and_wait(_manifest(), timeout_s=30, poll_s=0.01, log=lambda s: None, client=fake_kube.client)
-    msg = str(e.value)
-    assert "RayJob default/lmops-train-abc failed: AppFailed: Job entrypoint command failed with exit code 1" in msg
-    assert "deployment Failed, job FAILED" in msg and "kubectl logs -n default job/lmops-train-abc" in msg
-    assert ("default", "lmops-train-abc") in fake_kube.objects  # kept for inspection
-
-
-def test_timeout_deletes_the_job_unless_told_not_to(fake_kube):
-    fake_kube.script["lmops-train-abc"] = [{"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}]
-    lines: list[str] = []
-    with pytest.raises(RayJobError, match=r"did not finish within 0s; last seen: deployment Running, job RUNNING\."
-                                          r" Deleted it"):
-        submit_and_wait(_manifest(), timeout_s=0.3, poll_s=0.05, log=lines.append, client=fake_kube.client)
-    assert ("default", "lmops-train-abc") not in fake_kube.objects
-    with pytest.raises(RayJobError, match="Left running: kubectl delete rayjob -n default lmops-train-abc"):
-        submit_and_wait(_manifest(), timeout_s=0.3, poll_s=0.05, log=lines.append, client=fake_kube.client,
-                        delete_on_timeout=False)
-    assert ("default", "lmops-train-abc") in fake_kube.objects
-
-
-def test_an_existing_job_is_reattached_reused_or_replaced(fake_kube):
-    m = _manifest()
-    key = ("default", "lmops-train-abc")
-    done = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
-    fake_kube.objects[key] = {**copy.deepcopy(m), "status": done}
-    obj = submit_and_wait(m, timeout_s=5, poll_s=0.01, log=lambda s: None, client=fake_kube.client)
-    assert obj["status"] == done and not [c for c in fake_kube.calls if c[0] == "PATCH"]  # not trained twice
-
-    other = _manifest()
-    other["spec"]["entrypoint"] += " --extra"
-    fake_kube.objects[key] = {**copy.deepcopy(other), "status": {"jobDeploymentStatus": "Running",
-                                                                 "jobStatus": "RUNNING"}}
-    with pytest.raises(RayJobError, match="already exists and is running with a different entrypoint"):
-        submit_and_wait(m, timeout_s=5, poll_s=0.01, log=lambda s: None, client=fake_kube.client)
-
-    failed = {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED"}
-    fake_kube.objects[key] = {**copy.deepcopy(m), "status": failed}
-    fake_kube.script["lmops-train-abc"] = [failed, done]
-    lines: list[str] = []
-    submit_and_wait(m, timeout_s=5, poll_s=0.01, log=lines.append, client=fake_kube.client)
-    assert any("exists and is failed" in line and "deleting it to resubmit" in line for line in lines)
-    assert ("DELETE", "/apis/ray.io/v1/namespaces/default/rayjobs/lmops-train-abc") in fake_kube.calls
-
-
-def test_train_on_kuberay_renders_submits_and_returns_status_and_manifest(fake_kube):
-    cfg = _cfg("train.num_workers=2", "kuberay.timeout_s=30", "kuberay.poll_s=0.01")
-    fake_kube.script["lmops-train-run-7"] = [{"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
-                                             {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}]
-    lines: list[str] = []
-    out = train_on_kuberay(cfg, TOKENS, CKPT, name="lmops-train-run-7", log=lines.append, client=fake_kube.client)
-    assert out["name"] == "lmops-train-run-7" and out["namespace"] == "default"
-    assert out["status"]["jobStatus"] == "SUCCEEDED"
-    assert out["manifest"] == render_rayjob(cfg, name="lmops-train-run-7", tokens_uri=TOKENS, checkpoint_uri=CKPT)
-    assert fake_kube.objects[("default", "lmops-train-run-7")]["spec"] == out["manifest"]["spec"]
-    assert "submitted (2 worker pod(s) x 1 GPU)" in lines[0]
-
-
-def test_kube_get_and_delete(fake_kube):
-    assert kube.get("ray.io/v1", "RayJob", "nope", "default", client=fake_kube.client) is None
-    assert kube.delete("ray.io/v1", "RayJob", "nope", "default", client=fake_kube.client) is False
-    kube.apply(_manifest("there"), client=fake_kube.client)
-    assert kube.get("ray.io/v1", "RayJob", "there", "default", client=fake_kube.client)["metadata"]["uid"] == "u-1"
-    assert kube.delete("ray.io/v1", "RayJob", "there", "default", client=fake_kube.client) is True
-    assert kube.get("ray.io/v1", "RayJob", "there", "default", client=fake_kube.client) is None
-
-
-def test_missing_crd_and_unreachable_api_server_are_clear_errors():
-    server = FakeKube(with_crd=False)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with pytest.raises(kube.KubeError, match="does not know ray.io/v1 RayJob.*CRD installed"):
-            submit_and_wait(_manifest(), timeout_s=5, poll_s=0.01, log=lambda s: None, client=server.client)
-        dead = server.client
-    finally:
-        server.shutdown()
-        server.server_close()
-    with pytest.raises(kube.KubeError, match="RayJob default/x: cannot reach the Kubernetes API server"):
-        kube.get("ray.io/v1", "RayJob", "x", "default", client=dead)
-
-
 # ---------------------------------------------------------------- the entrypoint's staging and run
 def test_token_staging_errors_name_the_uri(s3, tmp_path, monkeypatch):
     _, bucket = s3
@@ -457,26 +222,3 @@ def test_publish_checkpoint_uploads_the_tree_with_its_manifest(s3, tmp_path):
     got = {e.uri[len(uri) + 1:]: storage.read_bytes(e.uri) for e in storage.list_files(uri)}
     assert got == {"config.json": b"{}", "manifest.json": b'{"stage": "train"}',
                    "tokenizer/tokenizer.json": b'{"v": 1}'}
-
-
-@pytest.mark.slow
-def test_entrypoint_trains_from_s3_tokens_into_an_s3_checkpoint(s3, ray_runtime, tiny_tokens, tmp_path):
-    """`python -m lmops.train.rayjob run` as the head pod runs it, with the local Ray standing in for the
-    job's cluster (Ray storage stays local: this Ray's workers were started without the S3 settings)."""
-    _, bucket = s3
-    tokens_uri, out_uri = f"s3://{bucket}/run-1/tokens", f"s3://{bucket}/run-1/checkpoint"
-    storage.upload_dir(tiny_tokens, tokens_uri)
-    cfg = config_from_dict({"workdir": str(tmp_path), "cache_dir": None, "kuberay": {"gpus_per_worker": 0},
-                            "train": {"max_steps": 4, "micro_batch_size": 2, "block_size": 32, "eval_every": 4,
-                                      "eval_batches": 1, "log_every": 2, "checkpoint_every": 4, "warmup_steps": 1,
-                                      "storage_path": str(tmp_path / "ray")}})
-    b64 = rayjob.encode_config(cfg)
-    assert rayjob.main(["run", "--tokens", tokens_uri, "--out", out_uri, "--config-b64", b64]) == 0
-    local = storage.download_dir(out_uri, tmp_path / "fetched")
-    from lmops.manifest import read_manifest, verify
-
-    m = read_manifest(local, "train")
-    verify(local, "train")
-    assert m.metrics["steps"] == 4 and (local / "config.json").is_file()
-    # a second run with missing tokens fails with a message, not a traceback
-    assert rayjob.main(["run", "--tokens", f"s3://{bucket}/nope", "--out", out_uri, "--config-b64", b64]) == 1

@@ -19,6 +19,13 @@ from lmops.config import TokenizeConfig
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+# Saved with every tokenizer so `apply_chat_template` works on the model directory (lmops serve's chat
+# route, vLLM, KServe's HF runtime): each turn is its role, a newline, its text and EOS, so a model
+# that ends its turn with EOS stops where a document would.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] + '\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'assistant\\n' }}{% endif %}"
+)
 # Loaders that find no sensible maximum report ~1e30; anything this large means "unknown".
 UNKNOWN_MAX_LENGTH = 10**12
 
@@ -76,6 +83,7 @@ def save_trained(tok: Tokenizer, cfg: TokenizeConfig, out_dir: Path) -> None:
         "model_max_length": cfg.model_max_length,
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
     }
     (out_dir / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
@@ -107,6 +115,8 @@ def load_existing(src: Path, cfg: TokenizeConfig, out_dir: Path) -> None:
     hf.pad_token = cfg.pad_token
     if hf.bos_token is None:
         hf.bos_token = cfg.eos_token
+    if not getattr(hf, "chat_template", None):
+        hf.chat_template = CHAT_TEMPLATE
     if not hf.model_max_length or hf.model_max_length >= UNKNOWN_MAX_LENGTH:
         hf.model_max_length = cfg.model_max_length
     if out_dir.exists():

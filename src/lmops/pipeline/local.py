@@ -21,6 +21,7 @@ import re
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,15 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = time.time()
-    url, fresh = (tracking_uri, False) if tracking_uri else servers.ensure_mlflow()
+    # MLflow and Ray each take 10-30 s to start on a small machine: start them side by side
+    with ThreadPoolExecutor(2) as pool:
+        mlflow = pool.submit(_timed, lambda: (tracking_uri, False) if tracking_uri else servers.ensure_mlflow())
+        ray = pool.submit(_timed, lambda: (ray_address, False) if ray_address else servers.ensure_ray())
+        (url, fresh_mlflow), mlflow_s = mlflow.result()
+        (address, fresh_ray), ray_s = ray.result()
     os.environ["MLFLOW_TRACKING_URI"] = url
-    print(f"[run] MLflow server {url} ({'started' if fresh else 'reused'}, {time.time() - started:.1f}s)", flush=True)
-    t0 = time.time()
-    address, fresh = (ray_address, False) if ray_address else servers.ensure_ray()
-    print(f"[run] Ray runtime {address} ({'started' if fresh else 'reused'}, {time.time() - t0:.1f}s)", flush=True)
+    print(f"[run] MLflow server {url} ({'started' if fresh_mlflow else 'reused'}, {mlflow_s:.1f}s)", flush=True)
+    print(f"[run] Ray runtime {address} ({'started' if fresh_ray else 'reused'}, {ray_s:.1f}s)", flush=True)
 
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
@@ -95,6 +99,11 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     finally:
         _restore_env("RAY_ADDRESS", previous_address)
     return summarize(root, time.time() - started, mlflow_url=url)
+
+
+def _timed(fn):
+    t0 = time.time()
+    return fn(), time.time() - t0
 
 
 def _restore_env(name: str, value: str | None) -> None:

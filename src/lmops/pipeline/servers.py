@@ -30,23 +30,26 @@ def state_dir() -> Path:
     return Path(os.environ.get("LMOPS_STATE_DIR") or ".state").resolve()
 
 
-def _records() -> Path:
-    return state_dir() / "servers"
+def _records(folder: Path | None = None) -> Path:
+    return folder or state_dir() / "servers"
 
 
-def _read(name: str) -> dict[str, Any] | None:
+def read_record(name: str, folder: Path | None = None) -> dict[str, Any] | None:
+    """The record of a server whose process group is still alive, else None. ``folder``: another set of
+    records than the run's servers (``lmops cluster`` keeps its processes in ``<state>/cluster``)."""
     try:
-        rec = json.loads((_records() / f"{name}.json").read_text())
+        rec = json.loads((_records(folder) / f"{name}.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return rec if group_alive(int(rec.get("pgid", -1))) else None
 
 
-def _write(name: str, record: dict[str, Any]) -> None:
-    _records().mkdir(parents=True, exist_ok=True)
-    tmp = _records() / f".{name}.json.tmp"
+def write_record(name: str, record: dict[str, Any], folder: Path | None = None) -> None:
+    folder = _records(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, _records() / f"{name}.json")
+    os.replace(tmp, folder / f"{name}.json")
 
 
 def ensure_mlflow() -> tuple[str, bool]:
@@ -55,7 +58,7 @@ def ensure_mlflow() -> tuple[str, bool]:
 
     from lmops.registry.local_server import start_mlflow_server
 
-    rec = _read(MLFLOW)
+    rec = read_record(MLFLOW)
     if rec is not None:
         try:
             if requests.get(f"{rec['url']}/health", timeout=3).ok:
@@ -65,7 +68,7 @@ def ensure_mlflow() -> tuple[str, bool]:
         stop(MLFLOW)  # alive but not answering: replace it
     root = state_dir() / "mlflow"
     proc, url = start_mlflow_server(root, str(root / "artifacts"))
-    _write(MLFLOW, {"kind": "mlflow", "url": url, "pid": proc.pid, "pgid": proc.pid, "root": str(root)})
+    write_record(MLFLOW, {"kind": "mlflow", "url": url, "pid": proc.pid, "pgid": proc.pid, "root": str(root)})
     return url, True
 
 
@@ -94,7 +97,7 @@ def deploy_and_record(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     endpoint = deploy(cfg, model_uri, out)
     if cfg.deploy.target != "local":
         return endpoint
-    _write(name, {"kind": "kserve", "url": endpoint["url"], "pid": endpoint["pid"], "pgid": endpoint["pgid"],
+    write_record(name, {"kind": "kserve", "url": endpoint["url"], "pid": endpoint["pid"], "pgid": endpoint["pgid"],
                   "model_uri": model_uri, "endpoint": str(out / "endpoint.json")})
     endpoint["example"] = example_generation(endpoint["protocols"]["openai_completions"], cfg)
     (out / "endpoint.json").write_text(json.dumps(endpoint, indent=2))
@@ -111,18 +114,18 @@ def example_generation(url: str, cfg: Config, prompt: str = "def main(") -> dict
     return {"prompt": prompt, "completion": r.json()["choices"][0]["text"]}
 
 
-def stop(name: str) -> bool:
+def stop(name: str, folder: Path | None = None) -> bool:
     """Stop one recorded server (its whole process group); False when it was not running."""
-    path = _records() / f"{name}.json"
-    rec = _read(name)
+    path = _records(folder) / f"{name}.json"
+    rec = read_record(name, folder)
     if rec is not None:
         stop_group(int(rec["pgid"]))
     path.unlink(missing_ok=True)
     return rec is not None
 
 
-def _names() -> list[str]:
-    folder = _records()
+def _names(folder: Path | None = None) -> list[str]:
+    folder = _records(folder)
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
@@ -131,6 +134,6 @@ def stop_all() -> list[str]:
     return [n for n in _names() if stop(n)]
 
 
-def running() -> dict[str, dict[str, Any]]:
+def running(folder: Path | None = None) -> dict[str, dict[str, Any]]:
     """The recorded servers that are still up, by name."""
-    return {n: rec for n in _names() if (rec := _read(n)) is not None}
+    return {n: rec for n in _names(folder) if (rec := read_record(n, folder)) is not None}

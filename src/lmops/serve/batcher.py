@@ -5,6 +5,11 @@ The collector takes the first queued request, then everything else already queue
 ``max_batch_size``); only when the queue is empty does it wait, at most ``max_wait_ms``, for company.
 Under load the queue fills while a batch runs, so batches form without any waiting; an idle server
 pays at most max_wait_ms of extra latency.
+
+Isolation: when a batch fails, each of its requests is run again alone, so only a request that fails
+by itself fails (with GenerationFailed, whose message tells the client nothing internal); the others
+get their answers. Cancellation: a caller that stops waiting (client gone, timeout) sets its request's
+``cancelled`` flag, which the generating thread polls every step; the row leaves the batch.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Callable
 
 from prometheus_client import Counter, Histogram
 
+from lmops.errors import LmopsError
 from lmops.serve.generate import GenRequest, GenResult, TokenCallback
 
 log = logging.getLogger("lmops.serve")
@@ -26,6 +32,13 @@ BATCH_SIZE = Histogram("lmops_batch_size", "Requests per generation micro-batch"
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 BATCH_SECONDS = Histogram("lmops_batch_seconds", "Wall time of one generation micro-batch")
 GENERATED_TOKENS = Counter("lmops_generated_tokens", "Tokens generated")
+CANCELLED = Counter("lmops_cancelled_requests", "Requests whose caller stopped waiting before they finished")
+RETRIED_BATCHES = Counter("lmops_retried_batches", "Batches that failed and were re-run one request at a time")
+FAILED = Counter("lmops_failed_requests", "Requests whose generation failed even when run alone")
+
+
+class GenerationFailed(LmopsError, RuntimeError):
+    """Generation of this request failed on its own (the server logged why; the client gets a 500)."""
 
 # run(requests, on_token) -> results, called in the worker thread
 RunBatch = Callable[[list[GenRequest], TokenCallback | None], list[GenResult]]
@@ -38,6 +51,7 @@ class _Job:
     # per-token callback for streaming (called in the worker thread); None for plain requests
     on_token: Callable[[int], None] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+    delivered: int = 0  # tokens already passed to on_token (a retry must not send them twice)
 
 
 class MicroBatcher:
@@ -54,7 +68,13 @@ class MicroBatcher:
         self._ensure_running()
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(request, fut, on_token))
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if not request.cancelled.is_set():
+                request.cancelled.set()  # the generating thread drops the row at its next step
+                CANCELLED.inc()
+            raise
 
     def _ensure_running(self) -> None:
         # started lazily: the queue and task must belong to the server's event loop, which does not
@@ -83,22 +103,35 @@ class MicroBatcher:
             if batch:
                 await self._run_batch(loop, batch)
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
+    async def _generate(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> list[GenResult]:
+        rows = [0] * len(batch)  # tokens seen per row in this run (a retry regenerates from the start)
+
         def on_token(row: int, tok: int) -> None:
-            cb = batch[row].on_token
-            if cb is not None:
-                cb(tok)
+            job = batch[row]
+            rows[row] += 1
+            if job.on_token is not None and rows[row] > job.delivered:
+                job.delivered += 1
+                job.on_token(tok)
 
         streaming = any(j.on_token is not None for j in batch)
+        return await loop.run_in_executor(
+            self._executor, self._run, [j.request for j in batch], on_token if streaming else None)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
         t0 = time.perf_counter()
         try:
-            results = await loop.run_in_executor(
-                self._executor, self._run, [j.request for j in batch], on_token if streaming else None)
-        except Exception as e:  # one bad batch fails its requests, not the server
-            log.exception("generation failed for a batch of %d", len(batch))
+            results = await self._generate(loop, batch)
+        except Exception as e:
+            if len(batch) == 1:
+                self._fail(batch[0], e)
+                return
+            # which request broke it is unknown: run each alone so only that one fails
+            RETRIED_BATCHES.inc()
+            log.warning("a batch of %d failed (%s: %s); running its requests one at a time",
+                        len(batch), type(e).__name__, e)
             for j in batch:
                 if not j.future.done():
-                    j.future.set_exception(e)
+                    await self._run_batch(loop, [j])
             return
         seconds = time.perf_counter() - t0
         self.last_batch_size = len(batch)
@@ -109,6 +142,14 @@ class MicroBatcher:
         for j, r in zip(batch, results):
             if not j.future.done():
                 j.future.set_result(r)
+
+    @staticmethod
+    def _fail(job: _Job, e: Exception) -> None:
+        FAILED.inc()
+        log.error("generation failed for one request (%d prompt tokens): %s: %s",
+                  len(job.request.prompt_ids), type(e).__name__, e)
+        if not job.future.done():
+            job.future.set_exception(GenerationFailed("generation failed for this request"))
 
     def close(self) -> None:
         if self._task is not None:

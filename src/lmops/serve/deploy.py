@@ -4,7 +4,8 @@ local: ``lmops serve`` runs as a subprocess in its own process group (so stoppin
 anything it spawned), this waits until the model reports ready, sends one smoke request, and
 writes ``endpoint.json`` with the URLs of every protocol and the pid to stop it by.
 kubernetes: the rendered InferenceService is written next to endpoint.json and server-side applied
-through lmops.kube; readiness there is the operator's business (canary gates), not this stage's.
+through lmops.kube; the stage waits until KServe reports it Ready (a model that does not load fails
+it with KServe's reason) and smoke-tests the URL from its status. Canary gates are the operator's.
 """
 
 from __future__ import annotations
@@ -52,13 +53,13 @@ def protocol_urls(base: str, name: str) -> dict[str, str]:
         "v2_infer": f"{base}/v2/models/{name}/infer",
         "openai_base": f"{base}/openai/v1",
         "openai_completions": f"{base}/openai/v1/completions",
+        "openai_chat": f"{base}/openai/v1/chat/completions",
         "ready": f"{base}/v1/models/{name}",
         "metrics": f"{base}/metrics",
     }
 
 
 def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
-    import requests
 
     serve = cfg.serve
     port = serve.port or free_port(serve.host)
@@ -75,21 +76,27 @@ def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     urls = protocol_urls(base, serve.model_name)
     try:
         _wait_ready(proc, urls["ready"], cfg.deploy.ready_timeout_s, log_path)
-        t0 = time.perf_counter()
-        r = requests.post(urls["v1_predict"], json={"instances": [{"prompt": cfg.deploy.smoke_prompt, "max_new_tokens": 4}]},
-                          timeout=60)
-        smoke_ms = (time.perf_counter() - t0) * 1000
-        if r.status_code != 200 or not isinstance(r.json().get("predictions", [{}])[0].get("text"), str):
-            raise DeployError(f"smoke request failed: {r.status_code} {r.text[:300]}")
+        smoke = _smoke(urls["v1_predict"], cfg.deploy.smoke_prompt)
     except BaseException:
         stop_process_group(proc.pid)
         raise
     endpoint = {"target": "local", "url": base, "model_name": serve.model_name, "model_uri": model_uri,
                 "pid": proc.pid, "pgid": os.getpgid(proc.pid), "host": serve.host, "port": port,
-                "log": str(log_path), "config": str(config_path), "protocols": urls,
-                "smoke": {"status": r.status_code, "latency_ms": round(smoke_ms, 2)}}
+                "log": str(log_path), "config": str(config_path), "protocols": urls, "smoke": smoke}
     _write_json(out / ENDPOINT_FILE, endpoint)
     return endpoint
+
+
+def _smoke(predict_url: str, prompt: str) -> dict[str, Any]:
+    """One short v1 generation: proof that the endpoint serves the model, not only that it listens."""
+    import requests
+
+    t0 = time.perf_counter()
+    r = requests.post(predict_url, json={"instances": [{"prompt": prompt, "max_new_tokens": 4}]}, timeout=60)
+    smoke_ms = (time.perf_counter() - t0) * 1000
+    if r.status_code != 200 or not isinstance(r.json().get("predictions", [{}])[0].get("text"), str):
+        raise DeployError(f"smoke request to {predict_url} failed: {r.status_code} {r.text[:300]}")
+    return {"status": r.status_code, "latency_ms": round(smoke_ms, 2)}
 
 
 def _wait_ready(proc: subprocess.Popen, ready_url: str, timeout: float, log_path: Path) -> None:
@@ -138,17 +145,39 @@ def stop_local(endpoint_json: str | Path) -> None:
 
 
 # ---------------------------------------------------------------- kubernetes
-def deploy_kubernetes(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
+def deploy_kubernetes(cfg: Config, model_uri: str, out: Path, client=None) -> dict[str, Any]:
+    """Apply the InferenceService, wait until KServe reports it Ready, smoke-test the URL from its status."""
     from lmops import kube
-    from lmops.serve.inference_service import render_inference_service
+    from lmops.serve.inference_service import API_VERSION, render_inference_service
 
     manifest = render_inference_service(cfg.deploy, cfg.serve, model_uri)
     (out / "inferenceservice.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    applied = kube.apply(manifest)
-    endpoint = {"target": "kubernetes", "name": cfg.deploy.name, "namespace": cfg.deploy.namespace,
-                "model_name": cfg.deploy.name, "model_uri": model_uri,
-                "url": (applied.get("status") or {}).get("url"),
-                "resource_version": applied.get("metadata", {}).get("resourceVersion")}
+    applied = kube.apply(manifest, client=client)
+    generation = applied["metadata"].get("generation")
+    name, ns = cfg.deploy.name, cfg.deploy.namespace
+    where = f"InferenceService {ns}/{name}"
+    deadline = time.monotonic() + cfg.deploy.ready_timeout_s
+    while True:
+        obj = kube.get(API_VERSION, "InferenceService", name, ns, client=client)
+        if obj is None:
+            raise DeployError(f"{where} disappeared while waiting for it to become Ready")
+        status = obj.get("status") or {}
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        current = status.get("observedGeneration") == generation  # not the previous spec's verdict
+        if current and ready.get("status") == "True" and status.get("url"):
+            break
+        if current and ready.get("status") == "False":
+            raise DeployError(f"{where} is not Ready: {ready.get('reason')}: {ready.get('message')}")
+        if time.monotonic() > deadline:
+            raise DeployError(f"{where} not Ready after {cfg.deploy.ready_timeout_s:.0f} s; last condition:"
+                              f" {ready or 'none'} (kubectl describe inferenceservice -n {ns} {name})")
+        time.sleep(0.5)
+    urls = protocol_urls(status["url"].rstrip("/"), name)
+    smoke = _smoke(urls["v1_predict"], cfg.deploy.smoke_prompt)
+    endpoint = {"target": "kubernetes", "name": name, "namespace": ns, "model_name": name, "model_uri": model_uri,
+                "url": status["url"], "protocols": urls, "smoke": smoke,
+                "revision": (status.get("components") or {}).get("predictor", {}).get("latestReadyRevision"),
+                "resource_version": obj["metadata"].get("resourceVersion")}
     _write_json(out / ENDPOINT_FILE, endpoint)
     return endpoint
 

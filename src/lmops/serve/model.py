@@ -25,18 +25,19 @@ import numpy as np
 from lmops.serve import _kserve  # noqa: F401  (must precede the kserve imports below)
 from kserve import Model
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
 
 from lmops.config import ServeConfig
 from lmops.serve.batcher import MicroBatcher
 from lmops.serve.generate import GenRequest, GenResult, generate_batch
 from lmops.serve.loader import LoadedModel, ModelLoadError, load_model_dir, resolve_model_uri
-from lmops.serve.params import BadRequest, GenParams, parse_params, to_gen_request
+from lmops.serve.params import BadRequest, GenParams, check_prompt_count, parse_params, to_gen_request
 
 log = logging.getLogger("lmops.serve")
 
 V2_PROMPT = "prompt"
 V2_OUTPUT = "text"
+V2_COMPLETION_TOKENS = "completion_tokens"
 
 
 @dataclass
@@ -98,8 +99,16 @@ class LmopsModel(Model):
         super().stop()
 
     # ------------------------------------------------------------ request handling
-    def gen_request(self, params: GenParams, where: str) -> GenRequest:
-        return to_gen_request(params, self.loaded.tokenizer, self.cfg, self.loaded.max_positions, where)
+    def gen_request(self, params: GenParams, where: str, **extra) -> GenRequest:
+        return to_gen_request(params, self.loaded.tokenizer, self.cfg, self.loaded.max_positions, where, **extra)
+
+    # v2 model metadata (GET /v2/models/NAME, gRPC ModelMetadata): what infer takes and returns
+    def get_input_types(self) -> list[dict]:
+        return [{"name": V2_PROMPT, "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": V2_OUTPUT, "datatype": "BYTES", "shape": [-1]},
+                {"name": V2_COMPLETION_TOKENS, "datatype": "INT64", "shape": [-1]}]
 
     async def preprocess(self, payload, headers: dict[str, str] | None = None) -> Prepared:
         try:
@@ -125,7 +134,7 @@ class LmopsModel(Model):
         instances = body.get("instances")
         if not isinstance(instances, list) or not instances:
             raise BadRequest("\"instances\" must be a non-empty list of {\"prompt\": ...} objects")
-        self._check_count(len(instances))
+        check_prompt_count(len(instances), self.cfg)
         return [self.gen_request(parse_params(x, f"instances[{i}]"), f"instances[{i}]") for i, x in enumerate(instances)]
 
     def _v2_requests(self, req: InferRequest) -> list[GenRequest]:
@@ -135,9 +144,15 @@ class LmopsModel(Model):
         inp = req.inputs[0]
         if inp.datatype != "BYTES":
             raise BadRequest(f"input {V2_PROMPT!r} must have datatype BYTES, got {inp.datatype}")
-        prompts = [p.decode("utf-8") if isinstance(p, bytes) else p for p in np.asarray(inp.as_numpy()).reshape(-1)]
-        self._check_count(len(prompts))
-        settings = dict(req.parameters or {})
+        try:
+            prompts = [p.decode("utf-8") if isinstance(p, bytes) else p for p in np.asarray(inp.as_numpy()).reshape(-1)]
+        except UnicodeDecodeError:
+            raise BadRequest(f"input {V2_PROMPT!r}: prompts must be UTF-8 text") from None
+        except (ValueError, TypeError) as e:  # data that does not match its shape / datatype
+            raise BadRequest(f"input {V2_PROMPT!r}: {e}") from None
+        check_prompt_count(len(prompts), self.cfg)
+        # over gRPC the parameters are InferParameter messages: the same plain values as over REST
+        settings = to_http_parameters(req.parameters) if req.parameters else {}
         if "prompt" in settings:
             raise BadRequest("parameters: 'prompt' goes in the input tensor, not in parameters")
         out = []
@@ -145,10 +160,6 @@ class LmopsModel(Model):
             where = f"inputs[{V2_PROMPT}][{i}]"
             out.append(self.gen_request(parse_params({"prompt": prompt, **settings}, where), where))
         return out
-
-    def _check_count(self, n: int) -> None:
-        if n > self.cfg.max_batch_size:
-            raise BadRequest(f"{n} prompts in one request; the limit is {self.cfg.max_batch_size}")
 
     async def predict(self, payload: Prepared, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> tuple[Prepared, list[GenResult]]:
@@ -164,7 +175,7 @@ class LmopsModel(Model):
         out = InferOutput(V2_OUTPUT, list(texts.shape), "BYTES")
         out.set_data_from_numpy(texts, binary_data=False)
         tokens = np.array([len(r.token_ids) for r in results], dtype=np.int64)
-        count = InferOutput("completion_tokens", list(tokens.shape), "INT64")
+        count = InferOutput(V2_COMPLETION_TOKENS, list(tokens.shape), "INT64")
         count.set_data_from_numpy(tokens, binary_data=False)
         return InferResponse(prepared.request_id or "", self.name, [out, count])
 

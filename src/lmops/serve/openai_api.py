@@ -1,122 +1,217 @@
-"""OpenAI-compatible completions (``/openai/v1/completions``, ``/openai/v1/models``) on the KServe app.
+"""OpenAI-compatible routes on the KServe app: completions, chat completions, models list and retrieve.
 
-Why not KServe's own: kserve 0.21 registers these routes only for ``OpenAIGenerativeModel``s, and
+Why not KServe's own: kserve 0.21 registers its OpenAI routes only for ``OpenAIGenerativeModel``s, and
 its ``kserve.protocol.rest.openai`` package imports its request/response types from vLLM (the
-``kserve[llm]`` extra pins vllm==0.24, which pins a CUDA torch build). Without vLLM, KServe logs
-"OpenAI endpoints not registered". So this module adds the same paths, under KServe's prefix
-(``KSERVE_OPENAI_ROUTE_PREFIX``, default /openai), with the completions request/response shapes
-of the OpenAI API, to the same FastAPI app and the same model object (same batcher and limits).
-Chat completions are left out: our models have no chat template.
+``kserve[llm]`` extra pins vllm==0.24, which pins a CUDA torch build). So this module adds the same
+paths to the same FastAPI app and the same model object (same batcher and limits), under KServe's
+prefix (``KSERVE_OPENAI_ROUTE_PREFIX``, default /openai) and without it, so that both
+``base_url=http://host/openai/v1`` and ``base_url=http://host/v1`` work.
+
+``/v1/models`` and ``/v1/models/NAME`` are also KServe v1's model list and readiness routes; the
+answers here carry both protocols' fields (``models``/``name``/``ready`` and ``object``/``data``/``id``)
+and keep v1's status codes (503 while not ready), so probes and both kinds of client read them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
 import uuid
-from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from lmops.serve.generate import GenResult
-from lmops.serve.params import BadRequest, GenParams, _describe
+from lmops.serve.chat import chat_prompt
+from lmops.serve.errors import error_body, status_and_message
+from lmops.serve.generate import GenRequest, GenResult
+from lmops.serve.openai_format import chat_logprobs, completion_logprobs, usage
+from lmops.serve.openai_schema import ChatRequest, CompletionRequest
+from lmops.serve.params import BadRequest, GenParams, check_prompt_count, describe
 
 PREFIX = os.environ.get("KSERVE_OPENAI_ROUTE_PREFIX", "/openai")
 
 
-class CompletionRequest(BaseModel):
-    """The subset of OpenAI's CreateCompletionRequest we implement; any other field is a 400."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: StrictStr
-    prompt: StrictStr | list[StrictStr]
-    max_tokens: StrictInt | None = 16  # OpenAI's default
-    temperature: float = Field(1.0, ge=0, le=2)  # OpenAI's default
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: Literal[1] = 1
-    stream: bool = False
-    stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
-    echo: Literal[False] = False
-    user: str | None = None
+def _error(status: int, message: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=error_body(True, status, message, code))
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status,
-                        content={"error": {"message": message, "type": type_, "param": None, "code": code}})
+def _reject(message: str) -> JSONResponse:
+    return _error(400, message)
+
+
+def _parse(raw: bytes, schema: type[BaseModel]):
+    def no_constant(name: str):
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        body = json.loads(raw, parse_constant=no_constant)  # NaN / Infinity are not JSON
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    try:
+        return schema.model_validate(body)
+    except ValidationError as e:
+        raise BadRequest(describe(e, schema).replace("max_new_tokens", "max_tokens")) from None
 
 
 def register_openai_routes(app: FastAPI, model) -> None:
     """``model``: a lmops.serve.model.LmopsModel (its name is the OpenAI "model" id)."""
     started = int(time.time())
+    cfg = model.cfg
+
+    def card() -> dict:
+        return {"id": model.name, "object": "model", "created": started, "owned_by": "lmops"}
 
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": started,
-                                            "owned_by": "lmops"}]}
+        return {"object": "list", "data": [card()], "models": [model.name]}  # OpenAI + KServe v1
+
+    async def retrieve(model_id: str):
+        if model_id != model.name:
+            return _error(404, f"model {model_id!r} does not exist (this server has {model.name!r})", "model_not_found")
+        if not model.ready:
+            return _error(503, f"model {model.name!r} is not ready")
+        return {**card(), "name": model.name, "ready": True}  # OpenAI + KServe v1 readiness
+
+    def check_model(req) -> JSONResponse | None:
+        if req.model != model.name:
+            return _error(404, f"model {req.model!r} does not exist (this server has {model.name!r})", "model_not_found")
+        if not model.ready:
+            return _error(503, f"model {model.name!r} is not ready")
+        return None
+
+    def gen_requests(prompts: list[str], req, max_tokens: int | None, k: int | None, score_prompt: bool,
+                     min_new: int) -> list[GenRequest]:
+        """prompts x n generations, each checked against the server's limits before any is queued."""
+        check_prompt_count(len(prompts) * req.n, cfg)
+        if k is not None and k > cfg.max_logprobs:
+            raise BadRequest(f"logprobs: at most {cfg.max_logprobs} alternatives, got {k}")
+        out = []
+        for i, prompt in enumerate(prompts):
+            for j in range(req.n):
+                # with a seed, the n choices still differ: choice j samples with seed + j
+                seed = None if req.seed is None else (req.seed + j) % (1 << 63)
+                params = GenParams.model_construct(prompt=prompt, max_new_tokens=max_tokens, temperature=req.temperature,
+                                                   top_p=req.top_p, seed=seed, stop=req.stops())
+                if not prompt:
+                    raise BadRequest(f"prompt[{i}]: prompt must be a non-empty string")
+                out.append(model.gen_request(params, f"prompt[{i}]", min_new_tokens=min_new, logprobs=k,
+                                             prompt_logprobs=score_prompt,
+                                             presence_penalty=req.presence_penalty,
+                                             frequency_penalty=req.frequency_penalty))
+        return out
 
     async def completions(request: Request):
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return _error(400, f"request body is not valid JSON: {e}")
-        if not isinstance(body, dict):
-            return _error(400, "request body must be a JSON object")
-        try:
-            req = CompletionRequest.model_validate(body)
-        except ValidationError as e:
-            return _error(400, "; ".join(_describe(err) for err in e.errors()))
-        if req.model != model.name:
-            return _error(404, f"model {req.model!r} does not exist (this server has {model.name!r})",
-                          code="model_not_found")
-        if not model.ready:
-            return _error(503, f"model {model.name!r} is not ready", type_="server_error")
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not prompts:
-            return _error(400, "prompt must be a non-empty string or list of strings")
-        if req.stream and len(prompts) != 1:
-            return _error(400, "stream=true takes a single prompt")
-        stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-        try:
-            gens = [model.gen_request(GenParams(prompt=p, max_new_tokens=req.max_tokens, temperature=req.temperature,
-                                                top_p=req.top_p, seed=req.seed, stop=stop), f"prompt[{i}]")
-                    for i, p in enumerate(prompts)]
-        except ValidationError as e:
-            return _error(400, "; ".join(_describe(err) for err in e.errors()))
+            req = _parse(await request.body(), CompletionRequest)
+            if (bad := check_model(req)) is not None:
+                return bad
+            prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+            if not prompts:
+                raise BadRequest("prompt must be a non-empty string or list of strings")
+            if req.stream and (len(prompts) != 1 or req.n != 1):
+                raise BadRequest("stream=true takes a single prompt and n=1")
+            if req.stream and req.logprobs is not None:
+                raise BadRequest("logprobs with stream=true is not supported")
+            # max_tokens 0 only scores (or echoes) the prompt: no generation step runs
+            gens = gen_requests(prompts, req, req.max_tokens, req.logprobs,
+                                score_prompt=req.echo and req.logprobs is not None, min_new=0)
         except BadRequest as e:
-            return _error(400, str(e).replace("max_new_tokens", "max_tokens"))
+            return _error(e.status, str(e).replace("max_new_tokens", "max_tokens"))
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": model.name}
         if req.stream:
-            return StreamingResponse(_sse(model, gens[0], meta), media_type="text/event-stream")
-        import asyncio
-
+            return _stream(model, gens[0], meta, _completion_piece(prompts[0] if req.echo else ""),
+                           req.stream_options is not None and req.stream_options.include_usage)
         results: list[GenResult] = await asyncio.gather(*(model.complete(g) for g in gens))
-        prompt_tokens = sum(r.prompt_tokens for r in results)
-        completion_tokens = sum(len(r.token_ids) for r in results)
-        return {**meta,
-                "choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
-                            for i, r in enumerate(results)],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+        tok = model.loaded.tokenizer
+        choices = []
+        for i, r in enumerate(results):
+            prompt = prompts[i // req.n]
+            text = prompt + r.text if req.echo else r.text
+            lp = None
+            if req.logprobs is not None:
+                scored = (r.prompt_logprobs + r.logprobs) if req.echo else r.logprobs
+                lp = completion_logprobs(tok, scored, 0 if req.echo else len(prompt))
+            choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": r.finish_reason})
+        return {**meta, "choices": choices, "usage": usage(results, req.n)}
 
-    app.add_api_route(f"{PREFIX}/v1/models", models, methods=["GET"])
-    app.add_api_route(f"{PREFIX}/v1/completions", completions, methods=["POST"], response_model=None)
+    async def chat(request: Request):
+        try:
+            req = _parse(await request.body(), ChatRequest)
+            if (bad := check_model(req)) is not None:
+                return bad
+            if req.stream and req.n != 1:
+                raise BadRequest("stream=true takes n=1")
+            if req.stream and req.logprobs:
+                raise BadRequest("logprobs with stream=true is not supported")
+            if req.top_logprobs is not None and not req.logprobs:
+                raise BadRequest("top_logprobs needs logprobs: true")
+            prompt = chat_prompt(model.loaded.tokenizer, req.messages, cfg)
+            k = (req.top_logprobs or 0) if req.logprobs else None
+            gens = gen_requests([prompt], req, req.token_budget(), k, score_prompt=False, min_new=1)
+        except BadRequest as e:
+            return _error(e.status, str(e).replace("max_new_tokens", "max_tokens"))
+        meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": model.name}
+        if req.stream:
+            return _stream(model, gens[0], {**meta, "object": "chat.completion.chunk"}, _chat_piece,
+                           req.stream_options is not None and req.stream_options.include_usage)
+        results: list[GenResult] = await asyncio.gather(*(model.complete(g) for g in gens))
+        tok = model.loaded.tokenizer
+        choices = [{"index": i, "message": {"role": "assistant", "content": r.text},
+                    "logprobs": chat_logprobs(tok, r.logprobs, k) if req.logprobs else None,
+                    "finish_reason": r.finish_reason} for i, r in enumerate(results)]
+        return {**meta, "choices": choices, "usage": usage(results, 1)}
+
+    for prefix in (f"{PREFIX}/v1", "/v1"):
+        app.add_api_route(f"{prefix}/models", models, methods=["GET"])
+        app.add_api_route(f"{prefix}/models/{{model_id}}", retrieve, methods=["GET"], response_model=None)
+        app.add_api_route(f"{prefix}/completions", completions, methods=["POST"], response_model=None)
+        app.add_api_route(f"{prefix}/chat/completions", chat, methods=["POST"], response_model=None)
 
 
-async def _sse(model, gen, meta: dict):
-    """Server-sent events as OpenAI streams them: one chunk per text piece, then the finish, then [DONE]."""
+def _completion_piece(echo: str):
+    def piece(text: str | None, finish: str | None, first: bool) -> dict:
+        return {"index": 0, "text": (echo if first else "") + (text or ""), "finish_reason": finish, "logprobs": None}
+    return piece
 
-    def chunk(text: str, finish: str | None) -> str:
-        data = {**meta, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+
+def _chat_piece(text: str | None, finish: str | None, first: bool) -> dict:
+    delta = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
+    return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+
+
+def _stream(model, gen: GenRequest, meta: dict, piece, include_usage: bool) -> StreamingResponse:
+    return StreamingResponse(_sse(model, gen, meta, piece, include_usage), media_type="text/event-stream")
+
+
+async def _sse(model, gen: GenRequest, meta: dict, piece, include_usage: bool):
+    """Server-sent events as OpenAI streams them: one chunk per text piece, the finish, [usage], [DONE].
+
+    An error after the stream started cannot change the 200: it is sent as an error event (which the
+    openai client raises as an APIError) and the stream ends there, without [DONE].
+    """
+    extra = {"usage": None} if include_usage else {}
+
+    def event(data: dict) -> str:
         return f"data: {json.dumps(data)}\n\n"
 
-    async for piece in model.stream(gen):
-        if isinstance(piece, GenResult):
-            yield chunk("", piece.finish_reason)
-        else:
-            yield chunk(piece, None)
+    first = True
+    try:
+        async for item in model.stream(gen):
+            if isinstance(item, GenResult):
+                yield event({**meta, "choices": [piece(None, item.finish_reason, first)], **extra})
+                if include_usage:
+                    yield event({**meta, "choices": [], "usage": usage([item], 1)})
+            else:
+                yield event({**meta, "choices": [piece(item, None, first)], **extra})
+            first = False
+    except Exception as e:
+        status, message = status_and_message(e)
+        yield event(error_body(True, status, message))
+        return
     yield "data: [DONE]\n\n"

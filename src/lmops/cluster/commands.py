@@ -1,0 +1,51 @@
+"""``lmops cluster up | down | status | kubeconfig``: progress on stderr, the one useful line on stdout
+(``up`` prints ``export KUBECONFIG=...``, so ``eval "$(lmops cluster up)"`` works)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    sp = sub.add_parser("cluster", help="a local Kubernetes control plane (etcd, kube-apiserver, controller-manager,"
+                                        " KServe/KubeRay stand-ins) under the state folder")
+    sp.add_argument("action", choices=["up", "down", "status", "kubeconfig"])
+    sp.add_argument("--folder", help="where its state and logs live (default: <state>/cluster; $LMOPS_STATE_DIR)")
+    sp.add_argument("--port", type=int, help="up: the API server's port (default: a free one)")
+    sp.add_argument("--no-standins", action="store_true", help="up: without the KServe and KubeRay stand-ins")
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
+    sp.set_defaults(fn=cmd_cluster)
+
+
+def cmd_cluster(args: argparse.Namespace) -> dict:
+    from dataclasses import asdict
+
+    from lmops.cluster import control_plane as cp
+
+    folder = Path(args.folder) if args.folder else None
+    echo = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.action == "up":
+        with cp.sigterm_as_interrupt():
+            cluster = cp.up(folder, port=args.port, standins=not args.no_standins, echo=echo)
+        if not args.json:
+            print(f"export KUBECONFIG={cluster.kubeconfig}")
+        return asdict(cluster)
+    if args.action == "down":
+        return {"stopped": cp.down(folder, echo=echo)}
+    if args.action == "kubeconfig":
+        path = cp.kubeconfig(folder)
+        if not args.json:
+            print(path)
+        return {"kubeconfig": str(path)}
+    st = cp.status(folder)
+    if not args.json:
+        print(f"state: {st['state']} ({st['folder']})")
+        if st["cluster"]:
+            print(f"server: {st['cluster']['server']}\nkubeconfig: {st['cluster']['kubeconfig']}")
+        for name, rec in st["processes"].items():
+            print(f"  {name}: pid {rec['pid']}, log {rec['log']}")
+    if st["state"] not in ("running", "stopped"):
+        raise SystemExit(1)
+    return st

@@ -1,0 +1,200 @@
+"""The RayJob (ray.io/v1) that trains a config on KubeRay: the config the job trains with, and the manifest.
+
+KubeRay creates a Ray cluster (a head pod + ``train.num_workers`` GPU worker pods), runs the entrypoint
+on the head through a submitter Job (K8sJobMode), and deletes the cluster shortly after the job ends.
+Pods only ever see S3 (credentials through Secrets named in ``kuberay.env_from_secrets``); nothing
+local to the submitting pod exists in the Ray cluster.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib.metadata
+import json
+import math
+import os
+import re
+import shlex
+from typing import Any
+
+from lmops import storage
+from lmops.config import Config, ConfigError, config_from_dict
+from lmops.config.kuberay import INT32_MAX, KubeRayConfig
+from lmops.errors import LmopsError
+
+API_VERSION = "ray.io/v1"
+KIND = "RayJob"
+HEAD_CONTAINER = "ray-head"
+WORKER_CONTAINER = "ray-worker"
+WORKER_GROUP = "gpu-workers"
+GPU_RESOURCE = "nvidia.com/gpu"
+# KubeRay derives the RayCluster's and its Services' names from the RayJob's: longer names fail its
+# validation (ValidationFailed), so refuse them before submitting.
+MAX_NAME = 47
+NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# Where the job finds the MLflow server and the S3 store: copied from the submitting pod when set there.
+# Credentials never travel this way (kuberay.env_from_secrets).
+PASSTHROUGH_ENV = ("MLFLOW_TRACKING_URI", "LMOPS_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                   "AWS_DEFAULT_REGION")
+
+
+# ---------------------------------------------------------------- the config the job trains with
+def cluster_config(cfg: Config, checkpoint_uri: str) -> Config:
+    """``cfg`` adjusted for the job's Ray cluster.
+
+    - One DDP rank per GPU: ``train.num_workers`` pods x ``gpus_per_worker`` GPUs gives that many
+      ranks of one GPU each (the loop drives one device per rank, so a rank with two GPUs would idle
+      one). Without GPUs, one rank per pod holding the pod's CPUs.
+    - Checkpoints on shared storage: with several nodes, Ray Train needs a ``storage_path`` every
+      node can reach; a local one becomes ``<checkpoint_uri>.ray/``.
+    """
+    kr, tc = cfg.kuberay, cfg.train
+    pods = tc.num_workers
+    ranks_per_pod = kr.gpus_per_worker or 1
+    per_rank = dict(tc.resources_per_worker)
+    gpu = per_rank.pop("GPU", 1)
+    if kr.gpus_per_worker and gpu != 1:
+        raise LmopsError(f"train.resources_per_worker.GPU={gpu:g}: on KubeRay each rank drives one GPU; put more GPUs"
+                         f" in a pod with kuberay.gpus_per_worker (now {kr.gpus_per_worker}) instead")
+    cores = cpu_cores(kr.worker_cpu, "kuberay.worker_cpu")
+    if not kr.gpus_per_worker:
+        per_rank.setdefault("CPU", cores)
+    wanted = per_rank.get("CPU", 0) * ranks_per_pod
+    if wanted > cores:
+        # Ray would wait forever for CPUs no pod has; say so now
+        raise LmopsError(f"train.resources_per_worker.CPU={per_rank['CPU']:g} x {ranks_per_pod} rank(s) per pod needs"
+                         f" {wanted:g} CPUs, but kuberay.worker_cpu is {kr.worker_cpu}")
+    storage_path = tc.storage_path
+    if not (storage_path and storage.is_s3(storage_path)):
+        storage_path = checkpoint_uri.rstrip("/") + ".ray/"
+    train = tc.model_copy(update={"num_workers": pods * ranks_per_pod, "use_gpu": kr.gpus_per_worker > 0,
+                                  "resources_per_worker": per_rank, "storage_path": storage_path})
+    return cfg.model_copy(update={"train": train, "cache_dir": None})
+
+
+def cpu_cores(quantity: str, where: str) -> float:
+    """A Kubernetes CPU quantity ("8", "500m", "1.5") in cores."""
+    try:
+        return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    except ValueError:
+        raise LmopsError(f"{where}={quantity!r}: cannot read it as CPU cores (use e.g. '8' or '7500m')") from None
+
+
+def encode_config(cfg: Config) -> str:
+    """The whole resolved config as one shell-safe word (base64 of canonical JSON)."""
+    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return base64.b64encode(text.encode()).decode()
+
+
+def decode_config(b64: str) -> Config:
+    try:
+        raw = json.loads(base64.b64decode(b64, validate=True))
+    except (binascii.Error, ValueError) as e:
+        raise ConfigError(f"--config-b64: not base64 of a JSON config ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config-b64: expected a JSON object, got {type(raw).__name__}")
+    return config_from_dict(raw, source="--config-b64")
+
+
+# ---------------------------------------------------------------- the manifest
+def entrypoint(cfg: Config, tokens_uri: str, checkpoint_uri: str) -> str:
+    return shlex.join(["python", "-m", "lmops.train.rayjob", "run", "--tokens", tokens_uri, "--out", checkpoint_uri,
+                       "--config-b64", encode_config(cfg)])
+
+
+def render_rayjob(cfg: Config, *, name: str, tokens_uri: str, checkpoint_uri: str,
+                  labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """The RayJob that trains ``cfg`` on the tokens at ``tokens_uri`` into ``checkpoint_uri`` (both s3://)."""
+    if not (NAME.match(name) and len(name) <= MAX_NAME):
+        raise LmopsError(f"RayJob name {name!r}: expected lower-case letters, digits and '-', starting with a letter,"
+                         f" at most {MAX_NAME} characters (KubeRay derives longer names from it)")
+    for flag, uri in (("tokens", tokens_uri), ("checkpoint", checkpoint_uri)):
+        if not storage.is_s3(uri):
+            raise LmopsError(f"{flag} URI {uri!r}: the RayJob's pods reach only S3; give an s3:// URI")
+    kr = cfg.kuberay
+    job_cfg = cluster_config(cfg, checkpoint_uri)
+    meta_labels = {"app.kubernetes.io/managed-by": "lmops", "app.kubernetes.io/name": "lmops",
+                   "app.kubernetes.io/component": "train", "lmops.dev/rayjob": name, **(labels or {})}
+    env = job_env(kr)
+    head_resources = _resources(kr.head_cpu, kr.head_memory, 0)
+    worker_resources = _resources(kr.worker_cpu, kr.worker_memory, kr.gpus_per_worker)
+    head = _container(HEAD_CONTAINER, kr, head_resources, env)
+    head["ports"] = [{"containerPort": 6379, "name": "gcs-server", "protocol": "TCP"},
+                     {"containerPort": 8265, "name": "dashboard", "protocol": "TCP"},
+                     {"containerPort": 10001, "name": "client", "protocol": "TCP"}]
+    pods = cfg.train.num_workers
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": kr.namespace, "labels": meta_labels},
+        "spec": {
+            "entrypoint": entrypoint(job_cfg, tokens_uri, checkpoint_uri),
+            "submissionMode": "K8sJobMode",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": kr.ttl_seconds_after_finished,
+            "activeDeadlineSeconds": min(math.ceil(kr.timeout_s), INT32_MAX),
+            "rayClusterSpec": {
+                "rayVersion": importlib.metadata.version("ray"),
+                "headGroupSpec": {
+                    # num-cpus 0: no training rank lands on the head; the driver and Ray Train's
+                    # controller need no CPU reservation
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                    "template": _pod(meta_labels, head, kr, gpu_node=False),
+                },
+                "workerGroupSpecs": [{
+                    "groupName": WORKER_GROUP,
+                    "replicas": pods,
+                    "minReplicas": pods,
+                    "maxReplicas": pods,
+                    "rayStartParams": {},  # KubeRay sets num-cpus / num-gpus from the container's limits
+                    # the worker pods alone get the GPU placement (node selector, tolerations)
+                    "template": _pod(meta_labels, _container(WORKER_CONTAINER, kr, worker_resources, env), kr,
+                                     gpu_node=True),
+                }],
+            },
+        },
+    }
+
+
+def job_env(kr: KubeRayConfig, environ: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """Plain env of every pod: the pass-through settings, then kuberay.env (which wins).
+
+    RAY_AUTH_MODE is left alone: KubeRay decides the cluster's auth (its authOptions set the mode and
+    token on every pod), and the driver connects through RAY_ADDRESS, which never turns auth on by itself.
+    """
+    environ = os.environ if environ is None else environ
+    env = {k: environ[k] for k in PASSTHROUGH_ENV if environ.get(k)}
+    if env.get("LMOPS_S3_ENDPOINT_URL") and not (env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3")):
+        # Ray Train writes checkpoints to s3:// through pyarrow, which knows only the AWS variables
+        env["AWS_ENDPOINT_URL_S3"] = env["LMOPS_S3_ENDPOINT_URL"]
+    env["PYTHONUNBUFFERED"] = "1"  # the job's log lines reach `kubectl logs` as they are printed
+    env.update(kr.env)
+    return [{"name": k, "value": v} for k, v in sorted(env.items())]
+
+
+def _resources(cpu: str, memory: str, gpus: int) -> dict[str, dict[str, Any]]:
+    amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        amounts[GPU_RESOURCE] = gpus
+    # requests == limits: Guaranteed pods, and GPUs may only be given as limits equal to requests
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _container(name: str, kr: KubeRayConfig, resources: dict[str, Any], env: list[dict[str, str]]) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": name, "image": kr.image, "imagePullPolicy": kr.image_pull_policy,
+                                 "resources": resources, "env": [dict(e) for e in env]}
+    if kr.env_from_secrets:
+        container["envFrom"] = [{"secretRef": {"name": s}} for s in kr.env_from_secrets]
+    return container
+
+
+def _pod(labels: dict[str, str], container: dict[str, Any], kr: KubeRayConfig, *, gpu_node: bool) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [container]}
+    if kr.service_account:
+        spec["serviceAccountName"] = kr.service_account
+    if gpu_node and kr.node_selector:
+        spec["nodeSelector"] = dict(kr.node_selector)
+    if gpu_node and kr.tolerations:
+        spec["tolerations"] = [dict(t) for t in kr.tolerations]
+    return {"metadata": {"labels": dict(labels)}, "spec": spec}
