@@ -204,3 +204,114 @@ def test_invalid_resources_refused_or_flagged(operator_env, mlflow_server, tmp_p
         assert kube.get(*ISVC, "falling", ns, client=admin) is None, "nothing is served from an invalid spec"
     finally:
         op.stop()
+
+
+def canary_applied(admin, ns, name, version) -> bool:
+    isvc = kube.get(*ISVC, name, ns, client=admin) or {}
+    return (isvc.get("metadata") or {}).get("annotations", {}).get("lmops.dev/canary-version") == version
+
+
+def deployed(admin, ns, name, version):
+    return lambda: (lambda s: s.get("stableVersion") == version and s.get("phase") == "Stable" and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in s.get("conditions") or []))(status(admin, ns, name))
+
+
+@pytest.mark.parametrize("path", ["webhook", "poll"])
+def test_webhook_and_poll_paths_converge(path, operator_env, versions, mlflow_server, tmp_path):
+    """With webhooks the canary starts within seconds although the poll is a minute; with webhooks off the poll
+    alone gets there."""
+    from mlflow import MlflowClient
+
+    from conftest import free_port
+
+    cluster, ns, kubeconfig, _ = operator_env
+    admin = cluster.client()
+    model, v = versions
+    set_alias(mlflow_server, model, v["good1"])
+    port = free_port() if path == "webhook" else None
+    op = start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=60 if port else 2, webhook_port=port)
+    client = MlflowClient(mlflow_server)
+    hook = None
+    name = f"md-{path}"
+    try:
+        if port:
+            wait_for("webhook receiver up", lambda: _port_open(port), 30, operator=op)
+            hook = client.create_webhook(name=f"{name}-{uuid.uuid4().hex[:4]}", url=op.webhook_url, secret=SECRET,
+                                         events=["model_version_alias.created"])
+        kube.apply({**md_body(name, model), "metadata": {"name": name, "namespace": ns}}, client=admin)
+        wait_for("first version deployed", deployed(admin, ns, name, v["good1"]), 180, operator=op)
+        t0 = time.monotonic()
+        set_alias(mlflow_server, model, v["good2"])
+        wait_for("canary InferenceService", lambda: canary_applied(admin, ns, name, v["good2"]), 90, interval=0.05,
+                 operator=op)
+        took = time.monotonic() - t0
+        assert took < (10 if port else 30), f"{path}: canary after {took:.1f}s"
+        wait_for("promoted", lambda: (v["good2"], "Promoted") in outcomes(status(admin, ns, name)), 240, operator=op,
+                 describe=lambda: status(admin, ns, name).get("history"))
+    finally:
+        if hook is not None:
+            client.delete_webhook(hook.webhook_id)
+        op.stop()
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env, versions, mlflow_server, tmp_path):
+    """The operator is SIGKILLed as soon as each state is seen, and restarted: canary recorded, canary applied,
+    second step, promoted, rollback recorded, rollback done. The end is the uninterrupted end: one promotion,
+    one rollback, history entries unique and in order, alias and traffic right."""
+    cluster, ns, kubeconfig, _ = operator_env
+    admin = cluster.client()
+    model, v = versions
+    set_alias(mlflow_server, model, v["good1"])
+    name = "md-kill"
+    start = lambda: start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=1)  # noqa: E731
+    op = start()
+    kube.apply({**md_body(name, model), "metadata": {"name": name, "namespace": ns}}, client=admin)
+    kills = []
+    try:
+        wait_for("first version deployed", deployed(admin, ns, name, v["good1"]), 180, operator=op)
+        points = [
+            ("canary recorded", lambda s: s.get("phase") == "Progressing"),
+            ("canary applied", lambda s: canary_applied(admin, ns, name, v["good2"])),
+            ("second step", lambda s: s.get("canaryTrafficPercent") == 50),
+            ("promoted", lambda s: (v["good2"], "Promoted") in outcomes(s)),
+        ]
+        set_alias(mlflow_server, model, v["good2"])
+        for label, seen in points:
+            wait_for(label, lambda: seen(status(admin, ns, name)), 240, interval=0.05, operator=op,
+                     describe=lambda: status(admin, ns, name).get("history"))
+            op.kill()
+            kills.append(label)
+            op = start()
+        wait_for("promotion finished", deployed(admin, ns, name, v["good2"]), 120, operator=op)
+        set_alias(mlflow_server, model, v["worse"])
+        for label, seen in [("rollback recorded", lambda s: s.get("phase") == "RollingBack"
+                             or (v["worse"], "RolledBack") in outcomes(s)),
+                            ("alias reverted", lambda s: alias(mlflow_server, model) == v["good2"])]:
+            wait_for(label, lambda: seen(status(admin, ns, name)), 240, interval=0.05, operator=op,
+                     describe=lambda: status(admin, ns, name).get("history"))
+            op.kill()
+            kills.append(label)
+            op = start()
+        wait_for("rollback finished", lambda: status(admin, ns, name).get("phase") == "Stable"
+                 and served(admin, ns, name) == (v["good2"], None), 120, operator=op)
+        st = status(admin, ns, name)
+        assert kills == ["canary recorded", "canary applied", "second step", "promoted", "rollback recorded",
+                         "alias reverted"]
+        assert outcomes(st) == [(v["good1"], "Deployed"), (v["good2"], "CanaryStarted"), (v["good2"], "Promoted"),
+                                (v["worse"], "CanaryStarted"), (v["worse"], "RolledBack")]
+        seqs = [e["seq"] for e in st["history"]]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert alias(mlflow_server, model) == v["good2"] and st["stableVersion"] == v["good2"]
+        wait_for("every outcome notified once", lambda: status(admin, ns, name).get("notifiedSeq") == seqs[-1], 30)
+        events, _ = kube.list_objects("v1", "Event", ns, client=admin)
+        mine = [e for e in events if e["involvedObject"]["name"] == name and e["source"].get("component") == "lmops-operator"]
+        assert sorted(e["reason"] for e in mine) == sorted(o for _, o in outcomes(st))
+    finally:
+        op.stop()
