@@ -3,102 +3,28 @@ with its ServiceAccount's token, the operator as a real process, model versions 
 
 from __future__ import annotations
 
-import base64
-import copy
-import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+
+from lmops.operator.local import OperatorProcess as Operator
+from lmops.operator.local import service_account_kubeconfig  # noqa: F401 (the tests' import point)
+from lmops.operator.local import start_operator as _start
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "registry"))  # chain.py: real, small registered model directories
 SECRET = "operator-tests-webhook-secret"
-
-
-def rbac_objects(namespace: str) -> list[dict]:
-    docs = []
-    for path in sorted((REPO / "manifests" / "rbac").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            doc = copy.deepcopy(doc)
-            doc["metadata"]["namespace"] = namespace
-            for s in doc.get("subjects", []):
-                s["namespace"] = namespace
-            docs.append(doc)
-    return docs
-
-
-def service_account_kubeconfig(cluster, namespace: str, out: Path, timeout: float = 30) -> tuple[Path, str]:
-    """A kubeconfig that authenticates as the operator's ServiceAccount (its token Secret, made by the
-    controller-manager's serviceaccount-token controller)."""
-    from lmops import kube
-
-    admin = cluster.client()
-    for doc in rbac_objects(namespace):
-        kube.apply(doc, client=admin)
-    deadline = time.time() + timeout
-    token = None
-    while time.time() < deadline and token is None:
-        sa = kube.get("v1", "ServiceAccount", "lmops-operator", namespace, client=admin) or {}
-        for ref in sa.get("secrets") or []:
-            secret = kube.get("v1", "Secret", ref["name"], namespace, client=admin) or {}
-            if (secret.get("data") or {}).get("token"):
-                token = base64.b64decode(secret["data"]["token"]).decode()
-        if token is None:
-            time.sleep(0.3)
-    assert token, "no token Secret for ServiceAccount lmops-operator"
-    conf = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    conf["users"] = [{"name": "lmops-operator", "user": {"token": token}}]
-    for ctx in conf["contexts"]:
-        ctx["context"]["user"] = "lmops-operator"
-        ctx["context"]["namespace"] = namespace
-    out.write_text(yaml.safe_dump(conf))
-    return out, token
-
-
-@dataclass
-class Operator:
-    proc: subprocess.Popen
-    log: Path
-    webhook_url: str | None
-
-    def kill(self) -> None:
-        """SIGKILL, as a node failure would: no cleanup at all."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
+PROBE = ["the registry keeps model versions with tags aliases and lineage",
+         "a served model can always be traced back to its datasets and raw sources",
+         "digests of checkpoints tokens datasets and raw sources"]
 
 
 def start_operator(kubeconfig: Path, namespace: str, tracking_uri: str, work: Path, *, poll_s: float = 2.0,
                    webhook_port: int | None = None) -> Operator:
-    work.mkdir(parents=True, exist_ok=True)
-    log = work / f"operator-{uuid.uuid4().hex[:6]}.log"
-    cmd = [sys.executable, "-m", "lmops.cli", "operator", "--namespace", namespace, "--tracking-uri", tracking_uri,
-           "--poll-seconds", str(poll_s), "--runs-dir", str(work / "runs")]
-    if webhook_port:
-        cmd += ["--webhook-port", str(webhook_port)]
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "LMOPS_WEBHOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-    url = f"http://127.0.0.1:{webhook_port}/mlflow/webhook" if webhook_port else None
-    return Operator(proc, log, url)
+    return _start(kubeconfig, namespace, tracking_uri, work, poll_s=poll_s, webhook_port=webhook_port,
+                  webhook_secret=SECRET)
 
 
 def wait_for(what: str, fn, timeout: float, interval: float = 0.3, operator: Operator | None = None, describe=None):
@@ -115,3 +41,63 @@ def wait_for(what: str, fn, timeout: float, interval: float = 0.3, operator: Ope
     tail = f"\noperator log:\n{operator.text()[-4000:]}" if operator else ""
     state = f"\nstate: {describe()}" if describe else ""
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last}{state}{tail}")
+
+
+def make_worse(checkpoint: Path, out: Path) -> Path:
+    """A version that loads and serves but scores far worse: the final norm scaled up (confident, wrong)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmops.manifest import read_manifest, run_stage
+
+    def produce(tmp: Path) -> dict:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint)
+        with torch.no_grad():
+            model.model.norm.weight.mul_(40.0)
+        model.save_pretrained(tmp)
+        for f in checkpoint.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens", "generation_config")):
+                shutil.copy2(f, tmp / f.name)
+        return {"counts": {}}
+
+    run_stage("worse", out, code="tests.cluster", config={"norm_scale": 40.0},
+              inputs={"checkpoint": {"digest": read_manifest(checkpoint).digest, "path": str(checkpoint)}},
+              produce=produce, log=lambda s: None)
+    return out
+
+
+def register_versions(tracking_uri: str, root: Path) -> tuple[str, dict[str, str]]:
+    """One model, four versions: good1 and good2 (untrained, two seeds: the same bits per byte within a few
+    percent), worse (loads, scores far worse), broken (no model files: never loads)."""
+    from mlflow import MlflowClient
+
+    from chain import make_chain, make_checkpoint
+    from lmops.config import RegistryConfig
+    from lmops.gates import Verdict
+    from lmops.registry import Variant, register_variants
+
+    chain = make_chain(root / "chain")
+    dirs = {"good1": chain.checkpoint, "good2": make_checkpoint(chain.tokens, root / "good2", seed=1)}
+    dirs["worse"] = make_worse(chain.checkpoint, root / "worse")
+    name = f"lm-{uuid.uuid4().hex[:6]}"
+    cfg = RegistryConfig(tracking_uri=tracking_uri, model_name=name)
+    out = {}
+    for label, d in dirs.items():
+        reg = register_variants([Variant("fp32", d, {"perplexity": 1.0}, Verdict(True, ["PASS test"]))], cfg)
+        out[label] = reg.versions[0].version
+    client = MlflowClient(tracking_uri)
+    run = client.create_run("0")
+    out["broken"] = str(client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id).version)
+    return name, out
+
+
+def md_body(name: str, model: str, **rollout) -> dict:
+    return {"apiVersion": "lmops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+            "spec": {"model": {"name": model, "alias": "champion"},
+                     "rollout": {"steps": [{"trafficPercent": 20, "pauseSeconds": 1},
+                                           {"trafficPercent": 50, "pauseSeconds": 1}],
+                                 "gates": {"readyTimeoutSeconds": 120, "maxErrorRate": 0.05, "latencyP95Ms": 10000,
+                                           "qualityProbe": {"texts": PROBE, "maxRegression": 0.10}},
+                                 **rollout}}}

@@ -8,86 +8,32 @@ percent), v3 loads but scores far worse (its final norm scaled up: confident and
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import torch
 
-from operator_world import SECRET, service_account_kubeconfig, start_operator, wait_for  # noqa: I001 (first: sys.path)
+from operator_world import (SECRET, md_body, register_versions, service_account_kubeconfig,  # noqa: I001
+                            start_operator, wait_for)
 
-from chain import make_chain, make_checkpoint
 from lmops import kube
 from lmops.crd import API_VERSION
-from lmops.manifest import read_manifest, run_stage
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 MD, ISVC = "ModelDeployment", ("serving.kserve.io/v1beta1", "InferenceService")
-PROBE = ["the registry keeps model versions with tags aliases and lineage",
-         "a served model can always be traced back to its datasets and raw sources",
-         "digests of checkpoints tokens datasets and raw sources"]
-
-
-def make_worse(checkpoint: Path, out: Path) -> Path:
-    from transformers import AutoModelForCausalLM
-
-    def produce(tmp: Path) -> dict:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint)
-        with torch.no_grad():
-            model.model.norm.weight.mul_(40.0)  # sharp, random logits: confidently wrong
-        model.save_pretrained(tmp)
-        for f in checkpoint.iterdir():
-            if f.name.startswith(("tokenizer", "special_tokens", "generation_config")):
-                shutil.copy2(f, tmp / f.name)
-        return {"counts": {}}
-
-    run_stage("worse", out, code="tests.cluster", config={"norm_scale": 40.0},
-              inputs={"checkpoint": {"digest": read_manifest(checkpoint).digest, "path": str(checkpoint)}},
-              produce=produce, log=lambda s: None)
-    return out
 
 
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory, mlflow_server):
     """(model name, {label: version}) registered in the session's MLflow."""
-    from mlflow import MlflowClient
-
-    from lmops.config import RegistryConfig
-    from lmops.gates import Verdict
-    from lmops.registry import Variant, register_variants
-
-    root = tmp_path_factory.mktemp("versions")
-    chain = make_chain(root / "chain")
-    dirs = {"good1": chain.checkpoint, "good2": make_checkpoint(chain.tokens, root / "good2", seed=1)}
-    dirs["worse"] = make_worse(chain.checkpoint, root / "worse")
-    name = f"lm-{uuid.uuid4().hex[:6]}"
-    cfg = RegistryConfig(tracking_uri=mlflow_server, model_name=name)
-    out = {}
-    for label, d in dirs.items():
-        reg = register_variants([Variant("fp32", d, {"perplexity": 1.0}, Verdict(True, ["PASS test"]))], cfg)
-        out[label] = reg.versions[0].version
-    client = MlflowClient(mlflow_server)
-    run = client.create_run("0")
-    out["broken"] = str(client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id).version)
-    return name, out
+    return register_versions(mlflow_server, tmp_path_factory.mktemp("versions"))
 
 
 @pytest.fixture
 def operator_env(kube_cluster, kube_namespace, tmp_path, mlflow_server):
     kubeconfig, token = service_account_kubeconfig(kube_cluster, kube_namespace, tmp_path / "sa.kubeconfig")
     return kube_cluster, kube_namespace, kubeconfig, token
-
-
-def md_body(name: str, model: str, **rollout) -> dict:
-    return {"apiVersion": API_VERSION, "kind": MD, "metadata": {"name": name},
-            "spec": {"model": {"name": model, "alias": "champion"},
-                     "rollout": {"steps": [{"trafficPercent": 20, "pauseSeconds": 1},
-                                           {"trafficPercent": 50, "pauseSeconds": 1}],
-                                 "gates": {"readyTimeoutSeconds": 120, "maxErrorRate": 0.05, "latencyP95Ms": 10000,
-                                           "qualityProbe": {"texts": PROBE, "maxRegression": 0.10}},
-                                 **rollout}}}
 
 
 def status(admin, ns, name) -> dict:
@@ -313,5 +259,42 @@ def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env,
         events, _ = kube.list_objects("v1", "Event", ns, client=admin)
         mine = [e for e in events if e["involvedObject"]["name"] == name and e["source"].get("component") == "lmops-operator"]
         assert sorted(e["reason"] for e in mine) == sorted(o for _, o in outcomes(st))
+    finally:
+        op.stop()
+
+
+def test_training_job_local_executor_to_succeeded(operator_env, mlflow_server, tmp_path):
+    """`kubectl apply` of an LMTrainingJob (executor local, tiny preset cut short): the operator runs the
+    pipeline and mirrors it; the run's registered version and metrics land in status."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from operator_world import REPO
+
+    cluster, ns, kubeconfig, _ = operator_env
+    admin = cluster.client()
+    job = yaml.safe_load((REPO / "manifests" / "samples" / "lmtrainingjob.yaml").read_text())
+    job["spec"]["modelName"] = f"lm-{uuid.uuid4().hex[:6]}"
+    job["spec"]["overrides"] = {"train.max_steps": "20", "train.eval_every": "20", "compress.distill.enabled": "false"}
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job))
+    kubectl = Path(sys.executable).with_name("kubectl")
+    op = start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=2)
+    try:
+        subprocess.run([str(kubectl), "--kubeconfig", cluster.kubeconfig, "-n", ns, "apply", "-f", str(manifest)],
+                       check=True, capture_output=True)
+        get = lambda: (kube.get(API_VERSION, "LMTrainingJob", "tiny-lm", ns, client=admin) or {}).get("status") or {}  # noqa: E731
+        wait_for("run started", lambda: get().get("phase") == "Running", 120, operator=op, describe=get)
+        st = wait_for("run finished", lambda: (lambda s: s if s.get("phase") in ("Succeeded", "Failed") else None)(get()),
+                      900, interval=2, operator=op, describe=get)
+        assert st["phase"] == "Succeeded", st
+        assert st["registeredVersion"] and st["metrics"]["perplexity"] > 1 and st["runId"].startswith(ns)
+        assert {s["name"]: s["state"] for s in st["stages"]}["register"] == "Succeeded"
+        assert st["startTime"] <= st["completionTime"]
+        out = subprocess.run([str(kubectl), "--kubeconfig", cluster.kubeconfig, "-n", ns, "get", "lmtj"],
+                             check=True, capture_output=True, text=True).stdout
+        assert "Succeeded" in out and st["registeredVersion"] in out, out
     finally:
         op.stop()

@@ -18,6 +18,15 @@ from pathlib import Path
 from lmops.processes import stop_group
 
 
+# For local servers whose registry webhooks go to a receiver on this machine (tests, bench, make demo):
+# http and loopback targets allowed, the per-event webhook list cached 1 s instead of 60 (a new webhook would
+# otherwise be skipped for a minute), and a fixed key for the secrets MLflow stores encrypted -- these are
+# throwaway servers; a real one gets its own MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY.
+LOCAL_WEBHOOK_ENV = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+                     "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+                     "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "bG1vcHMtdGVzdHMtb25seS1mZXJuZXQta2V5LTAwMDE="}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

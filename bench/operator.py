@@ -1,0 +1,192 @@
+"""Benchmark: the operator's reaction times on `lmops cluster` (real API server, KServe stand-in, real MLflow).
+
+    .venv/bin/python bench/operator.py [--rounds 3]
+
+Starts its own control plane, MLflow server (webhooks allowed) and operator (with the ServiceAccount token
+of manifests/rbac), registers four versions (two good, one that scores worse, one that does not load):
+- ``webhook -> canary``: an alias change (MLflow delivers the webhook) to the canary InferenceService
+  applied, with a 30 s poll that cannot be what woke it; target <= 2 s.
+- ``poll -> canary``: the same with webhooks off and ``--poll-seconds 5``: bounded by the poll interval.
+- ``failing gate -> rollback done``: from the first sight of ``phase: RollingBack`` (the failing gate's
+  decision, recorded before acting) to the alias back on the stable version and the InferenceService back
+  on it (traffic); target <= 5 s.
+Baseline: one server-side apply of the InferenceService plus one alias move in MLflow, the least a
+rollback must do; the ratio is the figure to compare across machines. Status is watched every 20 ms.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/ holds tokenize.py, which would shadow the stdlib module of that name: take this folder off sys.path
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+_REPO = os.path.dirname(_HERE)
+sys.path[:0] = [os.path.join(_REPO, "tests", "cluster"), os.path.join(_REPO, "tests", "registry")]
+
+import argparse  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from operator_world import SECRET, md_body, register_versions, service_account_kubeconfig, start_operator  # noqa: E402
+
+from lmops import kube  # noqa: E402
+from lmops.crd import API_VERSION  # noqa: E402
+from lmops.operator.local import wait_until  # noqa: E402
+
+ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StatusLog(threading.Thread):
+    """Every status the API server reports for the deployment, with the time it arrived (a watch: the
+    RollingBack phase lasts a fraction of a second, too short to be sure to see by polling)."""
+
+    def __init__(self, client, ns: str, name: str):
+        super().__init__(daemon=True)
+        self.client, self.ns, self.name = client, ns, name
+        self.seen: list[tuple[float, dict]] = []
+
+    def run(self) -> None:
+        for _, obj in kube.Watch(API_VERSION, "ModelDeployment", self.ns, client=self.client):
+            if obj["metadata"]["name"] == self.name:
+                self.seen.append((time.monotonic(), obj.get("status") or {}))
+
+    def first(self, predicate, after: float) -> float | None:
+        return next((t for t, s in list(self.seen) if t >= after and predicate(s)), None)
+
+
+class World:
+    def __init__(self, admin, ns: str, name: str, model: str, mlflow):
+        self.admin, self.ns, self.name, self.model, self.mlflow = admin, ns, name, model, mlflow
+        self.log = StatusLog(admin, ns, name)
+        self.log.start()
+
+    def status(self) -> dict:
+        return (kube.get(API_VERSION, "ModelDeployment", self.name, self.ns, client=self.admin) or {}).get("status") or {}
+
+    def annotations(self) -> dict:
+        return ((kube.get(*ISVC, self.name, self.ns, client=self.admin) or {}).get("metadata") or {}).get("annotations") or {}
+
+    def alias(self) -> str:
+        return str(self.mlflow.get_model_version_by_alias(self.model, "champion").version)
+
+    def set_alias(self, version: str) -> float:
+        t = time.monotonic()
+        self.mlflow.set_registered_model_alias(self.model, "champion", version)
+        return t
+
+    def stable(self, version: str) -> bool:
+        s = self.status()
+        return s.get("phase") == "Stable" and s.get("stableVersion") == version and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in s.get("conditions") or [])
+
+    def time_to_canary(self, version: str) -> float:
+        t0 = self.set_alias(version)
+        wait_until(lambda: self.annotations().get("lmops.dev/canary-version") == version, 120, 0.02, "canary")
+        took = time.monotonic() - t0
+        wait_until(lambda: self.stable(version), 300, 0.2, "promotion")
+        return took
+
+    def time_to_rollback(self, bad: str, stable: str) -> float:
+        t_set = self.set_alias(bad)
+        t0 = wait_until(lambda: self.log.first(lambda s: s.get("phase") == "RollingBack", t_set), 300, 0.02,
+                        "rollback decision")
+        wait_until(lambda: self.alias() == stable and self.annotations().get("lmops.dev/canary-version") == ""
+                   and self.annotations().get("lmops.dev/stable-version") == stable, 60, 0.02, "rollback done")
+        took = time.monotonic() - t0
+        wait_until(lambda: self.stable(stable), 120, 0.2, "stable again")
+        return took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from mlflow import MlflowClient
+
+    from lmops.cluster import control_plane
+    from lmops.registry.local_server import LOCAL_WEBHOOK_ENV, start_mlflow_server, stop_process_group
+
+    root = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    t = time.monotonic()
+    cluster = control_plane.up(root / "cluster", echo=lambda line: None)
+    os.environ["KUBECONFIG"] = cluster.kubeconfig
+    mlflow_proc, mlflow_url = start_mlflow_server(root / "mlflow", str(root / "mlflow" / "artifacts"), env=LOCAL_WEBHOOK_ENV)
+    print(f"cluster and MLflow up in {time.monotonic() - t:.1f}s", flush=True)
+    op = None
+    try:
+        admin = cluster.client()
+        ns = "bench"
+        kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}, client=admin)
+        kubeconfig, _ = service_account_kubeconfig(cluster, ns, root / "sa.kubeconfig")
+        model, v = register_versions(mlflow_url, root / "versions")
+        mlflow = MlflowClient(mlflow_url)
+        w = World(admin, ns, "bench", model, mlflow)
+        w.set_alias(v["good1"])
+        port = free_port()
+        op = start_operator(kubeconfig, ns, mlflow_url, root / "op", poll_s=30, webhook_port=port)
+        wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30, 0.1, "webhook receiver")
+        hook = mlflow.create_webhook(name="bench", url=op.webhook_url, secret=SECRET, events=["model_version_alias.created"])
+        kube.apply({**md_body("bench", model), "metadata": {"name": "bench", "namespace": ns}}, client=admin)
+        wait_until(lambda: w.stable(v["good1"]), 300, 0.2, "first version")
+
+        webhook, rollback, poll = [], [], []
+        current = v["good1"]
+        for _ in range(args.rounds):
+            nxt = v["good2"] if current == v["good1"] else v["good1"]
+            webhook.append(w.time_to_canary(nxt))
+            current = nxt
+            rollback.append(w.time_to_rollback(v["worse"], current))
+            print(f"  webhook -> canary {webhook[-1]:.2f}s; failing gate -> rollback done {rollback[-1]:.2f}s", flush=True)
+        mlflow.delete_webhook(hook.webhook_id)
+        op.stop()
+        op = start_operator(kubeconfig, ns, mlflow_url, root / "op", poll_s=5)
+        for _ in range(args.rounds):
+            nxt = v["good2"] if current == v["good1"] else v["good1"]
+            poll.append(w.time_to_canary(nxt))
+            current = nxt
+            print(f"  poll (5 s) -> canary {poll[-1]:.2f}s", flush=True)
+
+        # baseline: the least a rollback does -- one server-side apply of the InferenceService, one alias move
+        isvc = kube.get(*ISVC, "bench", ns, client=admin)
+        body = {"apiVersion": isvc["apiVersion"], "kind": isvc["kind"],
+                "metadata": {"name": "bench", "namespace": ns, "annotations": isvc["metadata"]["annotations"]},
+                "spec": isvc["spec"]}
+        base = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            kube.apply(body, client=admin)
+            mlflow.set_registered_model_alias(model, "bench-baseline", current)
+            base.append(time.monotonic() - t0)
+        med = {k: statistics.median(x) for k, x in (("webhook", webhook), ("rollback", rollback), ("poll", poll),
+                                                    ("base", base))}
+        print(f"\nwebhook delivery -> canary InferenceService: median {med['webhook']:.2f}s "
+              f"(min {min(webhook):.2f}, max {max(webhook):.2f}; target <= 2 s; poll was 30 s)")
+        print(f"alias change, webhooks off, poll 5 s -> canary: median {med['poll']:.2f}s "
+              f"(min {min(poll):.2f}, max {max(poll):.2f}; bound 5 s + one reconcile)")
+        print(f"failing gate decision -> rollback done (alias + traffic): median {med['rollback']:.2f}s "
+              f"(min {min(rollback):.2f}, max {max(rollback):.2f}; target <= 5 s)")
+        print(f"baseline (one InferenceService apply + one alias move): {med['base'] * 1000:.0f} ms; "
+              f"rollback / baseline x{med['rollback'] / med['base']:.1f}")
+    finally:
+        if op is not None:
+            op.stop()
+        stop_process_group(mlflow_proc)
+        control_plane.down(root / "cluster", echo=lambda line: None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
