@@ -23,7 +23,7 @@ export RAY_AUTH_MODE ?= disabled
 CONFIG ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: run test bench venv lock clean stop pipeline images cluster cluster-down k8s-binaries
+.PHONY: run test bench venv lock clean stop pipeline images cluster cluster-down k8s-binaries demo
 
 venv: $(STAMP)
 
@@ -75,6 +75,11 @@ test: $(STAMP) k8s-binaries
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # A local Kubernetes control plane (with the KServe / KubeRay stand-ins) under .state/cluster.
+# The operator loop on lmops cluster (start it first: make cluster): kubectl apply a training job, promote
+# its version, a canary promoted, a broken version rolled back by itself (alias and traffic).
+demo: $(STAMP)
+	$(BIN)/python -m lmops.operator.demo
+
 cluster: $(STAMP) k8s-binaries
 	LMOPS_STATE_DIR=$(CURDIR)/.state $(BIN)/lmops cluster up
 
