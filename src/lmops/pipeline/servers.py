@@ -76,13 +76,13 @@ def ensure_ray() -> tuple[str, bool]:
     """(GCS address, started now) of the local Ray runtime: the recorded one while it answers, else a new one."""
     from lmops.train.ray_head import gcs_answers, start_ray_head
 
-    rec = _read(RAY)
+    rec = read_record(RAY)
     if rec is not None:
         if gcs_answers(rec["address"]):
             return rec["address"], False
         stop(RAY)
     proc, address = start_ray_head(state_dir() / "logs" / "ray-head.log")
-    _write(RAY, {"kind": "ray", "address": address, "pid": proc.pid, "pgid": proc.pid})
+    write_record(RAY, {"kind": "ray", "address": address, "pid": proc.pid, "pgid": proc.pid})
     return address, True
 
 
