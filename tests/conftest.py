@@ -118,11 +118,17 @@ def ray_address(ray_runtime) -> str:
 from lmops.registry.local_server import start_mlflow_server, stop_process_group  # noqa: E402,F401
 
 
+# Registry webhooks to loopback receivers (the operator's, in tests): http allowed, private IPs allowed, and
+# a fixed key for the secrets MLflow stores encrypted (test-only key)
+WEBHOOK_ENV = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+               "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "bG1vcHMtdGVzdHMtb25seS1mZXJuZXQta2V5LTAwMDE="}
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """One real MLflow tracking + registry server for the whole session (start-up is 10-40 s); its URL."""
     root = tmp_path_factory.mktemp("mlflow")
-    proc, url = start_mlflow_server(root, str(root / "artifacts"))
+    proc, url = start_mlflow_server(root, str(root / "artifacts"), env=WEBHOOK_ENV)
     try:
         yield url
     finally:

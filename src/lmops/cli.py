@@ -204,6 +204,14 @@ def cmd_lineage(args: argparse.Namespace) -> dict:
     return info
 
 
+def cmd_operator(args: argparse.Namespace) -> dict:
+    """Runs until SIGTERM/Ctrl-C (kopf stops the loops, the webhook receiver and its own server)."""
+    from lmops.operator.run import run
+
+    run(args)
+    return {}
+
+
 def cmd_sample_corpus(args: argparse.Namespace) -> dict:
     from lmops.data.sample_corpus import make_sample_corpus
 
@@ -295,6 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
                                   " models:/NAME@ALIAS")
     sp.add_argument("version", nargs="?", help="version number, after NAME (as for promote)")
     sp.add_argument("--tracking-uri", help=TRACKING_HELP)
+    sp = sub.add_parser("operator", help="run the operator: LMTrainingJob runs, ModelDeployment canaries and rollbacks")
+    sp.add_argument("--namespace", action="append", help="watch this namespace (repeatable; default: all)")
+    sp.add_argument("--tracking-uri", help="MLflow server for resources that name none (default: $MLFLOW_TRACKING_URI)")
+    sp.add_argument("--poll-seconds", type=float, default=10.0,
+                    help="longest wait between two reconciles: the registry poll when webhooks are lost or off")
+    sp.add_argument("--webhook-port", type=int, help="serve the MLflow webhook receiver on this port"
+                                                     " (secret in $LMOPS_WEBHOOK_SECRET; default: off)")
+    sp.add_argument("--webhook-host", default="127.0.0.1", help="bind address of the receiver (0.0.0.0 in a pod)")
+    sp.add_argument("--health-port", type=int, default=0, help="kopf's liveness endpoint /healthz (0: off)")
+    sp.add_argument("--health-host", default="127.0.0.1")
+    sp.add_argument("--runs-dir", default=".state/operator-runs", help="local executor: one folder per run")
+    sp.add_argument("--handlers", help="kopf handlers file (default: operators/handlers.py)")
+    sp.set_defaults(fn=cmd_operator)
     from lmops.cluster.commands import add_parser as add_cluster
 
     add_cluster(sub)

@@ -345,3 +345,31 @@ def wait_for(api_version: str, kind: str, name: str, namespace: str | None, pred
         if time.monotonic() > deadline:
             raise KubeError(f"{kind} {namespace or ''}/{name}: condition not reached in {timeout_s:.0f}s")
         time.sleep(poll_s)
+
+
+def create_event(obj: dict[str, Any], *, name: str, reason: str, message: str, type_: str = "Normal",
+                 component: str = "lmops-operator", client=None) -> bool:
+    """A core/v1 Event about ``obj``; ``name`` makes it idempotent (False when it already exists)."""
+    import datetime as dt
+
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    meta = obj["metadata"]
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "reason": reason, "message": message[:1024], "type": type_, "source": {"component": component},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1, "reportingComponent": component}
+    what = f"Event {meta['namespace']}/{name}"
+    try:
+        k8s.CoreV1Api(client or api_client()).create_namespaced_event(meta["namespace"], body)
+    except ApiException as e:
+        if e.status == 409:
+            return False
+        raise KubeError(f"{what}: create refused: {e.status} {_body(e).get('message') or e.reason}", e.status) from None
+    except HTTPError as e:
+        raise _unreachable(client, what, e) from None
+    return True

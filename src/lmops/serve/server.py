@@ -27,6 +27,7 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 
 from lmops.config import ServeConfig
+from lmops.serve import http_metrics
 from lmops.serve.guard import RequestGuard
 from lmops.serve.model import LmopsModel
 from lmops.serve.openai_api import register_openai_routes
@@ -122,8 +123,9 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            access_log.info("%s %s %d %.2f ms", scope["method"], scope["path"], status,
-                            (time.perf_counter() - t0) * 1000)
+            seconds = time.perf_counter() - t0
+            http_metrics.observe(scope["path"], status, seconds)
+            access_log.info("%s %s %d %.2f ms", scope["method"], scope["path"], status, seconds * 1000)
 
 
 class OneLineClientErrors(logging.Filter):

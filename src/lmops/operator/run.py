@@ -1,0 +1,50 @@
+"""`lmops operator`: run the kopf operator (operators/handlers.py) with lmops' settings."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from lmops.config import REPO_ROOT
+from lmops.errors import LmopsError
+from lmops.operator import runtime
+from lmops.operator.settings import Settings
+
+HANDLERS = REPO_ROOT / "operators" / "handlers.py"
+SECRET_ENV = "LMOPS_WEBHOOK_SECRET"
+
+
+def settings_from(args) -> Settings:
+    secret = os.environ.get(SECRET_ENV)
+    port = None if args.webhook_port is None or args.webhook_port < 0 else args.webhook_port
+    if port is not None and not secret:
+        raise LmopsError(f"--webhook-port needs the shared secret in ${SECRET_ENV} (deliveries are HMAC-verified);"
+                         " or leave the receiver off and rely on the poll")
+    return Settings(tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), poll_s=args.poll_seconds,
+                    runs_dir=Path(args.runs_dir), webhook_host=args.webhook_host, webhook_port=port,
+                    webhook_secret=secret, namespaces=list(args.namespace or []))
+
+
+def load_handlers(path: Path = HANDLERS) -> None:
+    if not path.is_file():
+        raise LmopsError(f"operator handlers not found at {path} (set --handlers)")
+    spec = importlib.util.spec_from_file_location("lmops_operator_handlers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # registers the handlers with kopf's default registry
+
+
+def run(args) -> int:
+    import kopf
+
+    settings = settings_from(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    runtime.configure(settings)
+    load_handlers(Path(args.handlers) if args.handlers else HANDLERS)
+    namespaces = settings.namespaces or None
+    asyncio.run(kopf.operator(standalone=True, namespaces=namespaces, clusterwide=namespaces is None,
+                              liveness_endpoint=f"http://{args.health_host}:{args.health_port}/healthz"
+                              if args.health_port else None))
+    return 0

@@ -1,0 +1,25 @@
+"""The operator's settings (from `lmops operator` flags and the environment)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class Settings:
+    tracking_uri: str | None = None
+    """MLflow server for resources that do not name one ($MLFLOW_TRACKING_URI)."""
+    poll_s: float = 10.0
+    """Longest wait between two reconciles of a resource: the registry poll that is the truth when
+    webhooks are lost or off."""
+    probe_timeout_s: float = 30.0
+    runs_dir: Path = Path(".state/operator-runs")
+    """Where the local executor keeps one folder per run."""
+    kfp_client_factory: Callable[[str], Any] | None = None
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int | None = None
+    """None: no webhook receiver (poll only)."""
+    webhook_secret: str | None = None
+    namespaces: list[str] = field(default_factory=list)

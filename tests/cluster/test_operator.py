@@ -1,0 +1,317 @@
+"""The operator on `lmops cluster` (real API server with RBAC, the KServe stand-in's real model servers), a real
+MLflow server, running as its own process with the ServiceAccount token of manifests/rbac.
+
+One model, four versions: v1 and v2 good (untrained, different seeds: the same bits per byte within a few
+percent), v3 loads but scores far worse (its final norm scaled up: confident and wrong), v4 does not load
+(a version with no model files).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from operator_world import SECRET, service_account_kubeconfig, start_operator, wait_for  # noqa: I001 (first: sys.path)
+
+from chain import make_chain, make_checkpoint
+from lmops import kube
+from lmops.crd import API_VERSION
+from lmops.manifest import read_manifest, run_stage
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+MD, ISVC = "ModelDeployment", ("serving.kserve.io/v1beta1", "InferenceService")
+PROBE = ["the registry keeps model versions with tags aliases and lineage",
+         "a served model can always be traced back to its datasets and raw sources",
+         "digests of checkpoints tokens datasets and raw sources"]
+
+
+def make_worse(checkpoint: Path, out: Path) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    def produce(tmp: Path) -> dict:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint)
+        with torch.no_grad():
+            model.model.norm.weight.mul_(40.0)  # sharp, random logits: confidently wrong
+        model.save_pretrained(tmp)
+        for f in checkpoint.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens", "generation_config")):
+                shutil.copy2(f, tmp / f.name)
+        return {"counts": {}}
+
+    run_stage("worse", out, code="tests.cluster", config={"norm_scale": 40.0},
+              inputs={"checkpoint": {"digest": read_manifest(checkpoint).digest, "path": str(checkpoint)}},
+              produce=produce, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory, mlflow_server):
+    """(model name, {label: version}) registered in the session's MLflow."""
+    from mlflow import MlflowClient
+
+    from lmops.config import RegistryConfig
+    from lmops.gates import Verdict
+    from lmops.registry import Variant, register_variants
+
+    root = tmp_path_factory.mktemp("versions")
+    chain = make_chain(root / "chain")
+    dirs = {"good1": chain.checkpoint, "good2": make_checkpoint(chain.tokens, root / "good2", seed=1)}
+    dirs["worse"] = make_worse(chain.checkpoint, root / "worse")
+    name = f"lm-{uuid.uuid4().hex[:6]}"
+    cfg = RegistryConfig(tracking_uri=mlflow_server, model_name=name)
+    out = {}
+    for label, d in dirs.items():
+        reg = register_variants([Variant("fp32", d, {"perplexity": 1.0}, Verdict(True, ["PASS test"]))], cfg)
+        out[label] = reg.versions[0].version
+    client = MlflowClient(mlflow_server)
+    run = client.create_run("0")
+    out["broken"] = str(client.create_model_version(name, f"{run.info.artifact_uri}/model", run.info.run_id).version)
+    return name, out
+
+
+@pytest.fixture
+def operator_env(kube_cluster, kube_namespace, tmp_path, mlflow_server):
+    kubeconfig, token = service_account_kubeconfig(kube_cluster, kube_namespace, tmp_path / "sa.kubeconfig")
+    return kube_cluster, kube_namespace, kubeconfig, token
+
+
+def md_body(name: str, model: str, **rollout) -> dict:
+    return {"apiVersion": API_VERSION, "kind": MD, "metadata": {"name": name},
+            "spec": {"model": {"name": model, "alias": "champion"},
+                     "rollout": {"steps": [{"trafficPercent": 20, "pauseSeconds": 1},
+                                           {"trafficPercent": 50, "pauseSeconds": 1}],
+                                 "gates": {"readyTimeoutSeconds": 120, "maxErrorRate": 0.05, "latencyP95Ms": 10000,
+                                           "qualityProbe": {"texts": PROBE, "maxRegression": 0.10}},
+                                 **rollout}}}
+
+
+def status(admin, ns, name) -> dict:
+    return ((kube.get(API_VERSION, MD, name, ns, client=admin) or {}).get("status")) or {}
+
+
+def outcomes(st: dict) -> list[tuple[str, str]]:
+    return [(e["version"], e["outcome"]) for e in st.get("history") or []]
+
+
+def set_alias(mlflow_server, model, version):
+    from mlflow import MlflowClient
+
+    MlflowClient(mlflow_server).set_registered_model_alias(model, "champion", version)
+
+
+def alias(mlflow_server, model):
+    from mlflow import MlflowClient
+
+    return str(MlflowClient(mlflow_server).get_model_version_by_alias(model, "champion").version)
+
+
+def served(admin, ns, name) -> tuple[str | None, int | None]:
+    isvc = kube.get(*ISVC, name, ns, client=admin) or {}
+    pred = (isvc.get("spec") or {}).get("predictor") or {}
+    args = (pred.get("containers") or [{}])[0].get("args") or []
+    uri = next((a for a in args if a.startswith("models:/")), None)
+    return (uri.rsplit("/", 1)[1] if uri else None), pred.get("canaryTrafficPercent")
+
+
+def test_rollout_promote_and_roll_back(operator_env, versions, mlflow_server, tmp_path):
+    cluster, ns, kubeconfig, _ = operator_env
+    admin = cluster.client()
+    model, v = versions
+    set_alias(mlflow_server, model, v["good1"])
+    op = start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=2)
+    try:
+        kube.apply({**md_body("demo", model), "metadata": {"name": "demo", "namespace": ns}}, client=admin)
+        wait_for("first version deployed and ready", lambda: (lambda s: s.get("stableVersion") == v["good1"] and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in s.get("conditions") or []))(status(admin, ns, "demo")),
+            180, operator=op, describe=lambda: status(admin, ns, 'demo').get('history'))
+        isvc = kube.get(*ISVC, "demo", ns, client=admin)
+        assert isvc["metadata"]["ownerReferences"][0]["kind"] == MD
+
+        # a good version: canary at 20%, then 50%, then promoted
+        set_alias(mlflow_server, model, v["good2"])
+        seen = set()
+
+        def promoted():
+            seen.add(served(admin, ns, "demo"))
+            return (v["good2"], "Promoted") in outcomes(status(admin, ns, "demo"))
+        wait_for("good version promoted", promoted, 240, operator=op, describe=lambda: status(admin, ns, 'demo').get('history'))
+        assert (v["good2"], 20) in seen or (v["good2"], 50) in seen, seen
+        wait_for("InferenceService on the promoted version", lambda: served(admin, ns, "demo") == (v["good2"], None), 30)
+        st = status(admin, ns, "demo")
+        assert st["phase"] == "Stable" and st["previousVersion"] == v["good1"]
+        assert {r["gate"] for r in st["gateResults"]} >= {"quality", "errorRate"}
+
+        # worse quality: rolled back, traffic and alias
+        for bad, gate in ((v["worse"], "quality"), (v["broken"], "ready")):
+            set_alias(mlflow_server, model, bad)
+            wait_for(f"version {bad} rolled back", lambda: (bad, "RolledBack") in outcomes(status(admin, ns, "demo"))
+                     and status(admin, ns, "demo").get("phase") == "Stable", 240, operator=op, describe=lambda: status(admin, ns, 'demo').get('history'))
+            st = status(admin, ns, "demo")
+            last = st["history"][-1]
+            assert last["version"] == bad and f"gate {gate} failed" in last["reason"]
+            assert st["stableVersion"] == v["good2"]
+            assert alias(mlflow_server, model) == v["good2"], "the alias is moved back"
+            wait_for("traffic back on the stable version", lambda: served(admin, ns, "demo") == (v["good2"], None), 30)
+            from mlflow import MlflowClient
+
+            tags = MlflowClient(mlflow_server).get_model_version(model, bad).tags
+            assert tags["lmops.rollout.outcome"] == "RolledBack" and f"gate {gate} failed" in tags["lmops.rollout.reason"]
+            events, _ = kube.list_objects("v1", "Event", ns, client=admin)
+            assert any(e["reason"] == "RolledBack" and f"version {bad}" in e["message"] for e in events)
+        assert sum(o == "Promoted" for _, o in outcomes(status(admin, ns, "demo"))) == 1
+    finally:
+        op.stop()
+
+
+def test_operator_token_is_least_privilege(operator_env):
+    cluster, ns, _, token = operator_env
+    sa = cluster.client(token)
+    with pytest.raises(kube.KubeError) as e:
+        kube.delete(*ISVC, "anything", ns, client=sa)  # the operator never deletes (ownership does)
+    assert e.value.status == 403
+    with pytest.raises(kube.KubeError) as e:
+        kube.get("v1", "Secret", "anything", ns, client=sa)
+    assert e.value.status == 403
+    with pytest.raises(kube.KubeError) as e:
+        kube.list_objects(API_VERSION, MD, "default", client=sa)  # another namespace
+    assert e.value.status == 403
+    assert kube.list_objects(API_VERSION, MD, ns, client=sa)[0] == []
+
+
+def test_invalid_resources_refused_or_flagged(operator_env, mlflow_server, tmp_path):
+    cluster, ns, kubeconfig, _ = operator_env
+    admin = cluster.client()
+    bad = md_body("bad-enum", "m")
+    bad["metadata"]["namespace"] = ns
+    bad["spec"]["serving"] = {"runtime": "vllm"}
+    with pytest.raises(kube.KubeError) as e:
+        kube.apply(bad, client=admin)
+    assert e.value.status == 422 and "spec.serving.runtime" in str(e.value)
+    flagged = md_body("falling", "m", steps=[{"trafficPercent": 50}, {"trafficPercent": 20}])
+    flagged["metadata"]["namespace"] = ns
+    kube.apply(flagged, client=admin)
+    op = start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=2)
+    try:
+        cond = wait_for("SpecValid=False", lambda: next((c for c in status(admin, ns, "falling").get("conditions") or []
+                                                         if c["type"] == "SpecValid" and c["status"] == "False"), None),
+                        60, operator=op, describe=lambda: status(admin, ns, 'falling'))
+        assert "spec.rollout.steps[1].trafficPercent" in cond["message"]
+        assert kube.get(*ISVC, "falling", ns, client=admin) is None, "nothing is served from an invalid spec"
+    finally:
+        op.stop()
+
+
+def canary_applied(admin, ns, name, version) -> bool:
+    isvc = kube.get(*ISVC, name, ns, client=admin) or {}
+    return (isvc.get("metadata") or {}).get("annotations", {}).get("lmops.dev/canary-version") == version
+
+
+def deployed(admin, ns, name, version):
+    return lambda: (lambda s: s.get("stableVersion") == version and s.get("phase") == "Stable" and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in s.get("conditions") or []))(status(admin, ns, name))
+
+
+@pytest.mark.parametrize("path", ["webhook", "poll"])
+def test_webhook_and_poll_paths_converge(path, operator_env, versions, mlflow_server, tmp_path):
+    """With webhooks the canary starts within seconds although the poll is a minute; with webhooks off the poll
+    alone gets there."""
+    from mlflow import MlflowClient
+
+    from conftest import free_port
+
+    cluster, ns, kubeconfig, _ = operator_env
+    admin = cluster.client()
+    model, v = versions
+    set_alias(mlflow_server, model, v["good1"])
+    port = free_port() if path == "webhook" else None
+    op = start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=60 if port else 2, webhook_port=port)
+    client = MlflowClient(mlflow_server)
+    hook = None
+    name = f"md-{path}"
+    try:
+        if port:
+            wait_for("webhook receiver up", lambda: _port_open(port), 30, operator=op)
+            hook = client.create_webhook(name=f"{name}-{uuid.uuid4().hex[:4]}", url=op.webhook_url, secret=SECRET,
+                                         events=["model_version_alias.created"])
+        kube.apply({**md_body(name, model), "metadata": {"name": name, "namespace": ns}}, client=admin)
+        wait_for("first version deployed", deployed(admin, ns, name, v["good1"]), 180, operator=op)
+        t0 = time.monotonic()
+        set_alias(mlflow_server, model, v["good2"])
+        wait_for("canary InferenceService", lambda: canary_applied(admin, ns, name, v["good2"]), 90, interval=0.05,
+                 operator=op)
+        took = time.monotonic() - t0
+        assert took < (10 if port else 30), f"{path}: canary after {took:.1f}s"
+        wait_for("promoted", lambda: (v["good2"], "Promoted") in outcomes(status(admin, ns, name)), 240, operator=op,
+                 describe=lambda: status(admin, ns, name).get("history"))
+    finally:
+        if hook is not None:
+            client.delete_webhook(hook.webhook_id)
+        op.stop()
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env, versions, mlflow_server, tmp_path):
+    """The operator is SIGKILLed as soon as each state is seen, and restarted: canary recorded, canary applied,
+    second step, promoted, rollback recorded, rollback done. The end is the uninterrupted end: one promotion,
+    one rollback, history entries unique and in order, alias and traffic right."""
+    cluster, ns, kubeconfig, _ = operator_env
+    admin = cluster.client()
+    model, v = versions
+    set_alias(mlflow_server, model, v["good1"])
+    name = "md-kill"
+    start = lambda: start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=1)  # noqa: E731
+    op = start()
+    kube.apply({**md_body(name, model), "metadata": {"name": name, "namespace": ns}}, client=admin)
+    kills = []
+    try:
+        wait_for("first version deployed", deployed(admin, ns, name, v["good1"]), 180, operator=op)
+        points = [
+            ("canary recorded", lambda s: s.get("phase") == "Progressing"),
+            ("canary applied", lambda s: canary_applied(admin, ns, name, v["good2"])),
+            ("second step", lambda s: s.get("canaryTrafficPercent") == 50),
+            ("promoted", lambda s: (v["good2"], "Promoted") in outcomes(s)),
+        ]
+        set_alias(mlflow_server, model, v["good2"])
+        for label, seen in points:
+            wait_for(label, lambda: seen(status(admin, ns, name)), 240, interval=0.05, operator=op,
+                     describe=lambda: status(admin, ns, name).get("history"))
+            op.kill()
+            kills.append(label)
+            op = start()
+        wait_for("promotion finished", deployed(admin, ns, name, v["good2"]), 120, operator=op)
+        set_alias(mlflow_server, model, v["worse"])
+        for label, seen in [("rollback recorded", lambda s: s.get("phase") == "RollingBack"
+                             or (v["worse"], "RolledBack") in outcomes(s)),
+                            ("alias reverted", lambda s: alias(mlflow_server, model) == v["good2"])]:
+            wait_for(label, lambda: seen(status(admin, ns, name)), 240, interval=0.05, operator=op,
+                     describe=lambda: status(admin, ns, name).get("history"))
+            op.kill()
+            kills.append(label)
+            op = start()
+        wait_for("rollback finished", lambda: status(admin, ns, name).get("phase") == "Stable"
+                 and served(admin, ns, name) == (v["good2"], None), 120, operator=op)
+        st = status(admin, ns, name)
+        assert kills == ["canary recorded", "canary applied", "second step", "promoted", "rollback recorded",
+                         "alias reverted"]
+        assert outcomes(st) == [(v["good1"], "Deployed"), (v["good2"], "CanaryStarted"), (v["good2"], "Promoted"),
+                                (v["worse"], "CanaryStarted"), (v["worse"], "RolledBack")]
+        seqs = [e["seq"] for e in st["history"]]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert alias(mlflow_server, model) == v["good2"] and st["stableVersion"] == v["good2"]
+        wait_for("every outcome notified once", lambda: status(admin, ns, name).get("notifiedSeq") == seqs[-1], 30)
+        events, _ = kube.list_objects("v1", "Event", ns, client=admin)
+        mine = [e for e in events if e["involvedObject"]["name"] == name and e["source"].get("component") == "lmops-operator"]
+        assert sorted(e["reason"] for e in mine) == sorted(o for _, o in outcomes(st))
+    finally:
+        op.stop()

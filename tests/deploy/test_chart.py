@@ -1,0 +1,94 @@
+"""The Helm chart and manifests/, offline: rendered (helm-python-sdk), linted, strictly validated against
+Kubernetes 1.30 and the newest schemas (kubernetes-validate), CRDs and RBAC equal to manifests/, security
+settings of the operator Deployment. Installing on the real API server is in tests/cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "lmops"
+VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+
+
+def render(values=None) -> list[dict]:
+    from helm_python.chart import Chart
+
+    with Chart.load(str(CHART)) as chart:
+        out = chart.render(values or {}, name="lmops", namespace="lmops")
+    return [d for text in out.values() for d in yaml.safe_load_all(text) if d]
+
+
+def manifests() -> list[dict]:
+    return [d for p in sorted((REPO / "manifests").glob("*/*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+def test_lint_clean():
+    from helm_python.chart import lint
+
+    result = lint(str(CHART))
+    assert result["errors"] == [] and all(m["severity"] < 3 for m in result["messages"]), result
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("values", [{}, {"mlflow": {"enabled": True, "trackingUri": "http://mlflow:5000"}},
+                                    {"webhook": {"enabled": False}}])
+def test_rendered_chart_is_strictly_valid(values, version):
+    docs = render(values)
+    assert {d["kind"] for d in docs} >= {"ServiceAccount", "Role", "RoleBinding", "Deployment"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_manifests_are_strictly_valid(version):
+    docs = manifests()
+    assert {d["kind"] for d in docs} >= {"CustomResourceDefinition", "Role", "Deployment", "Service", "LMTrainingJob"}
+    for doc in docs:
+        if doc["apiVersion"].startswith("lmops.dev/"):
+            continue  # our kinds: validated against our CRDs in tests/crd
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_chart_crds_are_the_manifests_crds():
+    ours = sorted(p.name for p in (REPO / "manifests" / "crds").glob("*.yaml"))
+    assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == ours
+    for name in ours:
+        assert (CHART / "crds" / name).read_bytes() == (REPO / "manifests" / "crds" / name).read_bytes(), name
+
+
+def test_chart_role_is_the_manifests_role():
+    role = next(d for d in render() if d["kind"] == "Role")
+    assert role["rules"] == yaml.safe_load((REPO / "manifests" / "rbac" / "role.yaml").read_text())["rules"]
+
+
+@pytest.mark.parametrize("source", ["chart", "manifests"])
+def test_operator_deployment_is_locked_down(source):
+    docs = render() if source == "chart" else manifests()
+    dep = next(d for d in docs if d["kind"] == "Deployment" and "operator" in d["metadata"]["name"])
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+    assert c["livenessProbe"]["httpGet"] and c["readinessProbe"]["httpGet"]
+    assert pod["serviceAccountName"].endswith("operator")
+    assert not any("value" in e and "SECRET" in e["name"] for e in c["env"]), "secrets only by reference"
+
+
+@pytest.mark.parametrize("values,where", [({"webhook": {"enabled": "yes"}}, "enabled"),
+                                          ({"operator": {"pollSeconds": 0}}, "pollSeconds"),
+                                          ({"mlflow": {"trackingUri": "mlflow:5000"}}, "trackingUri"),
+                                          ({"imagee": {}}, "imagee")])
+def test_values_schema_refuses(values, where):
+    from helm_python.chart import Chart
+
+    with Chart.load(str(CHART)) as chart:
+        with pytest.raises(Exception) as e:
+            chart.validate_schema(values)
+    assert where in str(e.value)

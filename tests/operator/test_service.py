@@ -1,0 +1,70 @@
+"""The owned InferenceService: rendered from the desired service (valid against KServe's CRD schema), read back
+from the status KServe (here: its stand-in's shape) writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from lmops.crd import parse_deployment
+from lmops.operator.service import observe, render
+from lmops.rollout import DesiredService
+
+MD = {"metadata": {"name": "demo", "namespace": "ns", "uid": "0123456789ab"}}
+SCHEMA = Path(__file__).resolve().parents[1] / "serve" / "inferenceservice_v1beta1_schema.yaml"
+
+
+def spec(**serving):
+    return parse_deployment({"model": {"name": "lm"}, "serving": serving})
+
+
+@pytest.mark.parametrize("desired,percent", [(DesiredService("1"), None), (DesiredService("1", "2", 10), 10),
+                                             (DesiredService("1", "2", None), None)])
+def test_render(desired, percent):
+    isvc = render(MD, spec(tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]), desired,
+                  "http://mlflow:5000")
+    pred = isvc["spec"]["predictor"]
+    # the trimmed schema of tests/serve knows every field we render but tolerations (checked below)
+    checked = {**isvc, "spec": {"predictor": {k: v for k, v in pred.items() if k != "tolerations"}}}
+    jsonschema.validate(checked, yaml.safe_load(SCHEMA.read_text()))
+    assert pred.get("canaryTrafficPercent") == percent
+    assert f"models:/lm/{desired.serving}" in pred["containers"][0]["args"]
+    assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"} in pred["containers"][0]["env"]
+    owner = isvc["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("ModelDeployment", "0123456789ab", True)
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/enable-tag-routing"] == "true"
+    assert pred["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert observe(isvc).applied == desired
+
+
+def with_status(isvc, generation=1, **predictor):
+    isvc["metadata"]["generation"] = generation
+    ready = predictor.pop("ready", {"status": "True"})
+    isvc["status"] = {"observedGeneration": 1, "url": predictor.pop("url", None),
+                      "components": {"predictor": predictor}, "conditions": [{"type": "Ready", **ready}]}
+    return isvc
+
+
+def test_observe_canary_with_tag_urls():
+    isvc = with_status(render(MD, spec(), DesiredService("1", "2", 10), None), latestCreatedRevision="demo-predictor-00002",
+                       latestReadyRevision="demo-predictor-00002", url="http://127.0.0.1:1",
+                       traffic=[{"revisionName": "demo-predictor-00002", "percent": 10, "tag": "latest",
+                                 "latestRevision": True, "url": "http://127.0.0.1:2"},
+                                {"revisionName": "demo-predictor-00001", "percent": 90, "tag": "prev",
+                                 "latestRevision": False, "url": "http://127.0.0.1:1"}])
+    s = observe(isvc)
+    assert s.current and s.latest_ready and s.latest_failed is None
+    assert (s.canary_url, s.stable_url) == ("http://127.0.0.1:2", "http://127.0.0.1:1")
+
+
+def test_observe_failed_and_stale():
+    isvc = with_status(render(MD, spec(), DesiredService("1", "2", 10), None), latestCreatedRevision="r2",
+                       latestReadyRevision="r1",
+                       ready={"status": "False", "reason": "RevisionFailed", "message": 'Revision "r2" failed: OOM'})
+    s = observe(isvc)
+    assert not s.latest_ready and "OOM" in s.latest_failed
+    assert not observe(with_status(render(MD, spec(), DesiredService("1"), None), generation=2)).current
+    assert observe(None) is None
