@@ -161,3 +161,17 @@ def kube_namespace(kube_cluster, request):
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, client=kube_cluster.client())
     yield name
     kube.delete("v1", "Namespace", name, None, client=kube_cluster.client())
+
+
+@pytest.fixture
+def kube_s3_secret(kube_cluster, kube_namespace) -> str:
+    """The Secret ``s3-creds`` in the test's namespace: the moto S3 credentials (the ``s3`` fixture's), which a
+    RayJob's pods get through envFrom (kuberay.env_from_secrets) as on a real cluster. Yields its name."""
+    import base64
+
+    from lmops import kube
+
+    data = {k: base64.b64encode(b"testing").decode() for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": kube_namespace},
+                "data": data}, client=kube_cluster.client())
+    return "s3-creds"

@@ -7,6 +7,7 @@ environment that drifted from the lock (what a fresh clone gets is what the test
 from __future__ import annotations
 
 import re
+import sysconfig
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -77,7 +78,10 @@ def test_lock_pins_torch_to_the_version_make_installs_first():
 
 def test_environment_has_exactly_the_locked_versions():
     pins = locked_pins()
-    installed = {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in metadata.distributions()}
+    # the environment's own site-packages: not sys.path, which other imports extend (Ray puts its vendored
+    # thirdparty_files there once imported elsewhere in the session)
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    installed = {canonicalize_name(d.metadata["Name"]): Version(d.version) for d in metadata.distributions(path=site)}
     # A CUDA torch (TORCH_INDEX_URL) brings its nvidia-* libraries, which the CPU lock cannot list.
     torch_needs = {canonicalize_name(Requirement(r).name) for r in (metadata.requires("torch") or [])}
     wrong = [f"{n}: installed {installed.get(n, 'nothing')}, locked {v}"

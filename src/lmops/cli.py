@@ -102,7 +102,7 @@ def cmd_pipeline(args: argparse.Namespace) -> dict:
                            tracking_uri=cfg.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
                            # a Ray cluster of the user's (RAY_ADDRESS) is used; else the recorded local one
                            ray_address=os.environ.get("RAY_ADDRESS"),
-                           quiet_kfp=not args.verbose)
+                           quiet_kfp=not args.verbose, launcher=args.launcher, deploy_target=args.deploy_target)
     if not args.json:
         print_summary(summary)
     return summary
@@ -260,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model-name", help="run: registered model name (default: registry.model_name)")
     sp.add_argument("--source", action="append", default=[], help="run: a data source (repeatable)")
     sp.add_argument("--verbose", action="store_true", help="run: kfp's full task log (executor inputs included)")
+    sp.add_argument("--launcher", choices=["local", "kuberay"], default="local",
+                    help="run: train with a local Ray (default), or submit a RayJob to $KUBECONFIG's cluster"
+                         " (needs --set kuberay.staging_uri=s3://...)")
+    sp.add_argument("--deploy-target", choices=["local", "kubernetes"], default="local",
+                    help="run: a local model server (default), or an InferenceService on $KUBECONFIG's cluster")
     sp = stage("stop", cmd_stop, "stop the local servers a pipeline run left up (MLflow, model servers)")
     stage("config", cmd_config, "print the resolved configuration")
     sp = stage("serve", cmd_serve, "stage 7: serve a model (KServe v1/v2 REST and gRPC + OpenAI) on 127.0.0.1")

@@ -5,23 +5,14 @@ server, and a failing stage stops the run with its error."""
 
 from __future__ import annotations
 
-import json
-import random
-
 import pytest
 import requests
+from micro_pipeline import MICRO, write_corpus
 
 from lmops.pipeline import servers
 from lmops.pipeline.local import PipelineRunError, run_pipeline
 
 pytestmark = pytest.mark.slow
-MICRO = ["train.max_steps=12", "train.eval_every=6", "train.eval_batches=2", "train.checkpoint_every=12",
-         "train.log_every=6", "train.micro_batch_size=8", "train.block_size=64", "tokenize.vocab_size=400",
-         "evaluate.block_size=64", "evaluate.max_blocks=8", "evaluate.latency_repeats=1",
-         "evaluate.latency_new_tokens=4", "compress.distill.enabled=false", "compress.prune.recovery_steps=0",
-         "build.min_chars=1", "serve.max_prompt_tokens=64", "serve.port=0"]
-WORDS = ("def return import class self value list dict index loop print string number module function "
-         "argument result error file path").split()
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +20,7 @@ def state(tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("pipeline")
     monkeypatch_module.setenv("LMOPS_STATE_DIR", str(root / "state"))
     monkeypatch_module.chdir(root)  # relative paths of the config (workdir) land here, not in the checkout
-    corpus = root / "corpus"
-    corpus.mkdir()
-    rng = random.Random(0)
-    with open(corpus / "docs.jsonl", "w") as f:
-        for _ in range(400):
-            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60)))}) + "\n")
-    yield root, corpus
+    yield root, write_corpus(root / "corpus")
     servers.stop_all()
 
 

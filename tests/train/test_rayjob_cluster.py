@@ -17,7 +17,7 @@ from lmops.train.rayjob import RayJobError, render_rayjob, submit_and_wait, trai
 
 pytestmark = pytest.mark.cluster
 API, KIND = "ray.io/v1", "RayJob"
-SECRET = "s3-creds"
+SECRET = "s3-creds"  # the kube_s3_secret fixture's
 
 
 def _cfg(ns: str, tmp_path, **train):
@@ -27,13 +27,6 @@ def _cfg(ns: str, tmp_path, **train):
                     "poll_s": 0.2, "timeout_s": 300},
         "train": {"num_workers": 1, "max_steps": 4, "micro_batch_size": 2, "block_size": 32, "eval_every": 4,
                   "eval_batches": 1, "log_every": 2, "checkpoint_every": 4, "warmup_steps": 1, **train}})
-
-
-def _s3_secret(client, ns: str) -> None:
-    """The Secret the job's pods get their S3 credentials from (envFrom), as on a real cluster."""
-    data = {k: base64.b64encode(b"testing").decode() for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": ns}, "data": data},
-               client=client)
 
 
 def _job(ns: str, tmp_path, name: str, command: str, **spec) -> dict:
@@ -49,10 +42,9 @@ def _python(code: str) -> str:
 
 
 @pytest.mark.slow
-def test_success_the_checkpoint_arrives(kube_cluster, kube_namespace, s3, tiny_tokens, tmp_path):
+def test_success_the_checkpoint_arrives(kube_cluster, kube_namespace, kube_s3_secret, s3, tiny_tokens, tmp_path):
     client, ns = kube_cluster.client(), kube_namespace
     _, bucket = s3
-    _s3_secret(client, ns)
     tokens_uri, ckpt_uri = f"s3://{bucket}/run-1/tokens", f"s3://{bucket}/run-1/checkpoint"
     storage.upload_dir(tiny_tokens, tokens_uri)
     lines: list[str] = []
@@ -69,10 +61,10 @@ def test_success_the_checkpoint_arrives(kube_cluster, kube_namespace, s3, tiny_t
     assert read_manifest(local, "train").metrics["steps"] == 4 and (local / "config.json").is_file()
 
 
-def test_failure_carries_kuberays_reason_and_the_jobs_last_lines(kube_cluster, kube_namespace, s3, tmp_path):
+def test_failure_carries_kuberays_reason_and_the_jobs_last_lines(kube_cluster, kube_namespace, kube_s3_secret, s3,
+                                                                 tmp_path):
     client, ns = kube_cluster.client(), kube_namespace
     _, bucket = s3
-    _s3_secret(client, ns)
     with pytest.raises(RayJobError) as e:
         train_on_kuberay(_cfg(ns, tmp_path), f"s3://{bucket}/missing", f"s3://{bucket}/ckpt", name="lmops-train-bad",
                          log=lambda s: None, client=client)
@@ -82,9 +74,8 @@ def test_failure_carries_kuberays_reason_and_the_jobs_last_lines(kube_cluster, k
     assert kube.get(API, KIND, "lmops-train-bad", ns, client=client) is not None  # kept for inspection
 
 
-def test_timeout_deletes_the_job_and_the_deadline_is_kuberays(kube_cluster, kube_namespace, tmp_path):
+def test_timeout_deletes_the_job_and_the_deadline_is_kuberays(kube_cluster, kube_namespace, kube_s3_secret, tmp_path):
     client, ns = kube_cluster.client(), kube_namespace
-    _s3_secret(client, ns)
     slow = _job(ns, tmp_path, "slow", _python("import time; time.sleep(60)"))
     with pytest.raises(RayJobError, match=r"did not finish within 3s; last seen: deployment Running, job RUNNING\."
                                           r" Deleted it"):
@@ -96,9 +87,8 @@ def test_timeout_deletes_the_job_and_the_deadline_is_kuberays(kube_cluster, kube
         submit_and_wait(late, timeout_s=60, poll_s=0.2, log=lambda s: None, client=client)
 
 
-def test_rerun_reattaches_to_the_running_job(kube_cluster, kube_namespace, tmp_path):
+def test_rerun_reattaches_to_the_running_job(kube_cluster, kube_namespace, kube_s3_secret, tmp_path):
     client, ns = kube_cluster.client(), kube_namespace
-    _s3_secret(client, ns)
     job = _job(ns, tmp_path, "again", _python("import time; time.sleep(4)"))
     kube.apply(job, client=client)  # the first attempt of the train task, then the task is retried
     running = kube.wait_for(API, KIND, "again", ns, lambda o: o and (o.get("status") or {}).get("jobStatus") == "RUNNING",

@@ -70,6 +70,11 @@ class KubeRayConfig(Section):
     and its submitter Job, whose log holds the job's output, stay either way."""
     delete_on_timeout: bool = True
     """When waiting times out, delete the RayJob so its cluster does not keep holding GPUs."""
+    staging_uri: str | None = None
+    """s3:// prefix for a pipeline whose artifacts are not in S3 (kfp's local runner; a Kubeflow whose artifact
+    store is GCS or a volume): the train task uploads the tokens to ``<prefix>/tokens/<digest>/`` (reused by a
+    re-run) and the RayJob writes its checkpoint under ``<prefix>/checkpoints/``, since the job's pods reach
+    only S3. Unused when the artifacts are in S3 or MinIO."""
 
     @field_validator("head_cpu", "head_memory", "worker_cpu", "worker_memory", mode="before")
     @classmethod
@@ -95,6 +100,13 @@ class KubeRayConfig(Section):
         if v is not None and not (DNS_SUBDOMAIN.match(v) and len(v) <= 253):
             raise ValueError("not a valid ServiceAccount name (lower-case letters, digits, '-', '.')")
         return v
+
+    @field_validator("staging_uri")
+    @classmethod
+    def _staging_uri(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("s3://") and len(v.rstrip("/")) > len("s3://")):
+            raise ValueError("expected an s3:// prefix (s3://bucket/path): the RayJob's pods reach only S3")
+        return v.rstrip("/") if v else v
 
     @field_validator("env_from_secrets")
     @classmethod

@@ -29,6 +29,8 @@ from lmops.config import REPO_ROOT, load_config
 from lmops.errors import LmopsError
 from lmops.pipeline import servers
 
+LAUNCHERS = ("local", "kuberay")
+DEPLOY_TARGETS = ("local", "kubernetes")
 TASKS = ("resolve-config", "build", "tokenize", "train", "evaluate", "compress", "register", "deploy")
 
 
@@ -38,15 +40,26 @@ class PipelineRunError(LmopsError, RuntimeError):
 
 def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name: str = "",
                  sources: list[str] | None = None, tracking_uri: str | None = None,
-                 ray_address: str | None = None, quiet_kfp: bool = True) -> dict[str, Any]:
+                 ray_address: str | None = None, quiet_kfp: bool = True, launcher: str = "local",
+                 deploy_target: str = "local") -> dict[str, Any]:
     """Run the whole pipeline locally; returns the summary (see ``summarize``).
 
     tracking_uri: an MLflow server to use instead of the recorded local one (started when missing).
     ray_address: a Ray cluster for the train and compress tasks instead of the recorded local runtime
-    (started when missing)."""
+    (started when missing).
+    launcher / deploy_target: the pipeline's parameters. "kuberay" submits the train task's RayJob and
+    "kubernetes" applies the InferenceService to the cluster $KUBECONFIG names (`lmops cluster up` on this
+    machine); kuberay needs kuberay.staging_uri, since kfp's local artifacts are folders the job cannot read."""
     from kfp import local
 
+    if launcher not in LAUNCHERS or deploy_target not in DEPLOY_TARGETS:
+        raise LmopsError(f"launcher={launcher!r}, deploy_target={deploy_target!r}: expected a launcher in"
+                         f" {LAUNCHERS} and a deploy target in {DEPLOY_TARGETS}")
     cfg = load_config(config, overrides)  # a bad config fails here, before anything starts
+    if launcher == "kuberay":  # say so now rather than after build and tokenize
+        from lmops.train.kuberay.staging import staging_prefix
+
+        staging_prefix(cfg, "kfp's local runner keeps the artifacts in local folders")
     state = servers.state_dir()
     os.environ["LMOPS_STATE_DIR"] = str(state)
     # kfp runs each task with the first `python3` on PATH, and Ray workers too: make it this environment's
@@ -71,9 +84,10 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     args = dict(config=config, overrides=list(overrides or []), model_name=model_name or cfg.registry.model_name,
                 sources=list(sources or []), num_workers=cfg.train.num_workers,
-                gpus_per_worker=1 if cfg.train.use_gpu else 0, launcher="local",
-                train_pod_gpus=cfg.train.num_workers if cfg.train.use_gpu else 0, mlflow_tracking_uri=url,
-                deploy_target="local", cache_dir=str(Path(cfg.cache_dir).resolve()) if cfg.cache_dir else "")
+                gpus_per_worker=1 if cfg.train.use_gpu else 0, launcher=launcher,
+                # with kuberay the job's workers get the GPUs, the task itself none
+                train_pod_gpus=cfg.train.num_workers if cfg.train.use_gpu and launcher == "local" else 0,
+                mlflow_tracking_uri=url, deploy_target=deploy_target, cache_dir=str(Path(cfg.cache_dir).resolve()) if cfg.cache_dir else "")
     from lmops.processes import descendants
 
     # what already runs below this process (a caller's own servers, Ray...) is not the run's to stop

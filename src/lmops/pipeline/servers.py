@@ -76,39 +76,39 @@ def ensure_ray() -> tuple[str, bool]:
     """(GCS address, started now) of the local Ray runtime: the recorded one while it answers, else a new one."""
     from lmops.train.ray_head import gcs_answers, start_ray_head
 
-    rec = _read(RAY)
+    rec = read_record(RAY)
     if rec is not None:
         if gcs_answers(rec["address"]):
             return rec["address"], False
         stop(RAY)
     proc, address = start_ray_head(state_dir() / "logs" / "ray-head.log")
-    _write(RAY, {"kind": "ray", "address": address, "pid": proc.pid, "pgid": proc.pid})
+    write_record(RAY, {"kind": "ray", "address": address, "pid": proc.pid, "pgid": proc.pid})
     return address, True
 
 
 def deploy_and_record(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
-    """Deploy (lmops.serve.deploy); a local server replaces this model name's previous one and is recorded.
-    The endpoint gets one example generation, shown in ``make run``'s summary."""
+    """Deploy (lmops.serve.deploy); a local server replaces this model name's previous one and is recorded
+    (an InferenceService is its cluster's to run). The endpoint gets one example generation, shown in
+    ``make run``'s summary."""
     from lmops.serve.deploy import deploy
 
     name = f"serve-{cfg.serve.model_name}"
     if cfg.deploy.target == "local":
         stop(name)
     endpoint = deploy(cfg, model_uri, out)
-    if cfg.deploy.target != "local":
-        return endpoint
-    write_record(name, {"kind": "kserve", "url": endpoint["url"], "pid": endpoint["pid"], "pgid": endpoint["pgid"],
-                  "model_uri": model_uri, "endpoint": str(out / "endpoint.json")})
-    endpoint["example"] = example_generation(endpoint["protocols"]["openai_completions"], cfg)
+    if cfg.deploy.target == "local":
+        write_record(name, {"kind": "kserve", "url": endpoint["url"], "pid": endpoint["pid"],
+                            "pgid": endpoint["pgid"], "model_uri": model_uri, "endpoint": str(out / "endpoint.json")})
+    endpoint["example"] = example_generation(endpoint["protocols"]["openai_completions"], endpoint["model_name"])
     (out / "endpoint.json").write_text(json.dumps(endpoint, indent=2))
     return endpoint
 
 
-def example_generation(url: str, cfg: Config, prompt: str = "def main(") -> dict[str, Any]:
+def example_generation(url: str, model_name: str, prompt: str = "def main(") -> dict[str, Any]:
     """One greedy completion over HTTP: proof the endpoint serves the model, and something to look at."""
     import requests
 
-    r = requests.post(url, json={"model": cfg.serve.model_name, "prompt": prompt, "max_tokens": 24,
+    r = requests.post(url, json={"model": model_name, "prompt": prompt, "max_tokens": 24,
                                  "temperature": 0}, timeout=60)
     r.raise_for_status()
     return {"prompt": prompt, "completion": r.json()["choices"][0]["text"]}

@@ -154,17 +154,23 @@ def train(config_dir: str, tokens_dir: str, out_dir: str, gpus: int = 0) -> dict
 
 
 def train_on_kuberay(config_dir: str, tokens_uri: str, out_dir: str, *, job_name: str,
-                     checkpoint_uri: str) -> dict[str, Any]:
+                     checkpoint_uri: str, tokens_dir: str | None = None) -> dict[str, Any]:
     """Submit a KubeRay RayJob that trains from ``tokens_uri`` into ``checkpoint_uri`` (shared storage),
-    wait for it, then fetch the checkpoint into ``out_dir`` (the task's output artifact)."""
+    wait for it, then fetch the checkpoint into ``out_dir`` (the task's output artifact).
+
+    Artifacts outside S3 (``tokens_dir``: where this task reads the tokens) go through
+    ``kuberay.staging_uri`` (lmops.train.kuberay.staging)."""
     from lmops import storage
     from lmops.manifest import read_manifest
+    from lmops.train.kuberay.staging import job_uris
     from lmops.train.rayjob import train_on_kuberay as submit
 
     cfg = read_config(config_dir)
     started = time.time()
-    status = submit(cfg, s3_uri(tokens_uri), s3_uri(checkpoint_uri), name=job_name, log=log)
-    storage.download_dir(s3_uri(checkpoint_uri), Path(out_dir))
+    tokens, checkpoint = job_uris(cfg, s3_uri(tokens_uri), tokens_dir or tokens_uri, s3_uri(checkpoint_uri),
+                                  job_name=job_name, log=log)
+    status = submit(cfg, tokens, checkpoint, name=job_name, log=log)
+    storage.download_dir(checkpoint, Path(out_dir))
     m = read_manifest(out_dir, "train")
     return {"stage": "train", "status": "ran", "seconds": round(time.time() - started, 2), "path": str(out_dir),
             "digest": m.digest[:12], "detail": f"RayJob {job_name}: {status.get('status', {}).get('jobStatus')}",

@@ -4,7 +4,8 @@ local: ``lmops serve`` runs as a subprocess in its own process group (so stoppin
 anything it spawned), this waits until the model reports ready, sends one smoke request, and
 writes ``endpoint.json`` with the URLs of every protocol and the pid to stop it by.
 kubernetes: the rendered InferenceService is written next to endpoint.json and server-side applied
-through lmops.kube; the stage waits until KServe reports it Ready (a model that does not load fails
+through lmops.kube (a ``models:/`` URI takes the MLflow server along in its env, as the container
+resolves it); the stage waits until KServe reports it Ready (a model that does not load fails
 it with KServe's reason) and smoke-tests the URL from its status. Canary gates are the operator's.
 """
 
@@ -150,7 +151,7 @@ def deploy_kubernetes(cfg: Config, model_uri: str, out: Path, client=None) -> di
     from lmops import kube
     from lmops.serve.inference_service import API_VERSION, render_inference_service
 
-    manifest = render_inference_service(cfg.deploy, cfg.serve, model_uri)
+    manifest = render_inference_service(_with_registry(cfg, model_uri), cfg.serve, model_uri)
     (out / "inferenceservice.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     applied = kube.apply(manifest, client=client)
     generation = applied["metadata"].get("generation")
@@ -180,6 +181,19 @@ def deploy_kubernetes(cfg: Config, model_uri: str, out: Path, client=None) -> di
                 "resource_version": obj["metadata"].get("resourceVersion")}
     _write_json(out / ENDPOINT_FILE, endpoint)
     return endpoint
+
+
+def _with_registry(cfg: Config, model_uri: str):
+    """deploy config whose env tells the server where MLflow is when it must resolve a ``models:/`` URI itself:
+    the server this stage resolved and registered with, unless deploy.env names one. Not a URI carrying
+    credentials (user:password@host): those never go into a manifest."""
+    from urllib.parse import urlsplit
+
+    uri = cfg.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not (model_uri.startswith("models:/") and uri) or "MLFLOW_TRACKING_URI" in cfg.deploy.env \
+            or "@" in urlsplit(uri).netloc:
+        return cfg.deploy
+    return cfg.deploy.model_copy(update={"env": {**cfg.deploy.env, "MLFLOW_TRACKING_URI": uri}})
 
 
 def _write_json(path: Path, obj: dict) -> None:
