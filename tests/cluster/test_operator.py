@@ -269,15 +269,19 @@ def test_training_job_local_executor_to_succeeded(operator_env, mlflow_server, t
     import subprocess
     import sys
 
+    import os
+
     import yaml
 
+    from micro_pipeline import MICRO, write_corpus
     from operator_world import REPO
 
     cluster, ns, kubeconfig, _ = operator_env
     admin = cluster.client()
     job = yaml.safe_load((REPO / "manifests" / "samples" / "lmtrainingjob.yaml").read_text())
     job["spec"]["modelName"] = f"lm-{uuid.uuid4().hex[:6]}"
-    job["spec"]["overrides"] = {"train.max_steps": "20", "train.eval_every": "20", "compress.distill.enabled": "false"}
+    job["spec"]["overrides"] = dict(item.split("=", 1) for item in MICRO)
+    job["spec"]["sources"] = [str(write_corpus(tmp_path / "corpus"))]
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump(job))
     kubectl = Path(sys.executable).with_name("kubectl")
@@ -298,3 +302,6 @@ def test_training_job_local_executor_to_succeeded(operator_env, mlflow_server, t
         assert "Succeeded" in out and st["registeredVersion"] in out, out
     finally:
         op.stop()
+        # the local servers the run left up for the next one (Ray, its model server)
+        subprocess.run([sys.executable, "-m", "lmops.cli", "stop"], capture_output=True,
+                       env={**os.environ, "LMOPS_STATE_DIR": str(tmp_path / "runs" / "state")})

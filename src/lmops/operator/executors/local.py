@@ -62,6 +62,9 @@ class LocalExecutor:
         if tracking:
             env["MLFLOW_TRACKING_URI"] = tracking
         env["LMOPS_PIPELINE_RUN_ID"] = run_id
+        # one state folder for all runs: the local Ray runtime a run starts is reused by the next
+        # (`LMOPS_STATE_DIR=<runs_dir>/state lmops stop` stops it)
+        env.setdefault("LMOPS_STATE_DIR", str(self.runs_dir / "state"))
         # the shell records the exit status where a restarted operator can read it
         wrapper = ['/bin/sh', '-c', '"$@" > "$LMOPS_RUN_DIR/log" 2>&1; echo $? > "$LMOPS_RUN_DIR/rc.tmp";'
                    ' mv "$LMOPS_RUN_DIR/rc.tmp" "$LMOPS_RUN_DIR/rc"', "lmops-run", *cmd]
