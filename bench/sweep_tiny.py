@@ -34,19 +34,19 @@ WORK = STATE / "bench" / "sweep-tiny"
 
 # name -> overrides on configs/tiny.yaml. `baseline` is the preset before the sweep (2x64, vocab 4096,
 # 200 steps x 16 x 128 tokens, lr 2e-3), the others move one or two things at a time from there.
+def candidate(vocab: int, layers: int, width: int, steps: int, lr: float) -> list[str]:
+    """Overrides for one point: vocabulary, depth x width (d_ff = 3 x width), steps of 16 x 128 tokens, lr."""
+    return [f"tokenize.vocab_size={vocab}", f"model.n_layer={layers}", f"model.d_model={width}",
+            f"model.d_ff={3 * width}", f"train.max_steps={steps}", "train.micro_batch_size=16", f"train.lr={lr:g}"]
+
+
 CANDIDATES: dict[str, list[str]] = {
-    "baseline": ["tokenize.vocab_size=4096", "model.n_layer=2", "model.d_model=64", "model.d_ff=192",
-                 "train.max_steps=200", "train.micro_batch_size=16", "train.lr=2e-3"],
-    "v2048": ["tokenize.vocab_size=2048", "model.n_layer=2", "model.d_model=64", "model.d_ff=192",
-              "train.max_steps=200", "train.micro_batch_size=16", "train.lr=2e-3"],
-    "v2048-d96-400": ["tokenize.vocab_size=2048", "model.n_layer=2", "model.d_model=96", "model.d_ff=288",
-                      "train.max_steps=400", "train.micro_batch_size=16", "train.lr=3e-3"],
-    "v2048-4x96-400": ["tokenize.vocab_size=2048", "model.n_layer=4", "model.d_model=96", "model.d_ff=288",
-                       "train.max_steps=400", "train.micro_batch_size=16", "train.lr=3e-3"],
-    "v1024-4x128-400": ["tokenize.vocab_size=1024", "model.n_layer=4", "model.d_model=128", "model.d_ff=384",
-                        "train.max_steps=400", "train.micro_batch_size=16", "train.lr=3e-3"],
-    "v2048-4x128-600": ["tokenize.vocab_size=2048", "model.n_layer=4", "model.d_model=128", "model.d_ff=384",
-                        "train.max_steps=600", "train.micro_batch_size=16", "train.lr=3e-3"],
+    "baseline": candidate(4096, 2, 64, 200, 2e-3),
+    "v2048": candidate(2048, 2, 64, 200, 2e-3),
+    "v2048-d96-400": candidate(2048, 2, 96, 400, 3e-3),
+    "v2048-4x96-400": candidate(2048, 4, 96, 400, 3e-3),
+    "v1024-4x128-400": candidate(1024, 4, 128, 400, 3e-3),
+    "v2048-4x128-600": candidate(2048, 4, 128, 600, 3e-3),
 }
 
 
