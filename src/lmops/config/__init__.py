@@ -17,6 +17,7 @@ from lmops.config.base import DEFAULT_PRESET, PRESETS_DIR, REPO_ROOT, ConfigErro
 from lmops.config.compress import CompressConfig, DistillConfig, Int8Config, PruneConfig
 from lmops.config.data import BuildConfig, DedupConfig, SplitConfig, TokenizeConfig
 from lmops.config.evaluate import EvaluateConfig, GateRule
+from lmops.config.image import ImageConfig
 from lmops.config.kuberay import KubeRayConfig
 from lmops.config.registry import RegistryConfig
 from lmops.config.serve import DeployConfig, DeployResources, ServeConfig
@@ -24,7 +25,7 @@ from lmops.config.train import ModelConfig, TrainConfig
 
 __all__ = [
     "DEFAULT_PRESET", "PRESETS_DIR", "REPO_ROOT", "BuildConfig", "CompressConfig", "Config", "ConfigError",
-    "DedupConfig", "DeployConfig", "DeployResources", "DistillConfig", "EvaluateConfig", "GateRule", "Int8Config",
+    "DedupConfig", "DeployConfig", "DeployResources", "DistillConfig", "EvaluateConfig", "GateRule", "ImageConfig", "Int8Config",
     "KubeRayConfig", "ModelConfig", "PruneConfig", "RegistryConfig", "Section", "ServeConfig", "SplitConfig",
     "TokenizeConfig", "TrainConfig", "apply_override", "config_from_dict", "format_validation_error", "load_config",
     "resolve_preset", "sha256_json",
@@ -49,6 +50,7 @@ class Config(Section):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     kuberay: KubeRayConfig = Field(default_factory=KubeRayConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
 
 
 # ---------------------------------------------------------------- loading
