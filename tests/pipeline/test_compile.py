@@ -74,5 +74,5 @@ def test_gate_caching_gpus_and_scheduling_are_compiled_in():
     assert "gpu_node_selector" in str(k8s["nodeSelector"]) and "gpu_tolerations" in str(k8s["tolerations"])
     # every component runs the lmops image and does not pip-install kfp at start
     for name, ex in spec["deploymentSpec"]["executors"].items():
-        assert ex["container"]["image"].startswith("ghcr.io/lmops/lmops:"), name
+        assert ex["container"]["image"].startswith("localhost/lmops:"), name
         assert "pip install" not in " ".join(ex["container"]["command"]), name
