@@ -61,7 +61,9 @@ def test_the_whole_pipeline_runs_and_serves(first_run, mlflow_server):
     r = requests.post(f"{s['endpoint']}/v1/models/lmops:predict",
                       json={"instances": [{"prompt": "def return", "max_new_tokens": 4}]}, timeout=60)
     assert r.status_code == 200 and isinstance(r.json()["predictions"][0]["text"], str)
-    assert isinstance(s["example"]["completion"], str)
+    # the example is the configured sampled request, and the summary says how it was sampled
+    assert s["example"]["prompt"] == "Return the" and isinstance(s["example"]["completion"], str)
+    assert s["example"]["settings"] == "temperature 0.7, top_p 0.9, seed 0, 32 tokens"
     assert "serve-lmops" in servers.running()
 
 

@@ -81,6 +81,25 @@ class DeployResources(Section):
     """nvidia.com/gpu count (0 = none)."""
 
 
+class ExampleConfig(Section):
+    """The generation a deploy ends with: one request to the served model, printed in the run's summary."""
+
+    prompt: str = Field("Return the", min_length=1)
+    """A prompt from the corpus's own domain (the sample corpus is the standard library's docstrings)."""
+    max_tokens: int = Field(32, ge=1)
+    """New tokens to generate."""
+    temperature: float = Field(0.7, ge=0, le=2)
+    """Sampling temperature (0 = greedy, which loops on small models: sampling shows more of what they learned)."""
+    top_p: float = Field(0.9, gt=0, le=1)
+    """Nucleus sampling: the smallest set of tokens holding this much probability."""
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    """Sampling seed, so a re-run shows the same text."""
+
+    def describe(self) -> str:
+        """The settings as the summary prints them."""
+        return f"temperature {self.temperature:g}, top_p {self.top_p:g}, seed {self.seed}, {self.max_tokens} tokens"
+
+
 class DeployConfig(Section):
     """The deploy stage: a local server process, or an InferenceService on Kubernetes."""
 
@@ -92,6 +111,7 @@ class DeployConfig(Section):
     """How long to wait for the server (local) or the InferenceService (kubernetes) to be ready before failing."""
     smoke_prompt: str = Field("Hello", min_length=1)
     """Prompt of the smoke request sent once the server (or the URL in the InferenceService status) is ready."""
+    example: ExampleConfig = Field(default_factory=ExampleConfig)
     name: str = Field("lmops-lm", pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=45)
     """InferenceService name (a DNS label; KServe appends suffixes, so at most 45 characters)."""
     namespace: str = "default"

@@ -260,6 +260,7 @@ def print_summary(s: dict[str, Any]) -> None:
     if s["endpoint"]:
         print(f"endpoint:   {s['endpoint']}  (OpenAI: {s['endpoint']}/openai/v1/completions; KServe v1/v2)")
     if s["example"]:
-        print(f"example:    {s['example']['prompt']!r} -> {s['example']['completion']!r}")
+        ex = s["example"]
+        print(f"example:    {ex['prompt']!r} -> {ex['completion']!r}  ({ex.get('settings', 'greedy')})")
     print(f"total {s['total_s']:.1f}s: stages {s['stages_s']:.1f}s, orchestration {s['overhead_s']:.1f}s"
           f"  (outputs: {s['run_dir']}; `make stop` stops the local servers)")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lmops.config import Config
+from lmops.config.serve import ExampleConfig
 from lmops.processes import group_alive, stop_group
 
 MLFLOW = "mlflow"
@@ -99,19 +100,21 @@ def deploy_and_record(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     if cfg.deploy.target == "local":
         write_record(name, {"kind": "kserve", "url": endpoint["url"], "pid": endpoint["pid"],
                             "pgid": endpoint["pgid"], "model_uri": model_uri, "endpoint": str(out / "endpoint.json")})
-    endpoint["example"] = example_generation(endpoint["protocols"]["openai_completions"], endpoint["model_name"])
+    endpoint["example"] = example_generation(endpoint["protocols"]["openai_completions"], endpoint["model_name"],
+                                             cfg.deploy.example)
     (out / "endpoint.json").write_text(json.dumps(endpoint, indent=2))
     return endpoint
 
 
-def example_generation(url: str, model_name: str, prompt: str = "def main(") -> dict[str, Any]:
-    """One greedy completion over HTTP: proof the endpoint serves the model, and something to look at."""
+def example_generation(url: str, model_name: str, example: ExampleConfig) -> dict[str, Any]:
+    """One sampled completion over HTTP: proof the endpoint serves the model, and something to look at."""
     import requests
 
-    r = requests.post(url, json={"model": model_name, "prompt": prompt, "max_tokens": 24,
-                                 "temperature": 0}, timeout=60)
+    r = requests.post(url, json={"model": model_name, "prompt": example.prompt, "max_tokens": example.max_tokens,
+                                 "temperature": example.temperature, "top_p": example.top_p,
+                                 "seed": example.seed}, timeout=60)
     r.raise_for_status()
-    return {"prompt": prompt, "completion": r.json()["choices"][0]["text"]}
+    return {"prompt": example.prompt, "completion": r.json()["choices"][0]["text"], "settings": example.describe()}
 
 
 def stop(name: str, folder: Path | None = None) -> bool:
