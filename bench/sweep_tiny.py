@@ -41,12 +41,18 @@ def candidate(vocab: int, layers: int, width: int, steps: int, lr: float) -> lis
 
 
 CANDIDATES: dict[str, list[str]] = {
+    # the preset before this sweep (~15 s of training)
     "baseline": candidate(4096, 2, 64, 200, 2e-3),
     "v2048": candidate(2048, 2, 64, 200, 2e-3),
-    "v2048-d96-400": candidate(2048, 2, 96, 400, 3e-3),
-    "v2048-4x96-400": candidate(2048, 4, 96, 400, 3e-3),
-    "v1024-4x128-400": candidate(1024, 4, 128, 400, 3e-3),
-    "v2048-4x128-600": candidate(2048, 4, 128, 600, 3e-3),
+    # about 100 s of training each on 2 quiet cores, steps from each shape's measured tok/s (16 x 128 tokens a step)
+    "v4096-2x64-1000": candidate(4096, 2, 64, 1000, 3e-3),
+    "v4096-2x64-1000-lr6": candidate(4096, 2, 64, 1000, 6e-3),
+    "v4096-2x64-1400": candidate(4096, 2, 64, 1400, 3e-3),
+    "v4096-2x128-670": candidate(4096, 2, 128, 670, 3e-3),
+    "v2048-4x128-690": candidate(2048, 4, 128, 690, 3e-3),
+    "v2048-2x256-480": candidate(2048, 2, 256, 480, 2e-3),
+    "v2048-4x192-430": candidate(2048, 4, 192, 430, 2e-3),
+    "v1024-4x128-700": candidate(1024, 4, 128, 700, 3e-3),
 }
 
 
@@ -61,12 +67,14 @@ def run(name: str, overrides: list[str], threads: int) -> dict:
     tokens = WORK / f"tokens-{cfg.tokenize.vocab_size}"
     tokenize_dataset(cfg.tokenize, dataset, tokens, cache_dir=WORK / "cache", log=lambda _: None)
     torch.set_num_threads(threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = train_single(cfg, tokens, WORK / "models" / name, log=None)
-    train_s = time.perf_counter() - t0
+    train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     ev = evaluate_model(WORK / "models" / name, tokens, cfg.evaluate)
     tc = cfg.train
     return {"name": name, "overrides": overrides, "train_s": round(train_s, 1),
+            # CPU seconds over threads: the wall time on quiet cores (a loaded machine inflates train_s)
+            "train_cpu_s_per_thread": round(train_cpu_s / threads, 1),
             "tokens_seen": tc.max_steps * tc.micro_batch_size * tc.block_size * tc.grad_accum,
             "final_loss": result.final_loss,
             "params": ev["params"], "perplexity": ev["perplexity"], "bits_per_byte": ev["bits_per_byte"]}
@@ -83,11 +91,11 @@ def main() -> int:
     if unknown:
         p.error(f"unknown candidate(s) {unknown}; have {list(CANDIDATES)}")
     rows = []
-    print(f"{'candidate':<18} {'params':>8} {'tokens':>9} {'train s':>8} {'ppl':>8} {'bits/byte':>9}")
+    print(f"{'candidate':<18} {'params':>8} {'tokens':>9} {'train s':>8} {'cpu s/thr':>9} {'ppl':>8} {'bits/byte':>9}")
     for name in names:
         row = run(name, CANDIDATES[name], args.threads)
         rows.append(row)
-        print(f"{name:<18} {row['params']:>8,} {row['tokens_seen']:>9,} {row['train_s']:>8.1f} "
+        print(f"{name:<18} {row['params']:>8,} {row['tokens_seen']:>9,} {row['train_s']:>8.1f} {row['train_cpu_s_per_thread']:>9.1f} "
               f"{row['perplexity']:>8.1f} {row['bits_per_byte']:>9.3f}", flush=True)
     base = next((r for r in rows if r["name"] == "baseline"), None)
     if base:

@@ -59,7 +59,7 @@ def test_cross_field_rules():
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config("tiny", ["train.lr=3e-4", "build.dedup.near=false", "build.sources=[a, b]"])
+    cfg = load_config("micro", ["train.lr=3e-4", "build.dedup.near=false", "build.sources=[a, b]"])
     assert cfg.train.lr == 3e-4
     assert cfg.build.dedup.near is False
     assert cfg.build.sources == ["a", "b"]
@@ -67,9 +67,9 @@ def test_overrides_parse_yaml_values():
 
 def test_bad_override():
     with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
-        load_config("tiny", ["train.lr"])
+        load_config("micro", ["train.lr"])
     with pytest.raises(ConfigError, match='train.lr: expected a number, got "fast"'):
-        load_config("tiny", ["train.lr=fast"])
+        load_config("micro", ["train.lr=fast"])
 
 
 def test_unknown_preset_and_missing_file(tmp_path):
@@ -90,7 +90,7 @@ def test_yaml_syntax_error_and_non_mapping(tmp_path):
 
 
 def test_section_digest_tracks_values():
-    a, b = load_config("tiny"), load_config("tiny", ["build.min_chars=1"])
+    a, b = load_config("micro"), load_config("micro", ["build.min_chars=1"])
     assert a.build.digest() != b.build.digest()
     assert a.tokenize.digest() == b.tokenize.digest()
 

@@ -264,7 +264,7 @@ def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env,
 
 
 def test_training_job_local_executor_to_succeeded(operator_env, mlflow_server, tmp_path):
-    """`kubectl apply` of an LMTrainingJob (executor local, tiny preset cut short): the operator runs the
+    """`kubectl apply` of an LMTrainingJob (executor local, the micro preset): the operator runs the
     pipeline and mirrors it; the run's registered version and metrics land in status."""
     import subprocess
     import sys
@@ -279,6 +279,7 @@ def test_training_job_local_executor_to_succeeded(operator_env, mlflow_server, t
     cluster, ns, kubeconfig, _ = operator_env
     admin = cluster.client()
     job = yaml.safe_load((REPO / "manifests" / "samples" / "lmtrainingjob.yaml").read_text())
+    job["spec"]["config"] = "micro"  # the sample names tiny (what a user runs); the tests' preset is micro
     job["spec"]["modelName"] = f"lm-{uuid.uuid4().hex[:6]}"
     job["spec"]["overrides"] = dict(item.split("=", 1) for item in MICRO)
     job["spec"]["sources"] = [str(write_corpus(tmp_path / "corpus"))]

@@ -30,7 +30,7 @@ def test_kuberay_and_kubernetes_through_kfps_local_runner(kube_cluster, kube_nam
                  "kuberay.worker_cpu=1",  # the stand-in's job runs a Ray of this machine's CPUs
                  "kuberay.poll_s=0.5", f"deploy.namespace={ns}", "deploy.name=lm-cluster"]
     t0 = time.monotonic()
-    s = run_pipeline("tiny", overrides, model_name="lm-cluster", sources=[str(write_corpus(tmp_path / "corpus"))],
+    s = run_pipeline("micro", overrides, model_name="lm-cluster", sources=[str(write_corpus(tmp_path / "corpus"))],
                      tracking_uri=mlflow_server, ray_address=ray_address, launcher="kuberay",
                      deploy_target="kubernetes")
     wall_s = time.monotonic() - t0

@@ -35,7 +35,7 @@ def monkeypatch_module():
 def first_run(state, mlflow_server, ray_address):
     root, corpus = state
     overrides = [*MICRO, f"cache_dir={root / 'cache'}"]
-    return run_pipeline("tiny", overrides, model_name="lm-pipeline", sources=[str(corpus)],
+    return run_pipeline("micro", overrides, model_name="lm-pipeline", sources=[str(corpus)],
                         tracking_uri=mlflow_server, ray_address=ray_address)
 
 
@@ -70,7 +70,7 @@ def test_the_whole_pipeline_runs_and_serves(first_run, mlflow_server):
 def test_a_second_run_reuses_cached_stages_and_replaces_the_server(first_run, state, mlflow_server, ray_address):
     root, corpus = state
     old_pid = servers.running()["serve-lmops"]["pid"]
-    again = run_pipeline("tiny", [*MICRO, f"cache_dir={root / 'cache'}"], model_name="lm-pipeline",
+    again = run_pipeline("micro", [*MICRO, f"cache_dir={root / 'cache'}"], model_name="lm-pipeline",
                          sources=[str(corpus)], tracking_uri=mlflow_server, ray_address=ray_address)
     status = {r["stage"]: r["status"] for r in again["rows"]}
     for stage in ("build", "tokenize", "train", "evaluate", "compress"):
@@ -84,7 +84,7 @@ def test_a_failing_stage_stops_the_run_with_its_error(state, mlflow_server, ray_
     empty = tmp_path / "no-data"
     empty.mkdir()
     with pytest.raises(PipelineRunError, match="task 'build'"):
-        run_pipeline("tiny", MICRO, model_name="lm-pipeline-fail", sources=[str(empty)], tracking_uri=mlflow_server,
+        run_pipeline("micro", MICRO, model_name="lm-pipeline-fail", sources=[str(empty)], tracking_uri=mlflow_server,
                      ray_address=ray_address)
     out = capsys.readouterr().out
     assert "no-data" in out  # the build stage's own message, in the task log

@@ -18,7 +18,7 @@ API, KIND = "serving.kserve.io/v1beta1", "InferenceService"
 
 
 def _cfg(ns: str, name: str, *overrides: str):
-    return load_config("tiny", ["deploy.target=kubernetes", f"deploy.namespace={ns}", f"deploy.name={name}",
+    return load_config("micro", ["deploy.target=kubernetes", f"deploy.namespace={ns}", f"deploy.name={name}",
                                 "deploy.ready_timeout_s=120", *overrides])
 
 
@@ -81,7 +81,7 @@ def test_the_api_server_refuses_an_invalid_inference_service(kube_cluster, kube_
     from lmops.config import load_config as load
     from lmops.serve.inference_service import render_inference_service
 
-    cfg = load("tiny", [f"deploy.namespace={kube_namespace}"])
+    cfg = load("micro", [f"deploy.namespace={kube_namespace}"])
     m = render_inference_service(cfg.deploy, cfg.serve, "s3://b/model")
     m["spec"]["predictor"]["minReplicas"] = "one"
     with pytest.raises(kube.KubeError, match=r"refused it as invalid: spec.predictor.minReplicas: Invalid value"):

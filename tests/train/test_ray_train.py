@@ -29,7 +29,7 @@ def tokens(tmp_path_factory):
 
 
 def _cfg(tmp_path, *overrides):
-    return load_config("tiny", [f"workdir={tmp_path}", "cache_dir=null", "train.micro_batch_size=4",
+    return load_config("micro", [f"workdir={tmp_path}", "cache_dir=null", "train.micro_batch_size=4",
                                 "train.log_every=10", "train.eval_every=1000", "train.eval_batches=2", *overrides])
 
 
@@ -104,6 +104,13 @@ def test_rerun_resumes_from_latest_complete_checkpoint(ray_runtime, mlflow_serve
 def test_gpu_request_without_gpus_is_a_clear_error(ray_runtime, tokens, tmp_path):
     cfg = _cfg(tmp_path, "train.use_gpu=true", "train.num_workers=2")
     with pytest.raises(RayTrainError, match=r"use_gpu=true asks for 2 GPU worker\(s\); this machine's Ray has 0"):
+        train_stage(cfg, tokens, tmp_path / "ckpt")
+
+
+def test_more_cpus_than_ray_has_is_a_clear_error_not_a_hang(ray_runtime, tokens, tmp_path):
+    # the session's Ray has 2 CPUs: 2 workers x 2 CPUs can never be placed
+    cfg = _cfg(tmp_path, "train.resources_per_worker={CPU: 2}", "train.num_workers=2")
+    with pytest.raises(RayTrainError, match=r"asks for 4 CPU\(s\) over 2 worker\(s\); this machine's Ray has 2"):
         train_stage(cfg, tokens, tmp_path / "ckpt")
 
 

@@ -35,7 +35,7 @@ def validate(manifest: dict) -> None:
 
 
 def _cfg(*overrides: str):
-    return load_config("tiny", list(overrides))
+    return load_config("micro", list(overrides))
 
 
 def _gpu_job():

@@ -14,7 +14,7 @@ from lmops.train.kuberay.staging import job_uris
 
 
 def _cfg(*overrides: str):
-    return load_config("tiny", ["kuberay.namespace=ml", *overrides])
+    return load_config("micro", ["kuberay.namespace=ml", *overrides])
 
 
 def test_local_artifacts_are_staged_once_per_digest(s3, tiny_tokens):
@@ -67,7 +67,7 @@ def test_a_local_pipeline_run_on_kuberay_asks_for_it_before_starting_anything(tm
 
     monkeypatch.setenv("LMOPS_STATE_DIR", str(tmp_path / "state"))
     with pytest.raises(LmopsError, match="kfp's local runner keeps the artifacts in local folders.*kuberay.staging_uri"):
-        run_pipeline("tiny", launcher="kuberay")
+        run_pipeline("micro", launcher="kuberay")
     with pytest.raises(LmopsError, match=r"launcher='ray'.*expected a launcher in \('local', 'kuberay'\)"):
-        run_pipeline("tiny", launcher="ray")
+        run_pipeline("micro", launcher="ray")
     assert not (tmp_path / "state").exists()  # no server started, no run folder

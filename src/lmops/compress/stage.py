@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -85,16 +86,16 @@ def compress_stage(cfg: Config, checkpoint_dir: str | Path, tokens_dir: str | Pa
         if cc.int8.enabled:
             from lmops.compress.quantize import quantize_dir
 
-            extras["int8"] = quantize_dir(checkpoint_dir, tmp / "int8", cc.int8)
+            extras["int8"] = timed(lambda: quantize_dir(checkpoint_dir, tmp / "int8", cc.int8))
         if cc.prune.enabled:
             from lmops.compress.prune import prune_dir
 
-            extras["pruned"] = prune_dir(checkpoint_dir, tmp / "pruned", cfg, tokens_dir)
+            extras["pruned"] = timed(lambda: prune_dir(checkpoint_dir, tmp / "pruned", cfg, tokens_dir))
         if cc.distill.enabled:
             from lmops.compress.distill import distill_dir
 
-            extras["student"] = distill_dir(cfg, checkpoint_dir, tokens_dir, tmp / "student",
-                                            teacher_digest=ckpt_digest, log=log)
+            extras["student"] = timed(lambda: distill_dir(cfg, checkpoint_dir, tokens_dir, tmp / "student",
+                                                          teacher_digest=ckpt_digest, log=log))
         rows = [row("fp32", baseline, baseline, None, {})]
         for name, extra in extras.items():
             metrics = score(tmp / name, name)
@@ -103,7 +104,7 @@ def compress_stage(cfg: Config, checkpoint_dir: str | Path, tokens_dir: str | Pa
             seal_variant(tmp / name, name, rows[-1], config, inputs)
             log(f"[compress] {name}: perplexity x{rows[-1]['perplexity_ratio']:.3f}, "
                 f"{bits_per_byte_text(metrics['bits_per_byte'])}, size x{rows[-1]['size_ratio']:.3f}"
-                f" -> {'PASS' if verdict.passed else 'FAIL'}")
+                f" -> {'PASS' if verdict.passed else 'FAIL'} (made in {extra['seconds']:.1f}s)")
         table = {"baseline": "fp32", "device": "cpu", "rows": rows}
         (tmp / "compress.json").write_text(json.dumps(table, indent=2) + "\n")
         plot_table(rows, cc.gates, tmp / "compress.png")
@@ -116,6 +117,13 @@ def compress_stage(cfg: Config, checkpoint_dir: str | Path, tokens_dir: str | Pa
                      cache_dir=cache_dir, log=log)
 
 
+def timed(make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A variant's extras with the seconds it took to make (the budget each compression spends)."""
+    started = time.perf_counter()
+    extra = make()
+    return {**extra, "seconds": round(time.perf_counter() - started, 2)}
+
+
 def seal_variant(variant_dir: Path, name: str, table_row: dict[str, Any], config: dict[str, Any],
                  inputs: dict[str, dict[str, Any]]) -> None:
     """Give a variant directory its own manifest: stage, config, the checkpoint (and tokens) it was made from,
@@ -124,8 +132,9 @@ def seal_variant(variant_dir: Path, name: str, table_row: dict[str, Any], config
     own_inputs = {source: inputs["checkpoint"], "tokens": inputs["tokens"]}
     key = stage_key(stage, CODE, config, {k: v["digest"] for k, v in own_inputs.items()})
     write_manifest(variant_dir, stage=stage, key=key, config=config, inputs=own_inputs,
-                   counts={k: v for k, v in table_row.items() if k not in ("variant", "path", "reasons")},
-                   metrics={"passed": table_row["passed"], "reasons": table_row["reasons"]})
+                   counts={k: v for k, v in table_row.items() if k not in ("variant", "path", "reasons", "seconds")},
+                   metrics={"passed": table_row["passed"], "reasons": table_row["reasons"]},
+                   started=time.time() - table_row["seconds"])  # the manifest's seconds: the time to make it
 
 
 def row(variant: str, metrics: dict[str, Any], baseline: dict[str, Any], verdict: gates.Verdict | None,

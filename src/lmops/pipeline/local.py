@@ -28,6 +28,7 @@ from typing import Any
 from lmops.config import REPO_ROOT, load_config
 from lmops.errors import LmopsError
 from lmops.pipeline import servers
+from lmops.train.ray_head import LOCAL_RAY_ENV
 
 LAUNCHERS = ("local", "kuberay")
 DEPLOY_TARGETS = ("local", "kubernetes")
@@ -93,8 +94,10 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     # what already runs below this process (a caller's own servers, Ray...) is not the run's to stop
     before = set(descendants(os.getpid()))
     # the tasks are subprocesses: the environment is how they find the shared Ray (lmops.train.ray_train)
-    previous_address = os.environ.get("RAY_ADDRESS")
+    previous_address, previous_local = os.environ.get("RAY_ADDRESS"), os.environ.get(LOCAL_RAY_ENV)
     os.environ["RAY_ADDRESS"] = address
+    if not ray_address:  # our own runtime on this machine: its CPUs are all there will be (no autoscaler)
+        os.environ[LOCAL_RAY_ENV] = "1"
     try:
         with _kfp_output(quiet_kfp), warnings.catch_warnings():
             # "custom or non-Python base image ... in a Python environment": deliberate, the image is this venv
@@ -112,6 +115,7 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
                                f" outputs under {root}): {e}") from None
     finally:
         _restore_env("RAY_ADDRESS", previous_address)
+        _restore_env(LOCAL_RAY_ENV, previous_local)
     return summarize(root, time.time() - started, mlflow_url=url)
 
 

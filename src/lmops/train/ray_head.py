@@ -28,6 +28,11 @@ class RayHeadError(LmopsError, RuntimeError):
     """The local Ray runtime did not start; the message holds the end of its log."""
 
 
+LOCAL_RAY_ENV = "LMOPS_RAY_LOCAL"
+"""Set to 1 beside RAY_ADDRESS when that runtime is a local one: its resources are fixed, so a request it
+cannot place fails now instead of waiting for an autoscaler that does not exist."""
+
+
 def start_ray_head(log_path: Path, *, num_cpus: int | None = None, timeout: float = 120) -> tuple[subprocess.Popen, str]:
     """Start a head node; returns (the ``ray start`` process, its GCS address ``127.0.0.1:PORT``)."""
     exe = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")

@@ -27,6 +27,7 @@ from lmops import storage
 from lmops.config import Config
 from lmops.errors import LmopsError
 from lmops.train import checkpoint as ckpt
+from lmops.train.ray_head import LOCAL_RAY_ENV
 
 
 class RayTrainError(LmopsError):
@@ -38,12 +39,14 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
     """Connect to the cluster named by RAY_ADDRESS, or start a local Ray. Returns True when local."""
     import ray
 
+    # RAY_ADDRESS with LOCAL_RAY_ENV: the recorded runtime `make run` shares, on this machine
+    local_address = os.environ.get(LOCAL_RAY_ENV) == "1"
     if ray.is_initialized():
-        return not os.environ.get("RAY_ADDRESS")
+        return not os.environ.get("RAY_ADDRESS") or local_address
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-        return False
+        return local_address
     # a local runtime needs no token auth (Ray 2.60 turns it on and writes a token into $HOME)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # address="local": a runtime of our own. Without it ray.init() silently joins any `ray start` cluster
@@ -54,9 +57,15 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
 
 
 def check_resources(cfg: Config, local: bool) -> None:
-    """Fail fast instead of waiting forever for GPUs that are not there."""
+    """Fail fast instead of waiting forever for CPUs or GPUs that are not there."""
     import ray
 
+    cpus = cfg.train.resources_per_worker.get("CPU", 1) * cfg.train.num_workers
+    have_cpus = ray.cluster_resources().get("CPU", 0)
+    if local and cpus > have_cpus:  # Ray would wait forever for a worker it can never place
+        raise RayTrainError(
+            f"train.resources_per_worker asks for {cpus:g} CPU(s) over {cfg.train.num_workers} worker(s); this"
+            f" machine's Ray has {have_cpus:g} (lower train.resources_per_worker.CPU or train.num_workers)")
     if not cfg.train.use_gpu:
         return
     have = ray.cluster_resources().get("GPU", 0)
@@ -179,6 +188,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report({"step": step, **_scalars(record)}, checkpoint=checkpoint)
 
+    if rank == 0:  # Ray sets each worker's OMP_NUM_THREADS from its CPU resource (train.resources_per_worker)
+        print(f"worker 0 of {world}: {device}, {torch.get_num_threads()} torch thread(s)", flush=True)
     loss_fn = None
     if loop_config.get("distill"):  # same loop, another objective: match a teacher's distribution too
         from lmops.compress.distill import distillation_loss

@@ -28,8 +28,6 @@ CODE = code_digest(*sorted(p for p in _HERE.glob("*.py") if p.name != "rayjob.py
 
 def train_stage(cfg: Config, tokens_dir: str | Path, out_dir: str | Path, *, cache_dir: str | Path | None = None,
                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> StageResult:
-    from lmops.train.ray_train import run_ray_training
-
     tokens_dir = Path(tokens_dir)
     info = open_tokens(tokens_dir, splits=("train", "val"))
     inputs: dict[str, dict[str, Any]] = {"tokens": {"digest": info.manifest.digest, "path": str(tokens_dir)}}
@@ -42,6 +40,9 @@ def train_stage(cfg: Config, tokens_dir: str | Path, out_dir: str | Path, *, cac
     storage_path = cfg.train.storage_path or str((Path(cfg.workdir) / "ray").resolve())
 
     def produce(tmp: Path) -> dict[str, Any]:
+        # imported here: Ray (and torch) take seconds to import, which a cached re-run need not pay
+        from lmops.train.ray_train import run_ray_training
+
         uri = tracking_uri(cfg.train.mlflow_tracking_uri)
         run = None
         if uri:
