@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from lmops import gates
+from lmops import compressors, gates
 from lmops.config import Config
 from lmops.errors import LmopsError
 from lmops.evaluate import evaluate_model
-from lmops.local_run import bits_per_byte_text, scored_text
+from lmops.local_run import bits_per_byte_text, compressors_text, scored_text
 from lmops.manifest import StageResult, code_digest, input_digest, run_stage, sha256_file
 
 CODE = code_digest(Path(__file__), Path(__file__).with_name("evaluate.py"), Path(__file__).with_name("gates.py"))
@@ -37,12 +37,16 @@ def evaluate_stage(cfg: Config, model_dir: str | Path, tokens_dir: str | Path, o
         inputs["baseline"] = {"digest": sha256_file(baseline), "path": str(baseline)}
 
     def produce(tmp: Path) -> dict[str, Any]:
-        metrics = evaluate_model(model_dir, tokens_dir, cfg.evaluate, out=tmp / "eval.json")
+        metrics = evaluate_model(model_dir, tokens_dir, cfg.evaluate)
+        metrics.update(compressors.split_bits_per_byte(tokens_dir, "test"))  # the line to beat, same text
+        (tmp / "eval.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         verdict = gates.check(metrics, baseline_metrics, cfg.evaluate.gate)
         (tmp / "gate.json").write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
         log(f"[evaluate] perplexity {metrics['perplexity']:.2f}; {bits_per_byte_text(metrics['bits_per_byte'])} "
             f"({scored_text(metrics['scored_tokens'], metrics['split_tokens'])}); "
             f"gate {'PASS' if verdict.passed else 'FAIL'}: " + "; ".join(verdict.reasons))
+        if "xz_9e_bits_per_byte" in metrics:
+            log(f"[evaluate] {compressors_text(metrics)}")
         return {"counts": {k: metrics.get(k) for k in ("blocks", "scored_tokens", "split_tokens", "scored_bytes")},
                 "metrics": {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                             "gate_passed": verdict.passed}}

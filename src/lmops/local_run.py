@@ -85,6 +85,12 @@ def _detail(stage: str, c: dict[str, Any], mt: dict[str, Any]) -> str:
     return ""
 
 
+def compressors_text(metrics: dict[str, Any]) -> str:
+    """The model against gzip -9 and xz -9e on the same test text (lmops.compressors), for the summary."""
+    return (f"same test text: model {_f(metrics.get('bits_per_byte'))}, gzip -9 {_f(metrics.get('gzip_9_bits_per_byte'))},"
+            f" xz -9e {_f(metrics.get('xz_9e_bits_per_byte'))} bits/byte")
+
+
 def _f(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 

@@ -38,22 +38,36 @@ def byte_decoder() -> dict[str, int]:
 def token_byte_lengths(tokenizer_dir: str | Path) -> np.ndarray | None:
     """``lengths[id]`` = UTF-8 bytes of text token ``id`` stands for; None for a tokenizer that is not
     byte-level. Ids the vocabulary skips are 0."""
+    spelled = token_byte_strings(tokenizer_dir)
+    if spelled is None:
+        return None
+    return np.array([len(b) for b in spelled], dtype=np.int64)
+
+
+def token_byte_strings(tokenizer_dir: str | Path) -> list[bytes] | None:
+    """``strings[id]`` = the raw bytes token ``id`` stands for (b"" for special tokens and skipped ids);
+    None for a tokenizer that is not byte-level."""
     tokenizer_dir = Path(tokenizer_dir)
     if not _is_byte_level(json.loads((tokenizer_dir / TOKENIZER_JSON).read_text(encoding="utf-8"))):
         return None
     tok = open_encoder(tokenizer_dir)
     added = tok.get_added_tokens_decoder()
     vocab = tok.get_vocab(with_added_tokens=True)
-    table = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
+    table = [b""] * (max(vocab.values()) + 1)
     decode = byte_decoder()
     for piece, i in vocab.items():
         if i in added:
-            table[i] = 0 if added[i].special else len(added[i].content.encode("utf-8"))
+            table[i] = b"" if added[i].special else added[i].content.encode("utf-8")
         elif all(ch in decode for ch in piece):
-            table[i] = len(piece)  # one stand-in character per byte
+            table[i] = bytes(decode[ch] for ch in piece)  # one stand-in character per byte
         else:
-            table[i] = len(piece.encode("utf-8"))  # not byte-level spelled (cannot happen in a byte-level vocab)
+            table[i] = piece.encode("utf-8")  # not byte-level spelled (cannot happen in a byte-level vocab)
     return table
+
+
+def ids_to_bytes(ids: np.ndarray | list[int], strings: list[bytes]) -> bytes:
+    """The raw text bytes a sequence of token ids spells (special tokens spell nothing)."""
+    return b"".join(strings[i] for i in np.asarray(ids).tolist())
 
 
 def _is_byte_level(spec: dict) -> bool:

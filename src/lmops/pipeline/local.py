@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lmops.config import REPO_ROOT, load_config
+from lmops.local_run import compressors_text
 from lmops.errors import LmopsError
 from lmops.pipeline import servers
 from lmops.train.ray_head import LOCAL_RAY_ENV
@@ -231,10 +232,12 @@ def summarize(root: Path, total_s: float, mlflow_url: str = "") -> dict[str, Any
     compress = next((m for m in outputs.get("compress", {}).get("artifacts", {}).values() if "metrics" in m), {})
     reg = outputs.get("register", {}).get("params", {})
     dep = next((m for m in outputs.get("deploy", {}).get("artifacts", {}).values() if "url" in m), {})
+    evaluation = next((m for m in outputs.get("evaluate", {}).get("artifacts", {}).values() if "metrics" in m), {})
     return {"run_dir": str(root), "total_s": round(total_s, 1), "stages_s": round(work, 1),
             "overhead_s": round(total_s - work, 1), "rows": rows, "variants": compress.get("metrics", {}),
             "registered": reg.get("model_uri", ""), "mlflow": mlflow_url,
-            "endpoint": dep.get("url", ""), "example": dep.get("example", {})}
+            "endpoint": dep.get("url", ""), "example": dep.get("example", {}),
+            "evaluation": evaluation.get("metrics", {})}
 
 
 def print_variants(variants: dict[str, dict[str, Any]]) -> None:
@@ -257,6 +260,8 @@ def print_summary(s: dict[str, Any]) -> None:
     if s["variants"]:
         print_variants(s["variants"])
         print()
+    if "xz_9e_bits_per_byte" in s["evaluation"]:
+        print(compressors_text(s["evaluation"]))
     if s["registered"]:
         print(f"registered: {s['registered']} (alias candidate) in {s['mlflow']}")
     else:
