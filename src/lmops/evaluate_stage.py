@@ -19,7 +19,9 @@ from lmops.evaluate import evaluate_model
 from lmops.local_run import bits_per_byte_text, compressors_text, scored_text
 from lmops.manifest import StageResult, code_digest, input_digest, run_stage, sha256_file
 
-CODE = code_digest(Path(__file__), Path(__file__).with_name("evaluate.py"), Path(__file__).with_name("gates.py"))
+_HERE = Path(__file__).resolve().parent
+CODE = code_digest(*(_HERE / name for name in ("evaluate_stage.py", "evaluate.py", "gates.py", "compressors.py")),
+                   _HERE / "data" / "token_bytes.py")
 
 
 def evaluate_stage(cfg: Config, model_dir: str | Path, tokens_dir: str | Path, out_dir: str | Path, *,
