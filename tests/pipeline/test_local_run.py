@@ -1,6 +1,6 @@
 """The whole pipeline through kfp's local runner (the `make run` path) on a micro config: real kfp
 SubprocessRunner tasks, a real local Ray for training, the session's real MLflow server, and a real KServe
-model server answering over HTTP at the end. Then a second run reuses the cached stages and replaces the
+model server answering over HTTP at the end. Then a second run reuses the cached stages and keeps the
 server, and a failing stage stops the run with its error."""
 
 from __future__ import annotations
@@ -67,17 +67,28 @@ def test_the_whole_pipeline_runs_and_serves(first_run, mlflow_server):
     assert "serve-lmops" in servers.running()
 
 
-def test_a_second_run_reuses_cached_stages_and_replaces_the_server(first_run, state, mlflow_server, ray_address):
+def test_a_second_run_reuses_cached_stages_and_the_server(first_run, state, mlflow_server, ray_address,
+                                                           tmp_path, monkeypatch):
     root, corpus = state
     old_pid = servers.running()["serve-lmops"]["pid"]
-    again = run_pipeline("micro", [*MICRO, f"cache_dir={root / 'cache'}"], model_name="lm-pipeline",
+    overrides = [*MICRO, f"cache_dir={root / 'cache'}"]
+    again = run_pipeline("micro", overrides, model_name="lm-pipeline",
                          sources=[str(corpus)], tracking_uri=mlflow_server, ray_address=ray_address)
     status = {r["stage"]: r["status"] for r in again["rows"]}
     for stage in ("build", "tokenize", "train", "evaluate", "compress"):
         assert status[stage] == "cached", again["rows"]
     assert again["registered"] == first_run["registered"]  # the same content: the same version, reused
-    assert servers.running()["serve-lmops"]["pid"] != old_pid
+    # the server already serves that version with the same settings: kept, not restarted
+    assert status["deploy"] == "reused" and servers.running()["serve-lmops"]["pid"] == old_pid
     assert requests.get(f"{again['endpoint']}/v1/models/lmops", timeout=10).status_code == 200
+    assert again["example"] == first_run["example"]  # seeded sampling, same model: the same text
+    # other serving settings: the server is replaced
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    from lmops.config import load_config
+
+    changed = load_config("micro", [*overrides, "serve.max_batch_size=4"])
+    endpoint = servers.deploy_and_record(changed, again["registered"], tmp_path / "deploy")
+    assert not endpoint.get("reused") and servers.running()["serve-lmops"]["pid"] != old_pid
 
 
 def test_a_failing_stage_stops_the_run_with_its_error(state, mlflow_server, ray_address, tmp_path, capsys):

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from lmops.config import Config
+from lmops.config import Config, sha256_json
 from lmops.config.serve import ExampleConfig
 from lmops.processes import group_alive, stop_group
 
@@ -94,16 +95,47 @@ def deploy_and_record(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     from lmops.serve.deploy import deploy
 
     name = f"serve-{cfg.serve.model_name}"
-    if cfg.deploy.target == "local":
-        stop(name)
-    endpoint = deploy(cfg, model_uri, out)
+    key = serving_key(cfg, model_uri)
+    endpoint = reusable_server(name, key) if cfg.deploy.target == "local" else None
+    if endpoint is None:
+        if cfg.deploy.target == "local":
+            stop(name)
+        endpoint = deploy(cfg, model_uri, out)
+    out.mkdir(parents=True, exist_ok=True)  # deploy makes it; a reused server's endpoint.json goes there too
     if cfg.deploy.target == "local":
         write_record(name, {"kind": "kserve", "url": endpoint["url"], "pid": endpoint["pid"],
-                            "pgid": endpoint["pgid"], "model_uri": model_uri, "endpoint": str(out / "endpoint.json")})
+                            "pgid": endpoint["pgid"], "model_uri": model_uri, "serving_key": key,
+                            "endpoint": str(out / "endpoint.json")})
     endpoint["example"] = example_generation(endpoint["protocols"]["openai_completions"], endpoint["model_name"],
                                              cfg.deploy.example)
     (out / "endpoint.json").write_text(json.dumps(endpoint, indent=2))
     return endpoint
+
+
+def serving_key(cfg: Config, model_uri: str) -> str | None:
+    """What a local server serves and how; None when the URI can point elsewhere later (an alias, a local
+    directory), so such a server is never reused on its URI alone. A registered version is immutable."""
+    if not re.fullmatch(r"models:/[^/@]+/\d+", model_uri):
+        return None
+    return sha256_json({"model_uri": model_uri, "serve": cfg.serve.model_dump(mode="json"),
+                        "deploy": cfg.deploy.model_dump(mode="json", exclude={"example", "smoke_prompt"})})
+
+
+def reusable_server(name: str, key: str | None) -> dict[str, Any] | None:
+    """The endpoint of the recorded server when it serves exactly ``key`` and is ready: a re-run of the same
+    model need not restart it (seconds of loading and warm-up). None otherwise."""
+    import requests
+
+    rec = read_record(name)
+    if key is None or rec is None or rec.get("serving_key") != key:
+        return None
+    try:
+        endpoint = json.loads(Path(rec["endpoint"]).read_text())
+        if not requests.get(f"{endpoint['url']}/v2/health/ready", timeout=3).ok:
+            return None
+    except (OSError, ValueError, KeyError, requests.RequestException):
+        return None
+    return {**endpoint, "reused": True}
 
 
 def example_generation(url: str, model_name: str, example: ExampleConfig) -> dict[str, Any]:

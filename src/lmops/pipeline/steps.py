@@ -236,7 +236,8 @@ def register(config_dir: str, checkpoint_dir: str, eval_dir: str, compressed_dir
 
 
 def deploy(config_dir: str, model_uri: str, out_dir: str) -> dict[str, Any]:
-    """Serve ``model_uri``: a local KServe model server (replacing this model name's previous one), or an
+    """Serve ``model_uri``: a local KServe model server (replacing this model name's previous one unless it
+    already serves this registered version with these settings), or an
     InferenceService on Kubernetes; returns the endpoint and one example generation."""
     from lmops.pipeline.servers import deploy_and_record
 
@@ -245,6 +246,7 @@ def deploy(config_dir: str, model_uri: str, out_dir: str) -> dict[str, Any]:
         raise LmopsError("deploy: no model to deploy (no registered variant passed its gates)")
     started = time.time()
     endpoint = deploy_and_record(cfg, model_uri, Path(out_dir))
-    return {"stage": "deploy", "status": "ran", "seconds": round(time.time() - started, 2), "path": str(out_dir),
+    status = "reused" if endpoint.get("reused") else "ran"  # the server already serving exactly this was kept
+    return {"stage": "deploy", "status": status, "seconds": round(time.time() - started, 2), "path": str(out_dir),
             "digest": "", "url": endpoint.get("url") or "", "example": endpoint.get("example", {}),
             "detail": f"{model_uri} at {endpoint.get('url')}"}
