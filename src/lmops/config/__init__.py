@@ -22,6 +22,7 @@ from lmops.config.kuberay import KubeRayConfig
 from lmops.config.registry import RegistryConfig
 from lmops.config.serve import DeployConfig, DeployResources, ServeConfig
 from lmops.config.train import ModelConfig, TrainConfig
+from lmops.config.yaml_load import safe_load_unique
 
 __all__ = [
     "DEFAULT_PRESET", "PRESETS_DIR", "REPO_ROOT", "BuildConfig", "CompressConfig", "Config", "ConfigError",
@@ -74,7 +75,7 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
     """Load a preset or YAML file, apply ``key.path=value`` overrides, validate."""
     path = resolve_preset(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = safe_load_unique(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
