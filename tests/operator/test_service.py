@@ -74,3 +74,18 @@ def test_observe_failed_and_stale():
     assert not s.latest_ready and "OOM" in s.latest_failed
     assert not observe(with_status(render(MD, spec(), DesiredService("1"), None), generation=2)).current
     assert observe(None) is None
+
+
+def test_operator_image_setting_from_the_charts_environment(monkeypatch):
+    from lmops.errors import LmopsError
+    from lmops.operator.run import image_from_env
+
+    for var in ("LMOPS_IMAGE_REPOSITORY", "LMOPS_IMAGE_TAG", "LMOPS_IMAGE_PULL_POLICY"):
+        monkeypatch.delenv(var, raising=False)
+    assert image_from_env() == ImageConfig()
+    monkeypatch.setenv("LMOPS_IMAGE_REPOSITORY", "registry.local/ml/lmops")
+    monkeypatch.setenv("LMOPS_IMAGE_TAG", "v3")
+    assert image_from_env().ref("cuda") == "registry.local/ml/lmops:v3-cuda"
+    monkeypatch.setenv("LMOPS_IMAGE_REPOSITORY", "Not A Repo")
+    with pytest.raises(LmopsError, match=r"(?s)\$LMOPS_IMAGE_\*: .*repository"):
+        image_from_env()
