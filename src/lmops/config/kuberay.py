@@ -12,9 +12,9 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from lmops.config.base import Section
-from lmops.config.k8s import (  # noqa: F401 (QUANTITY, INT32_MAX ... are imported from here elsewhere)
-    DNS_LABEL, DNS_SUBDOMAIN, ENV_NAME, INT32_MAX, QUANTITY, check_env_names, check_node_selector, check_tolerations,
-    gpu_tolerations, quantity,
+from lmops.config.k8s import (
+    DNS_LABEL, DNS_SUBDOMAIN, INT32_MAX, check_env_names, check_node_selector, check_tolerations, gpu_tolerations,
+    quantity,
 )
 from lmops.config.serve import _CREDENTIAL_WORDS
 

@@ -25,7 +25,8 @@ from typing import Any
 from lmops import storage
 from lmops.config import Config, ConfigError, config_from_dict
 from lmops.config.image import ImageConfig, Variant
-from lmops.config.kuberay import INT32_MAX, KubeRayConfig
+from lmops.config.k8s import INT32_MAX
+from lmops.config.kuberay import KubeRayConfig
 from lmops.errors import LmopsError
 from lmops.security.context import CACHE, RAY_DIRS, TMP, harden
 from lmops.train.kuberay.ray_version import RAY_VERSION
