@@ -115,25 +115,6 @@ class StandIn:
                     if "name" in e})
         return env
 
-
-def local_mounts(container: dict[str, Any], root: Path) -> dict[str, str]:
-    """A fresh local folder under ``root`` for each volume the container mounts, by mount path: what the
-    kubelet gives a pod's emptyDirs (lmops' pods write only there: their root filesystem is read-only)."""
-    out = {}
-    for m in container.get("volumeMounts") or []:
-        folder = root / m["name"]
-        folder.mkdir(parents=True, exist_ok=True)
-        out[m["mountPath"]] = str(folder)
-    return out
-
-
-def relocate(value: str, mounts: dict[str, str]) -> str:
-    """``value`` with a leading mount path (the longest that matches) replaced by its local folder."""
-    for path in sorted(mounts, key=len, reverse=True):
-        if value == path or value.startswith(path.rstrip("/") + "/"):
-            return mounts[path] + value[len(path.rstrip("/")):]
-    return value
-
     def write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
         meta = obj["metadata"]
         kube.patch_status(self.api_version, self.kind, meta["name"], meta.get("namespace"), status, client=self.client)
@@ -162,3 +143,22 @@ def main(cls, argv: list[str] | None = None) -> int:
     standin.log(f"{cls.__name__}: watching {cls.kind} in {args.namespace or 'all namespaces'}; work dir {work}")
     standin.run()
     return 0
+
+
+def local_mounts(container: dict[str, Any], root: Path) -> dict[str, str]:
+    """A fresh local folder under ``root`` for each volume the container mounts, by mount path: what the
+    kubelet gives a pod's emptyDirs (lmops' pods write only there: their root filesystem is read-only)."""
+    out = {}
+    for m in container.get("volumeMounts") or []:
+        folder = root / m["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        out[m["mountPath"]] = str(folder)
+    return out
+
+
+def relocate(value: str, mounts: dict[str, str]) -> str:
+    """``value`` with a leading mount path (the longest that matches) replaced by its local folder."""
+    for path in sorted(mounts, key=len, reverse=True):
+        if value == path or value.startswith(path.rstrip("/") + "/"):
+            return mounts[path] + value[len(path.rstrip("/")):]
+    return value
