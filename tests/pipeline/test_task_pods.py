@@ -148,3 +148,16 @@ def test_s3_endpoint_from_the_config_only_inside_a_kubeflow_pod():
     own = {"KFP_POD_NAME": "x", "LMOPS_S3_ENDPOINT_URL": "http://minio.ml:9000"}
     steps.kubeflow_env(cfg, own)
     assert own["LMOPS_S3_ENDPOINT_URL"] == "http://minio.ml:9000"
+
+
+def test_bad_task_pod_settings_name_their_yaml_path():
+    from lmops.config import ConfigError, config_from_dict
+
+    for bad, where in (({"build": {"cpu": "lots"}}, "pipeline.build.cpu"),
+                       ({"train_local": {"memory": "16 gigs"}}, "pipeline.train_local.memory"),
+                       ({"evaluate": {"cpu": "4", "cpu_limit": "2"}}, r"pipeline: .*evaluate.cpu_limit \(2\) is below"),
+                       ({"s3_secret": {"name": "Bad_Name"}}, "pipeline.s3_secret.name"),
+                       ({"deploy": {"gpus": 1}}, r"pipeline.deploy.gpus: unknown key")):
+        with pytest.raises(ConfigError, match=where):
+            config_from_dict({"pipeline": bad})
+    assert config_from_dict({"pipeline": {"s3_secret": None}}).pipeline.s3_secret is None
