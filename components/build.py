@@ -1,13 +1,13 @@
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Output
+from kfp.dsl import Dataset, Input, Output
 
 from components.image import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def build(config: Input[Artifact], dataset: Output[Dataset]):
+def build(config: str, dataset: Output[Dataset]):
     """Stage 1: raw sources (local files or s3://) -> cleaned, deduplicated train/val/test JSONL shards with a
     manifest of digests. Splits are deterministic (hash of each document), so a re-run gives the same data."""
     from lmops.pipeline import steps
 
-    steps.record(dataset, steps.build(config.path, dataset.path))
+    steps.record(dataset, steps.build(config, dataset.path))

@@ -1,13 +1,13 @@
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Output
+from kfp.dsl import Dataset, Input, Output
 
 from components.image import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def tokenize(config: Input[Artifact], dataset: Input[Dataset], tokens: Output[Dataset]):
+def tokenize(config: str, dataset: Input[Dataset], tokens: Output[Dataset]):
     """Stage 2: train (or load) a byte-level BPE tokenizer and pack each split into token shards
     (tokenizer/, train.bin, val.bin, test.bin)."""
     from lmops.pipeline import steps
 
-    steps.record(tokens, steps.tokenize(config.path, dataset.path, tokens.path))
+    steps.record(tokens, steps.tokenize(config, dataset.path, tokens.path))

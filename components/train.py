@@ -1,11 +1,11 @@
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components.image import CUDA_IMAGE
+from components.image import CPU_IMAGE
 
 
-@dsl.component(base_image=CUDA_IMAGE, install_kfp_package=False)
-def train(config: Input[Artifact], tokens: Input[Dataset], launcher: str, pod_gpus: int, job_name: str,
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def train(config: str, tokens: Input[Dataset], launcher: str, pod_gpus: int, job_name: str,
           checkpoint: Output[Model], metrics: Output[Metrics]):
     """Stage 3, Ray Train (DDP), resuming from the latest complete checkpoint; writes a Hugging Face model dir.
     launcher=local: Ray inside this pod (its CPUs and pod_gpus GPUs), or the cluster RAY_ADDRESS names.
@@ -16,8 +16,8 @@ def train(config: Input[Artifact], tokens: Input[Dataset], launcher: str, pod_gp
     from lmops.pipeline import steps
 
     if launcher == "kuberay":
-        row = steps.train_on_kuberay(config.path, tokens.uri, checkpoint.path, job_name=job_name,
+        row = steps.train_on_kuberay(config, tokens.uri, checkpoint.path, job_name=job_name,
                                      checkpoint_uri=checkpoint.uri + ".rayjob", tokens_dir=tokens.path)
     else:
-        row = steps.train(config.path, tokens.path, checkpoint.path, gpus=pod_gpus)
+        row = steps.train(config, tokens.path, checkpoint.path, gpus=pod_gpus)
     steps.record(checkpoint, row, metrics)

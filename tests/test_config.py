@@ -103,3 +103,14 @@ def test_compress_gates_given_for_one_variant_keep_the_others_defaults():
     assert config_from_dict({"compress": {"gates": {"int8": {}}}}).compress.gates["int8"] == {}
     with pytest.raises(ConfigError, match="fp16"):
         config_from_dict({"compress": {"gates": {"fp16": {}}}})
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_with_its_path(tmp_path):
+    # PyYAML would keep the last one silently; an env list rendered from it would also lose one
+    path = tmp_path / "dup.yaml"
+    path.write_text("deploy:\n  env:\n    LOG_LEVEL: info\n    LOG_LEVEL: debug\ntrain:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"deploy\.env\.LOG_LEVEL: key given twice \(lines 3 and 4\)"):
+        load_config(path)
+    path.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"train\.lr: key given twice"):
+        load_config(path)

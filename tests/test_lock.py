@@ -90,3 +90,11 @@ def test_environment_has_exactly_the_locked_versions():
     assert not wrong and not extra, (
         "this environment is not the lock (recreate it: rm -rf .venv && make venv):\n"
         + "\n".join(wrong + [f"{n}: installed but not in requirements.lock" for n in extra]))
+
+
+def test_rayjob_ray_version_is_the_ray_the_images_install():
+    # the images install Ray from the lock; the RayJob's rayVersion must name that Ray (KubeRay decides what it
+    # injects from it), not the Ray of the process that renders the manifest
+    from lmops.train.kuberay.ray_version import RAY_VERSION
+
+    assert Version(RAY_VERSION) == locked_pins()["ray"], "update lmops/train/kuberay/ray_version.py with the lock"

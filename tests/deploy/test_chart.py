@@ -81,6 +81,32 @@ def test_operator_deployment_is_locked_down(source):
     assert not any("value" in e and "SECRET" in e["name"] for e in c["env"]), "secrets only by reference"
 
 
+@pytest.mark.parametrize("source", ["chart", "manifests"])
+def test_every_pod_is_restricted_and_runs_the_image_setting(source):
+    from lmops.config import ImageConfig
+    from rendered_checks import rendered_problems
+
+    docs = render({"mlflow": {"enabled": True, "trackingUri": "http://mlflow:5000"}}) if source == "chart" else manifests()
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert len(deployments) == (2 if source == "chart" else 1)
+    for dep in deployments:
+        assert rendered_problems(dep) == [], dep["metadata"]["name"]  # restricted + read-only root, k8s 1.30+
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        assert c["image"] == ImageConfig().ref("cpu"), dep["metadata"]["name"]
+    operator = next(d for d in deployments if "operator" in d["metadata"]["name"])
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    # the operator renders InferenceServices with the same image setting (lmops.operator.run.image_from_env)
+    assert (env["LMOPS_IMAGE_REPOSITORY"], env["LMOPS_IMAGE_TAG"]) == (ImageConfig().repository, ImageConfig().tag)
+
+
+def test_chart_image_values_follow_the_image_setting():
+    docs = render({"image": {"repository": "registry.local/ml/lmops", "tag": "v2", "pullPolicy": "Always"}})
+    (c,) = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert c["image"] == "registry.local/ml/lmops:v2-cpu" and c["imagePullPolicy"] == "Always"
+    assert env["LMOPS_IMAGE_TAG"] == "v2" and env["LMOPS_IMAGE_PULL_POLICY"] == "Always"
+
+
 @pytest.mark.parametrize("values,where", [({"webhook": {"enabled": "yes"}}, "enabled"),
                                           ({"operator": {"pollSeconds": 0}}, "pollSeconds"),
                                           ({"mlflow": {"trackingUri": "mlflow:5000"}}, "trackingUri"),

@@ -3,18 +3,15 @@ from the status KServe (here: its stand-in's shape) writes."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import jsonschema
 import pytest
-import yaml
 
+from lmops.config import ImageConfig
 from lmops.crd import parse_deployment
 from lmops.operator.service import observe, render
 from lmops.rollout import DesiredService
+from rendered_checks import assert_valid
 
 MD = {"metadata": {"name": "demo", "namespace": "ns", "uid": "0123456789ab"}}
-SCHEMA = Path(__file__).resolve().parents[1] / "serve" / "inferenceservice_v1beta1_schema.yaml"
 
 
 def spec(**serving):
@@ -27,9 +24,7 @@ def test_render(desired, percent):
     isvc = render(MD, spec(tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]), desired,
                   "http://mlflow:5000")
     pred = isvc["spec"]["predictor"]
-    # the trimmed schema of tests/serve knows every field we render but tolerations (checked below)
-    checked = {**isvc, "spec": {"predictor": {k: v for k, v in pred.items() if k != "tolerations"}}}
-    jsonschema.validate(checked, yaml.safe_load(SCHEMA.read_text()))
+    assert_valid(isvc)  # KServe's full CRD schema, Kubernetes 1.30+, restricted pods
     assert pred.get("canaryTrafficPercent") == percent
     assert f"models:/lm/{desired.serving}" in pred["containers"][0]["args"]
     assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"} in pred["containers"][0]["env"]
@@ -38,6 +33,17 @@ def test_render(desired, percent):
     assert isvc["metadata"]["annotations"]["serving.kserve.io/enable-tag-routing"] == "true"
     assert pred["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert observe(isvc).applied == desired
+
+
+def test_image_is_the_operators_image_setting_unless_the_resource_names_one():
+    image = ImageConfig(repository="registry.local/ml/lmops", tag="v2")
+    cpu = render(MD, spec(), DesiredService("1"), None, image)["spec"]["predictor"]
+    gpu = render(MD, spec(gpus=1), DesiredService("1"), None, image)["spec"]["predictor"]
+    own = render(MD, spec(image="registry.local/own:1"), DesiredService("1"), None, image)["spec"]["predictor"]
+    assert cpu["containers"][0]["image"] == "registry.local/ml/lmops:v2-cpu" and "tolerations" not in cpu
+    assert gpu["containers"][0]["image"] == "registry.local/ml/lmops:v2-cuda"
+    assert gpu["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert own["containers"][0]["image"] == "registry.local/own:1"
 
 
 def with_status(isvc, generation=1, **predictor):
@@ -68,3 +74,18 @@ def test_observe_failed_and_stale():
     assert not s.latest_ready and "OOM" in s.latest_failed
     assert not observe(with_status(render(MD, spec(), DesiredService("1"), None), generation=2)).current
     assert observe(None) is None
+
+
+def test_operator_image_setting_from_the_charts_environment(monkeypatch):
+    from lmops.errors import LmopsError
+    from lmops.operator.run import image_from_env
+
+    for var in ("LMOPS_IMAGE_REPOSITORY", "LMOPS_IMAGE_TAG", "LMOPS_IMAGE_PULL_POLICY"):
+        monkeypatch.delenv(var, raising=False)
+    assert image_from_env() == ImageConfig()
+    monkeypatch.setenv("LMOPS_IMAGE_REPOSITORY", "registry.local/ml/lmops")
+    monkeypatch.setenv("LMOPS_IMAGE_TAG", "v3")
+    assert image_from_env().ref("cuda") == "registry.local/ml/lmops:v3-cuda"
+    monkeypatch.setenv("LMOPS_IMAGE_REPOSITORY", "Not A Repo")
+    with pytest.raises(LmopsError, match=r"(?s)\$LMOPS_IMAGE_\*: .*repository"):
+        image_from_env()

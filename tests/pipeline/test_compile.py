@@ -66,13 +66,19 @@ def test_gate_caching_gpus_and_scheduling_are_compiled_in():
     assert tasks["tokenize"]["cachingOptions"].get("enableCache") is True
     for name in ("train", "evaluate", "compress"):
         assert not tasks[name]["cachingOptions"].get("enableCache"), name
-    # GPUs, node selector and tolerations of the train pod come from pipeline parameters
+    # GPUs, image, resources, node selector and tolerations of the train pod come from resolve-config, which
+    # decides them from the launcher (lmops.pipeline.task_pods): a CPU-only pod for kuberay
     train_exec = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
     assert train_exec["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert "train_pod_gpus" in str(train_exec["resources"]["accelerator"])
+    assert "resolve-config-train_gpus" in str(train_exec["resources"]["accelerator"])
+    assert "resolve-config-train_image" in train_exec["image"]
+    assert "resolve-config-train_cpu" in train_exec["resources"]["resourceCpuRequest"]
+    assert "resolve-config-train_memory_limit" in train_exec["resources"]["resourceMemoryLimit"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
-    assert "gpu_node_selector" in str(k8s["nodeSelector"]) and "gpu_tolerations" in str(k8s["tolerations"])
-    # every component runs the lmops image and does not pip-install kfp at start
+    for key, output in (("nodeSelector", "train_node_selector"), ("tolerations", "train_tolerations")):
+        assert output in str(k8s[key]) and "gpu_" not in str(k8s[key]), key
+    # every component runs the lmops image (the image setting, from resolve-config) and does not pip-install kfp
     for name, ex in spec["deploymentSpec"]["executors"].items():
-        assert ex["container"]["image"].startswith("localhost/lmops:"), name
+        image = ex["container"]["image"]
+        assert image.startswith("localhost/lmops:") or "pipelinechannel--resolve-config-" in image, name
         assert "pip install" not in " ".join(ex["container"]["command"]), name

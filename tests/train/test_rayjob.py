@@ -1,5 +1,6 @@
-"""The KubeRay training launch without a cluster: the RayJob manifest against (our copy of part of)
-KubeRay's CRD schema, the decision on KubeRay's status, and the entrypoint's staging through a real S3
+"""The KubeRay training launch without a cluster: the RayJob manifest against KubeRay's full CRD schema
+(strict, list-map keys), its pods against Kubernetes 1.30+ and the restricted Pod Security Standard
+(tests/rendered_checks.py), the decision on KubeRay's status, and the entrypoint's staging through a real S3
 endpoint (moto). Submitting and waiting, against the real API server: test_rayjob_cluster.py."""
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ import copy
 import json
 import re
 import shlex
-from pathlib import Path
 
-import jsonschema
 import pytest
 import yaml
 
@@ -19,19 +18,20 @@ from lmops import storage
 from lmops.config import ConfigError, load_config
 from lmops.errors import LmopsError
 from lmops.train import rayjob
+from lmops.train.kuberay.ray_version import RAY_VERSION
 from lmops.train.rayjob import (
     cluster_config,
     decode_config,
     rayjob_outcome,
     render_rayjob,
 )
+from rendered_checks import assert_valid, rendered_problems
 
-SCHEMA = yaml.safe_load((Path(__file__).parent / "rayjob_v1_schema.yaml").read_text())
 TOKENS, CKPT = "s3://lmops-artifacts/run-7/tokens", "s3://lmops-artifacts/run-7/checkpoint"
 
 
 def validate(manifest: dict) -> None:
-    jsonschema.validate(manifest, SCHEMA, cls=jsonschema.Draft202012Validator)
+    assert_valid(manifest)
 
 
 def _cfg(*overrides: str):
@@ -40,7 +40,7 @@ def _cfg(*overrides: str):
 
 def _gpu_job():
     cfg = _cfg("train.num_workers=4", "kuberay.gpus_per_worker=2", "kuberay.namespace=ml",
-               "kuberay.image=registry.local/lmops:1.2-cuda", "kuberay.service_account=trainer",
+               "image.repository=registry.local/lmops", "image.tag=v1.2", "kuberay.service_account=trainer",
                "kuberay.env_from_secrets=[s3-creds, mlflow-creds]", "kuberay.env={NCCL_DEBUG: WARN}",
                "kuberay.node_selector={cloud.google.com/gke-accelerator: nvidia-l4}")
     return cfg, render_rayjob(cfg, name="lmops-train-abc", tokens_uri=TOKENS, checkpoint_uri=CKPT,
@@ -65,14 +65,13 @@ def test_four_workers_with_two_gpus_each(monkeypatch):
     spec = m["spec"]
     assert spec["submissionMode"] == "K8sJobMode" and spec["shutdownAfterJobFinishes"] is True
     assert spec["activeDeadlineSeconds"] == 6 * 3600 and spec["ttlSecondsAfterFinished"] == 60
-    import ray
-
-    assert spec["rayClusterSpec"]["rayVersion"] == ray.__version__
+    # the image's Ray (the lock's), not whichever Ray the rendering process has
+    assert spec["rayClusterSpec"]["rayVersion"] == RAY_VERSION
     (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
     assert group["groupName"] == "gpu-workers" and group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 4
     pod = group["template"]["spec"]
     (worker,) = pod["containers"]
-    assert worker["image"] == "registry.local/lmops:1.2-cuda"
+    assert worker["image"] == "registry.local/lmops:v1.2-cuda"
     assert worker["resources"]["limits"] == worker["resources"]["requests"] == {"cpu": "8", "memory": "32Gi",
                                                                               "nvidia.com/gpu": 2}
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
@@ -142,7 +141,8 @@ def test_what_kuberay_or_the_cluster_would_refuse_is_refused_before_submitting()
                        (["kuberay.env={AWS_SECRET_ACCESS_KEY: x}"], "look like credentials"),
                        (["kuberay.tolerations=[{key: a, operater: Exists}]"], r"unknown key\(s\) \['operater'\]"),
                        (["kuberay.env_from_secrets=[S3_Creds]"], "not valid Secret names"),
-                       (["kuberay.image_pull_policy=Sometimes"], "kuberay.image_pull_policy: expected one of"),
+                       (["image.pull_policy=Sometimes"], "image.pull_policy: expected one of"),
+                       (["kuberay.image=x"], "kuberay.image: unknown key"),
                        (["kuberay.gpus_per_worker=-1"], "kuberay.gpus_per_worker")):
         with pytest.raises(ConfigError, match=where):
             _cfg(*bad)
@@ -155,13 +155,54 @@ def test_schema_rejects_what_the_api_server_would_prune_or_refuse():
     group(typo)["minReplica"] = group(typo).pop("minReplicas")
     bad_quantity = copy.deepcopy(good)
     group(bad_quantity)["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = "32 gigs"
-    no_params = copy.deepcopy(good)
-    del no_params["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
     string_gpus = copy.deepcopy(good)
     group(string_gpus)["template"]["spec"]["tolerations"][0]["tolerationSeconds"] = "forever"
-    for broken in (typo, bad_quantity, no_params, string_gpus):
-        with pytest.raises(jsonschema.ValidationError):
-            validate(broken)
+    twice = copy.deepcopy(good)
+    group(twice)["template"]["spec"]["containers"][0]["env"].append({"name": "PYTHONUNBUFFERED", "value": "0"})
+    writable = copy.deepcopy(good)
+    del group(writable)["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
+    for broken, expected in ((typo, "minReplica"), (bad_quantity, "32 gigs"),
+                             (string_gpus, "forever"), (twice, "duplicate entry (name='PYTHONUNBUFFERED'"),
+                             (writable, "readOnlyRootFilesystem must be true")):
+        problems = "\n".join(rendered_problems(broken))
+        assert expected in problems, problems
+
+
+def test_every_pod_is_restricted_with_emptydirs_where_ray_writes():
+    _, m = _gpu_job()
+    spec = m["spec"]
+    pods = {"head": spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"],
+            "worker": spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"],
+            "submitter": spec["submitterPodTemplate"]["spec"]}
+    for name, pod in pods.items():
+        assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["fsGroup"] == 1000, name
+        (c,) = pod["containers"]
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True, name
+    for name in ("head", "worker"):
+        volumes = {v["name"]: v["emptyDir"] for v in pods[name]["volumes"]}
+        assert volumes["dshm"] == {"medium": "Memory"}  # Ray's object store and torch's shared memory
+        mounts = {m["mountPath"] for m in pods[name]["containers"][0]["volumeMounts"]}
+        assert mounts == {"/tmp", "/tmp/ray", "/var/cache/lmops", "/dev/shm"}
+    # KubeRay fills in the submitter's `ray job submit` command only when the template has none
+    submitter = pods["submitter"]
+    assert "command" not in submitter["containers"][0] and submitter["restartPolicy"] == "Never"
+    assert submitter["containers"][0]["image"] == "registry.local/lmops:v1.2-cpu"
+    assert pods["head"]["containers"][0]["image"] == "registry.local/lmops:v1.2-cpu"
+    assert pods["worker"]["containers"][0]["image"] == "registry.local/lmops:v1.2-cuda"
+
+
+def test_cpu_only_job_gets_cpu_workers_the_cpu_image_and_no_gpu_toleration():
+    m = render_rayjob(_cfg("kuberay.gpus_per_worker=0"), name="cpu-run", tokens_uri=TOKENS, checkpoint_uri=CKPT)
+    validate(m)
+    (group,) = m["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["groupName"] == "cpu-workers"
+    pod = group["template"]["spec"]
+    assert pod["containers"][0]["image"].endswith("-cpu") and "tolerations" not in pod
+    # tolerations given explicitly are kept, GPUs or not
+    m = render_rayjob(_cfg("kuberay.gpus_per_worker=0", "kuberay.tolerations=[{key: pool, operator: Exists}]"),
+                      name="cpu-run", tokens_uri=TOKENS, checkpoint_uri=CKPT)
+    assert m["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["tolerations"] == [
+        {"key": "pool", "operator": "Exists"}]
 
 
 # ---------------------------------------------------------------- KubeRay's status, decided

@@ -9,3 +9,29 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 app.kubernetes.io/name: lmops-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{- /* the image setting: tag (default appVersion) and the variant suffix, as lmops' ImageConfig.ref("cpu") */ -}}
+{{- define "lmops.tag" -}}
+{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- define "lmops.cpuImage" -}}
+{{ .Values.image.repository }}:{{ include "lmops.tag" . }}-cpu
+{{- end -}}
+{{- /* the pod security every lmops pod runs with: the image's non-root UID/GID 1000 (lmops.security.context) */ -}}
+{{- define "lmops.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 1000
+runAsGroup: 1000
+fsGroup: 1000
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+{{- define "lmops.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 1000
+runAsGroup: 1000
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+capabilities: {drop: [ALL]}
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}

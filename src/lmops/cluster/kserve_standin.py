@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmops.cluster.standin import StandIn, main, now
+from lmops.cluster.standin import StandIn, local_mounts, main, now, relocate
 from lmops.processes import stop_group
 
 READY_PROBE_TIMEOUT_S = 0.5
@@ -141,8 +141,9 @@ class KServeStandIn(StandIn):
         port = _free_port()
         container = (predictor.get("containers") or [predictor.get("model") or {}])[0]
         try:
-            cmd = _serve_command(name, predictor, container, port)
-            env = self.container_env(container, ns)
+            mounts = local_mounts(container, self.work_dir / f"{ns}_{rev_name}.volumes")
+            cmd = _serve_command(name, predictor, container, port, mounts)
+            env = self.container_env(container, ns, mounts)
         except (LookupError, ValueError) as e:
             proc = subprocess.Popen(["false"])  # a revision that failed before it ran
             svc.revisions[rev_name] = _Revision(rev_name, digest, proc, port, log, FAILED, str(e))
@@ -219,7 +220,8 @@ class KServeStandIn(StandIn):
             svc.published = text
 
 
-def _serve_command(name: str, predictor: dict[str, Any], container: dict[str, Any], port: int) -> list[str]:
+def _serve_command(name: str, predictor: dict[str, Any], container: dict[str, Any], port: int,
+                   mounts: dict[str, str] | None = None) -> list[str]:
     """`lmops serve` for this predictor, on 127.0.0.1:port, the model read from its storage URI."""
     env = {e["name"]: e.get("value") for e in container.get("env") or [] if "name" in e}
     model = predictor.get("model") or {}
@@ -233,7 +235,8 @@ def _serve_command(name: str, predictor: dict[str, Any], container: dict[str, An
     cmd = [sys.executable, "-m", "lmops.cli", "serve", "--model", storage, "--host", "127.0.0.1",
            "--port", str(port), "--name", name]
     for s in sets:
-        cmd += ["--set", s]
+        key, eq, value = s.partition("=")
+        cmd += ["--set", f"{key}{eq}{relocate(value, mounts or {})}"]  # e.g. serve.cache_dir on an emptyDir
     return cmd
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmops.cluster.standin import StandIn, main, now
+from lmops.cluster.standin import StandIn, local_mounts, main, now
 from lmops.processes import stop_group
 
 LOG_TAIL_CHARS = 2000
@@ -88,7 +88,7 @@ class KubeRayStandIn(StandIn):
         head = (obj["spec"].get("rayClusterSpec") or {}).get("headGroupSpec", {}).get("template", {}) \
             .get("spec", {}).get("containers", [{}])[0]
         try:
-            env = self.container_env(head, ns)
+            env = self.container_env(head, ns, local_mounts(head, self.work_dir / f"{ns}_{name}.volumes"))
             # The job's "Ray cluster" is a local Ray of its own: "local" starts one, where a bare ray.init()
             # would join any Ray another process on this machine runs.
             env["RAY_ADDRESS"] = "local"

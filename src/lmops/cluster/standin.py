@@ -95,10 +95,12 @@ class StandIn:
                 self.log(f"watch of {self.kind}: {e}; retrying in 1s")
                 time.sleep(1)
 
-    def container_env(self, container: dict[str, Any], namespace: str) -> dict[str, str]:
+    def container_env(self, container: dict[str, Any], namespace: str,
+                      mounts: dict[str, str] | None = None) -> dict[str, str]:
         """The environment a container of this spec would get, on top of this process' own: the Secrets
-        its ``envFrom`` names (read from the API server, as the kubelet does), then its ``env``; ``python``
-        on PATH is this environment's. LookupError names a missing Secret."""
+        its ``envFrom`` names (read from the API server, as the kubelet does), then its ``env`` (with paths
+        under its volume mounts moved to ``mounts``' local folders); ``python`` on PATH is this environment's.
+        LookupError names a missing Secret."""
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         for source in container.get("envFrom") or []:
@@ -109,7 +111,8 @@ class StandIn:
             if secret is None:
                 raise LookupError(f'secret "{ref}" not found in namespace {namespace}')
             env.update({k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()})
-        env.update({e["name"]: e.get("value", "") for e in container.get("env") or [] if "name" in e})
+        env.update({e["name"]: relocate(e.get("value", ""), mounts or {}) for e in container.get("env") or []
+                    if "name" in e})
         return env
 
     def write_status(self, obj: dict[str, Any], status: dict[str, Any]) -> None:
@@ -140,3 +143,22 @@ def main(cls, argv: list[str] | None = None) -> int:
     standin.log(f"{cls.__name__}: watching {cls.kind} in {args.namespace or 'all namespaces'}; work dir {work}")
     standin.run()
     return 0
+
+
+def local_mounts(container: dict[str, Any], root: Path) -> dict[str, str]:
+    """A fresh local folder under ``root`` for each volume the container mounts, by mount path: what the
+    kubelet gives a pod's emptyDirs (lmops' pods write only there: their root filesystem is read-only)."""
+    out = {}
+    for m in container.get("volumeMounts") or []:
+        folder = root / m["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        out[m["mountPath"]] = str(folder)
+    return out
+
+
+def relocate(value: str, mounts: dict[str, str]) -> str:
+    """``value`` with a leading mount path (the longest that matches) replaced by its local folder."""
+    for path in sorted(mounts, key=len, reverse=True):
+        if value == path or value.startswith(path.rstrip("/") + "/"):
+            return mounts[path] + value[len(path.rstrip("/")):]
+    return value

@@ -19,14 +19,16 @@ from lmops.config.data import BuildConfig, DedupConfig, SplitConfig, TokenizeCon
 from lmops.config.evaluate import EvaluateConfig, GateRule
 from lmops.config.image import ImageConfig
 from lmops.config.kuberay import KubeRayConfig
+from lmops.config.pipeline import PipelineConfig, S3SecretRef, TaskResources
 from lmops.config.registry import RegistryConfig
 from lmops.config.serve import DeployConfig, DeployResources, ServeConfig
 from lmops.config.train import ModelConfig, TrainConfig
+from lmops.config.yaml_load import safe_load_unique
 
 __all__ = [
     "DEFAULT_PRESET", "PRESETS_DIR", "REPO_ROOT", "BuildConfig", "CompressConfig", "Config", "ConfigError",
     "DedupConfig", "DeployConfig", "DeployResources", "DistillConfig", "EvaluateConfig", "GateRule", "ImageConfig", "Int8Config",
-    "KubeRayConfig", "ModelConfig", "PruneConfig", "RegistryConfig", "Section", "ServeConfig", "SplitConfig",
+    "KubeRayConfig", "ModelConfig", "PipelineConfig", "S3SecretRef", "TaskResources", "PruneConfig", "RegistryConfig", "Section", "ServeConfig", "SplitConfig",
     "TokenizeConfig", "TrainConfig", "apply_override", "config_from_dict", "format_validation_error", "load_config",
     "resolve_preset", "sha256_json",
 ]
@@ -51,6 +53,7 @@ class Config(Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     kuberay: KubeRayConfig = Field(default_factory=KubeRayConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
 
 # ---------------------------------------------------------------- loading
@@ -74,7 +77,7 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
     """Load a preset or YAML file, apply ``key.path=value`` overrides, validate."""
     path = resolve_preset(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = safe_load_unique(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

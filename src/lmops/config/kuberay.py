@@ -7,29 +7,16 @@ when the config loads, not minutes later as a RayJob the cluster refuses.
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from lmops.config.base import Section
+from lmops.config.k8s import (
+    DNS_LABEL, DNS_SUBDOMAIN, INT32_MAX, check_env_names, check_node_selector, check_tolerations, gpu_tolerations,
+    quantity,
+)
 from lmops.config.serve import _CREDENTIAL_WORDS
-
-# the patterns Kubernetes itself uses (resource.Quantity, DNS-1123 label / subdomain, env var names)
-QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
-                      r"|(\.[0-9]+))))?$")
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-INT32_MAX = 2**31 - 1
-TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
-TOLERATION_OPERATORS = {"Exists", "Equal"}
-TOLERATION_EFFECTS = {"", "NoSchedule", "PreferNoSchedule", "NoExecute"}
-
-
-def _gpu_toleration() -> list[dict[str, Any]]:
-    # GPU node pools are usually tainted so that only pods asking for GPUs land there
-    return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
 class KubeRayConfig(Section):
@@ -37,10 +24,6 @@ class KubeRayConfig(Section):
 
     namespace: str = Field("default", max_length=63)
     """Namespace of the RayJob (and of the Ray cluster KubeRay creates for it)."""
-    image: str = Field("ghcr.io/lmops/lmops:0.1.0-cuda", min_length=1)
-    """Image of the head and worker pods: the lmops CUDA image (lmops, Ray and torch with CUDA)."""
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    """When the kubelet pulls the image."""
     service_account: str | None = None
     """ServiceAccount of the head and worker pods (e.g. one bound to an S3 role); None = the namespace default."""
     head_cpu: str = "2"
@@ -55,8 +38,9 @@ class KubeRayConfig(Section):
     """nvidia.com/gpu per worker pod; one training rank runs per GPU (0 = CPU training, one rank per pod)."""
     node_selector: dict[str, str] = Field(default_factory=dict)
     """nodeSelector of the worker pods, e.g. {cloud.google.com/gke-accelerator: nvidia-l4}."""
-    tolerations: list[dict[str, Any]] = Field(default_factory=_gpu_toleration)
-    """Tolerations of the worker pods (Kubernetes spelling: key, operator, value, effect, tolerationSeconds)."""
+    tolerations: list[dict[str, Any]] | None = None
+    """Tolerations of the worker pods (Kubernetes spelling: key, operator, value, effect, tolerationSeconds);
+    None = tolerate the nvidia.com/gpu taint when the workers ask for GPUs, nothing for CPU workers."""
     env_from_secrets: list[str] = Field(default_factory=list)
     """Secrets exposed to every pod with envFrom (S3 / MLflow credentials); never inline credentials in env."""
     env: dict[str, str] = Field(default_factory=dict)
@@ -79,13 +63,7 @@ class KubeRayConfig(Section):
     @field_validator("head_cpu", "head_memory", "worker_cpu", "worker_memory", mode="before")
     @classmethod
     def _quantity(cls, v: Any) -> str:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = str(v)  # YAML reads `worker_cpu: 8` as a number; Kubernetes wants the quantity "8"
-        if not isinstance(v, str):
-            raise ValueError("expected a Kubernetes quantity such as '8', '500m' or '32Gi'")
-        if not QUANTITY.match(v):
-            raise ValueError("expected a Kubernetes quantity such as '8', '500m' or '32Gi'")
-        return v
+        return quantity(v)
 
     @field_validator("namespace")
     @classmethod
@@ -119,9 +97,7 @@ class KubeRayConfig(Section):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in v if not ENV_NAME.match(k)]
-        if bad:
-            raise ValueError(f"{bad} are not valid environment variable names")
+        check_env_names(v)
         secret_like = [k for k in v if any(w in k.upper() for w in _CREDENTIAL_WORDS)]
         if secret_like:
             raise ValueError(f"env {secret_like} look like credentials; never inline them in a manifest:"
@@ -130,27 +106,16 @@ class KubeRayConfig(Section):
 
     @field_validator("tolerations")
     @classmethod
-    def _tolerations(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for i, t in enumerate(v):
-            unknown = sorted(set(t) - TOLERATION_KEYS)
-            if unknown:
-                raise ValueError(f"tolerations[{i}]: unknown key(s) {unknown} (allowed: {sorted(TOLERATION_KEYS)})")
-            for key in ("key", "operator", "value", "effect"):
-                if key in t and not isinstance(t[key], str):
-                    raise ValueError(f"tolerations[{i}].{key}: expected a string, got {t[key]!r}")
-            if t.get("operator", "Equal") not in TOLERATION_OPERATORS:
-                raise ValueError(f"tolerations[{i}].operator: expected Exists or Equal, got {t['operator']!r}")
-            if t.get("effect", "") not in TOLERATION_EFFECTS:
-                raise ValueError(f"tolerations[{i}].effect: expected NoSchedule, PreferNoSchedule or NoExecute,"
-                                 f" got {t['effect']!r}")
-            seconds = t.get("tolerationSeconds")
-            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
-                raise ValueError(f"tolerations[{i}].tolerationSeconds: expected an integer, got {seconds!r}")
-        return v
+    def _tolerations(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return None if v is None else check_tolerations(v)
 
-    @model_validator(mode="after")
-    def _exists_has_no_value(self) -> KubeRayConfig:
-        for i, t in enumerate(self.tolerations):
-            if t.get("operator") == "Exists" and t.get("value"):
-                raise ValueError(f"tolerations[{i}]: operator Exists takes no value (got {t['value']!r})")
-        return self
+    @field_validator("node_selector")
+    @classmethod
+    def _node_selector(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_node_selector(v)
+
+    def worker_tolerations(self) -> list[dict[str, Any]]:
+        """The tolerations the worker pods get: the configured ones, else the GPU taint's when they ask for GPUs."""
+        if self.tolerations is not None:
+            return [dict(t) for t in self.tolerations]
+        return gpu_tolerations() if self.gpus_per_worker else []

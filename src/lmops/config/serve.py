@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmops.config.base import Section
+from lmops.config.k8s import check_env_names, check_node_selector, check_tolerations, gpu_tolerations, quantity
 
 
 # ---------------------------------------------------------------- stage 7: serve + deploy
@@ -80,6 +81,11 @@ class DeployResources(Section):
     gpus: int = Field(0, ge=0)
     """nvidia.com/gpu count (0 = none)."""
 
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _quantity(cls, v: Any) -> str:
+        return quantity(v)
+
 
 class ExampleConfig(Section):
     """The generation a deploy ends with: one request to the served model, printed in the run's summary."""
@@ -118,8 +124,9 @@ class DeployConfig(Section):
     """Namespace of the InferenceService."""
     runtime: Literal["lmops", "huggingface"] = "lmops"
     """lmops: our image runs `lmops serve` (v1, v2, OpenAI); huggingface: KServe's HF runtime on the same dir."""
-    image: str = "lmops:latest"
-    """Predictor image for runtime=lmops."""
+    image: str | None = None
+    """Predictor image for runtime=lmops; None = the image setting (``image.*``): its cuda variant when
+    resources.gpus > 0, else its cpu variant. Set only to serve from an image other than the pipeline's."""
     storage_uri: str | None = None
     """storageUri KServe's storage initializer downloads to /mnt/models; default: the model URI when it is
     s3:// (models:/ URIs are resolved by the lmops container itself through MLflow)."""
@@ -128,7 +135,13 @@ class DeployConfig(Section):
     s3_secret: str | None = None
     """Secret exposed to the lmops container with envFrom (AWS_* keys) for models:/ or direct s3:// reads."""
     env: dict[str, str] = Field(default_factory=dict)
-    """Extra plain environment variables; credentials are refused here (use service_account / s3_secret)."""
+    """Extra plain environment variables; credentials are refused here (use service_account / s3_secret), and so
+    are the names lmops sets itself (the container's env is a list keyed by name: a repeat is refused)."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """nodeSelector of the predictor pods, e.g. {cloud.google.com/gke-accelerator: nvidia-l4}."""
+    tolerations: list[dict[str, Any]] | None = None
+    """Tolerations of the predictor pods (Kubernetes spelling); None = tolerate the nvidia.com/gpu taint when
+    resources.gpus > 0, nothing otherwise."""
     resources: DeployResources = Field(default_factory=DeployResources)
     min_replicas: int = Field(1, ge=0)
     """Fewest predictor replicas (0 = scale to zero, serverless mode only)."""
@@ -137,8 +150,42 @@ class DeployConfig(Section):
     canary_traffic_percent: int | None = Field(None, ge=0, le=100)
     """Percent of traffic to the new revision (None = all of it); the rollout moves it, then clears it."""
 
+    @field_validator("tolerations")
+    @classmethod
+    def _tolerations(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return None if v is None else check_tolerations(v)
+
+    @field_validator("node_selector")
+    @classmethod
+    def _node_selector(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_node_selector(v)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        from lmops.serve.reserved_env import RESERVED_ENV
+
+        check_env_names(v)
+        taken = sorted(k for k in v if k in RESERVED_ENV)
+        if taken:
+            raise ValueError(f"{taken}: set by lmops itself ({RESERVED_ENV[taken[0]]}); a second entry with the"
+                             " same name is refused by the API server (env is a list keyed by name)")
+        return v
+
+    def pod_tolerations(self) -> list[dict[str, Any]]:
+        """The predictor's tolerations: the configured ones, else the GPU taint's when it asks for GPUs."""
+        if self.tolerations is not None:
+            return [dict(t) for t in self.tolerations]
+        return gpu_tolerations() if self.resources.gpus else []
+
     @model_validator(mode="after")
     def _replicas_ordered(self) -> "DeployConfig":
+        if self.storage_uri:
+            from lmops.serve.storage_access import storage_access_problem
+
+            problem = storage_access_problem(self, self.storage_uri)
+            if problem:
+                raise ValueError(problem)
         secret_like = [k for k in self.env if any(w in k.upper() for w in _CREDENTIAL_WORDS)]
         if secret_like:
             raise ValueError(f"env {secret_like} look like credentials; never inline them in a manifest: use"

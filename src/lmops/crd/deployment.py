@@ -28,7 +28,7 @@ class Toleration(CamelModel):
 
 class ServingSpec(CamelModel):
     runtime: Literal["lmops", "huggingface"] = "lmops"
-    image: str = "ghcr.io/lmops/lmops:0.1.0-cpu"
+    image: str | None = None  # None: the operator's image setting, cpu or cuda variant by gpus
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
     cpu: str = Field("1", pattern=r"^[0-9]+(\.[0-9]+)?m?$")

@@ -107,7 +107,7 @@ def _act(obj: dict[str, Any], spec: ModelDeploymentSpec | None, decision, settin
     tracking = (spec.model.tracking_uri if spec else None) or settings.tracking_uri
     for action in decision.actions:
         if isinstance(action, ApplyService) and spec is not None:
-            kube.apply(service.render(obj, spec, action.desired, tracking), client=client)
+            kube.apply(service.render(obj, spec, action.desired, tracking, settings.image), client=client)
         elif isinstance(action, RevertAlias):
             moved = registry_rollout.revert_alias(tracking, spec.model.name, action.alias, action.from_version,
                                                   action.to_version, action.reason)

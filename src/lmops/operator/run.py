@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from lmops.config import REPO_ROOT
+from lmops.config import REPO_ROOT, ImageConfig
 from lmops.errors import LmopsError
 from lmops.operator import runtime
 from lmops.operator.settings import Settings
@@ -25,7 +25,19 @@ def settings_from(args) -> Settings:
                          " or leave the receiver off and rely on the poll")
     return Settings(tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), poll_s=args.poll_seconds,
                     runs_dir=Path(args.runs_dir), webhook_host=args.webhook_host, webhook_port=port,
-                    webhook_secret=secret, namespaces=list(args.namespace or []))
+                    webhook_secret=secret, namespaces=list(args.namespace or []), image=image_from_env())
+
+
+def image_from_env() -> ImageConfig:
+    """The image setting from the environment the chart gives the operator (unset = the defaults)."""
+    given = {field: os.environ[var] for field, var in (("repository", "LMOPS_IMAGE_REPOSITORY"),
+                                                         ("tag", "LMOPS_IMAGE_TAG"),
+                                                         ("pull_policy", "LMOPS_IMAGE_PULL_POLICY"))
+             if os.environ.get(var)}
+    try:
+        return ImageConfig(**given)
+    except ValueError as e:
+        raise LmopsError(f"$LMOPS_IMAGE_*: {e}") from None
 
 
 def load_handlers(path: Path = HANDLERS) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmops.config import DeployConfig, ServeConfig
+from lmops.config import DeployConfig, ImageConfig, ServeConfig
 from lmops.crd import API_VERSION
 from lmops.crd.deployment import ModelDeploymentSpec
 from lmops.rollout import DesiredService, ServiceState
@@ -24,7 +24,8 @@ STABLE_ANN, CANARY_ANN = "lmops.dev/stable-version", "lmops.dev/canary-version"
 TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
 
 
-def render(md: dict[str, Any], spec: ModelDeploymentSpec, desired: DesiredService, tracking_uri: str | None) -> dict[str, Any]:
+def render(md: dict[str, Any], spec: ModelDeploymentSpec, desired: DesiredService, tracking_uri: str | None,
+           image: ImageConfig | None = None) -> dict[str, Any]:
     meta = md["metadata"]
     sv = spec.serving
     env = dict(sv.env)
@@ -34,9 +35,10 @@ def render(md: dict[str, Any], spec: ModelDeploymentSpec, desired: DesiredServic
                        image=sv.image, service_account=sv.service_account_name, env=env,
                        resources={"cpu": sv.cpu, "memory": sv.memory, "gpus": sv.gpus},
                        min_replicas=sv.min_replicas, max_replicas=sv.max_replicas,
-                       canary_traffic_percent=desired.canary_percent)
+                       canary_traffic_percent=desired.canary_percent,
+                       tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in sv.tolerations] or None)
     isvc = render_inference_service(cfg, ServeConfig(), f"models:/{spec.model.name}/{desired.serving}",
-                                    labels={"lmops.dev/deployment": meta["name"]})
+                                    labels={"lmops.dev/deployment": meta["name"]}, image=image)
     isvc["metadata"]["annotations"].update({STABLE_ANN: desired.stable or "", CANARY_ANN: desired.canary or "",
                                             TAG_ROUTING: "true"})
     isvc["metadata"]["ownerReferences"] = [{"apiVersion": API_VERSION, "kind": "ModelDeployment",
@@ -45,8 +47,6 @@ def render(md: dict[str, Any], spec: ModelDeploymentSpec, desired: DesiredServic
     predictor = isvc["spec"]["predictor"]
     if desired.canary_percent is None:
         predictor.pop("canaryTrafficPercent", None)
-    if sv.tolerations:
-        predictor["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in sv.tolerations]
     return isvc
 
 

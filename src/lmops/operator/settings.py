@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from lmops.config.image import ImageConfig
+
 
 @dataclass
 class Settings:
@@ -23,3 +25,6 @@ class Settings:
     """None: no webhook receiver (poll only)."""
     webhook_secret: str | None = None
     namespaces: list[str] = field(default_factory=list)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    """The lmops images the InferenceServices run (a ModelDeployment's serving.image overrides it); the chart
+    passes its own image setting ($LMOPS_IMAGE_REPOSITORY, $LMOPS_IMAGE_TAG, $LMOPS_IMAGE_PULL_POLICY)."""

@@ -6,8 +6,12 @@ testable lives here. Each step returns the summary row of its stage (``status`` 
 metadata: the Kubeflow UI shows it beside the artifact, and ``make run`` prints its closing table from it.
 
 The configuration is resolved once, by ``resolve_config`` (preset or YAML, ``--set``-style overrides, and
-the pipeline's own parameters mapped onto config fields), and travels as a YAML artifact: every later
-task reads exactly the same validated configuration.
+the pipeline's own parameters mapped onto config fields), and travels to every later task as a string
+parameter holding that YAML: every task reads exactly the same validated configuration, and Kubeflow's cache
+key of a task (its input parameter values and input artifacts' ids, image and command:
+backend/src/v2/cacheutils/cache.go) then depends on the configuration's content. As an artifact it would
+depend on the identity of a new artifact every run (resolve-config is never cached), so no task downstream
+could ever hit the cache.
 """
 
 from __future__ import annotations
@@ -100,6 +104,42 @@ def _absolute_paths(cfg: Config) -> Config:
                                   "workdir": str(Path(cfg.workdir).resolve())})
 
 
+def resolved_outputs(config_dir: str | Path, launcher: str, pod_gpus: int, node_selector: dict | None = None,
+                     tolerations: list | None = None) -> dict[str, Any]:
+    """What resolve-config hands the later tasks: the config YAML (their ``config`` parameter), the cpu image
+    of every task, and the train task's pod (lmops.pipeline.task_pods)."""
+    from lmops.pipeline.task_pods import train_pod
+
+    path = Path(config_dir) / CONFIG_FILE
+    cfg = read_config(path)
+    pod = train_pod(cfg, launcher, pod_gpus, node_selector, tolerations)
+    return {"config": path.read_text(), "cpu_image": cfg.image.ref("cpu"),
+            **{f"train_{k}": v for k, v in pod.items()}}
+
+
+def parse_config(text: str) -> Config:
+    """The configuration a task got as its ``config`` parameter (the YAML resolve-config wrote); in a Kubeflow
+    pod also the S3 endpoint of ``pipeline.s3_endpoint_url`` (kubeflow_env)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise LmopsError(f"config parameter: not YAML ({e}); expected resolve-config's output") from None
+    if not isinstance(raw, dict):
+        raise LmopsError("config parameter: expected the YAML mapping resolve-config writes")
+    cfg = config_from_dict(raw, "config parameter")
+    kubeflow_env(cfg)
+    return cfg
+
+
+def kubeflow_env(cfg: Config, environ: dict | None = None) -> None:
+    """In a Kubeflow task pod (the KFP_POD_NAME its launcher sets), LMOPS_S3_ENDPOINT_URL from the config unless the
+    pod has one. Not compiled into the task's env: kfp's local runner applies a task's env over the caller's,
+    so a compiled-in endpoint would point `make run`'s S3 at the cluster's MinIO."""
+    environ = os.environ if environ is None else environ
+    if environ.get("KFP_POD_NAME") and cfg.pipeline.s3_endpoint_url and not environ.get("LMOPS_S3_ENDPOINT_URL"):
+        environ["LMOPS_S3_ENDPOINT_URL"] = cfg.pipeline.s3_endpoint_url
+
+
 def read_config(config_dir: str | Path) -> Config:
     """The configuration a ``resolve_config`` task wrote (a directory holding config.yaml, or the file)."""
     path = Path(config_dir)
@@ -125,25 +165,25 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
 
-def build(config_dir: str, out_dir: str) -> dict[str, Any]:
+def build(config: str, out_dir: str) -> dict[str, Any]:
     from lmops.data.build import build_dataset
 
-    cfg = read_config(config_dir)
+    cfg = parse_config(config)
     return _timed("build", lambda: build_dataset(cfg.build, out_dir, cache_dir=cfg.cache_dir))
 
 
-def tokenize(config_dir: str, dataset_dir: str, out_dir: str) -> dict[str, Any]:
+def tokenize(config: str, dataset_dir: str, out_dir: str) -> dict[str, Any]:
     from lmops.data.tokenize import tokenize_dataset
 
-    cfg = read_config(config_dir)
+    cfg = parse_config(config)
     return _timed("tokenize", lambda: tokenize_dataset(cfg.tokenize, dataset_dir, out_dir, cache_dir=cfg.cache_dir))
 
 
-def train(config_dir: str, tokens_dir: str, out_dir: str, gpus: int = 0) -> dict[str, Any]:
+def train(config: str, tokens_dir: str, out_dir: str, gpus: int = 0) -> dict[str, Any]:
     """Ray Train in this process's Ray: a local one, or the cluster RAY_ADDRESS names."""
     from lmops.train.stage import train_stage
 
-    cfg = read_config(config_dir)
+    cfg = parse_config(config)
     if gpus > 0 and not os.environ.get("RAY_ADDRESS"):
         import torch
 
@@ -153,7 +193,7 @@ def train(config_dir: str, tokens_dir: str, out_dir: str, gpus: int = 0) -> dict
     return _timed("train", lambda: train_stage(cfg, tokens_dir, out_dir, cache_dir=cfg.cache_dir))
 
 
-def train_on_kuberay(config_dir: str, tokens_uri: str, out_dir: str, *, job_name: str,
+def train_on_kuberay(config: str, tokens_uri: str, out_dir: str, *, job_name: str,
                      checkpoint_uri: str, tokens_dir: str | None = None) -> dict[str, Any]:
     """Submit a KubeRay RayJob that trains from ``tokens_uri`` into ``checkpoint_uri`` (shared storage),
     wait for it, then fetch the checkpoint into ``out_dir`` (the task's output artifact).
@@ -165,7 +205,7 @@ def train_on_kuberay(config_dir: str, tokens_uri: str, out_dir: str, *, job_name
     from lmops.train.kuberay.staging import job_uris
     from lmops.train.rayjob import train_on_kuberay as submit
 
-    cfg = read_config(config_dir)
+    cfg = parse_config(config)
     started = time.time()
     tokens, checkpoint = job_uris(cfg, s3_uri(tokens_uri), tokens_dir or tokens_uri, s3_uri(checkpoint_uri),
                                   job_name=job_name, log=log)
@@ -182,11 +222,11 @@ def s3_uri(uri: str) -> str:
     return "s3://" + uri[len("minio://"):] if uri.startswith("minio://") else uri
 
 
-def evaluate(config_dir: str, checkpoint_dir: str, tokens_dir: str, out_dir: str) -> dict[str, Any]:
+def evaluate(config: str, checkpoint_dir: str, tokens_dir: str, out_dir: str) -> dict[str, Any]:
     """Evaluate and gate against the champion's recorded metrics when an MLflow server is configured."""
     from lmops.evaluate_stage import evaluate_stage
 
-    cfg = read_config(config_dir)
+    cfg = parse_config(config)
     baseline, against = champion_baseline(cfg, Path(out_dir).parent / "champion-eval.json")
     row = _timed("evaluate", lambda: evaluate_stage(cfg, checkpoint_dir, tokens_dir, out_dir, baseline=baseline,
                                                     cache_dir=cfg.cache_dir))
@@ -208,19 +248,19 @@ def champion_baseline(cfg: Config, dest: Path) -> tuple[Path | None, str | None]
     return dest, against
 
 
-def compress(config_dir: str, checkpoint_dir: str, tokens_dir: str, out_dir: str) -> dict[str, Any]:
+def compress(config: str, checkpoint_dir: str, tokens_dir: str, out_dir: str) -> dict[str, Any]:
     from lmops.compress.stage import compress_stage
 
-    cfg = read_config(config_dir)
+    cfg = parse_config(config)
     return _timed("compress", lambda: compress_stage(cfg, checkpoint_dir, tokens_dir, out_dir, cache_dir=cfg.cache_dir))
 
 
-def register(config_dir: str, checkpoint_dir: str, eval_dir: str, compressed_dir: str, out_dir: str,
+def register(config: str, checkpoint_dir: str, eval_dir: str, compressed_dir: str, out_dir: str,
              pipeline_run_id: str = "") -> dict[str, Any]:
     """Register the model and its compressed variants; returns the candidate's ``models:/`` URI."""
     from lmops.registry.register import register_dir
 
-    cfg = read_config(config_dir)
+    cfg = parse_config(config)
     started = time.time()
     reg, gating = register_dir(checkpoint_dir, eval_dir, cfg, compressed=compressed_dir,
                                pipeline_run_id=pipeline_run_id or None)
@@ -235,13 +275,13 @@ def register(config_dir: str, checkpoint_dir: str, eval_dir: str, compressed_dir
                       f"{'v' + reg.candidate if reg.candidate else 'none (no variant passed)'}"}
 
 
-def deploy(config_dir: str, model_uri: str, out_dir: str) -> dict[str, Any]:
+def deploy(config: str, model_uri: str, out_dir: str) -> dict[str, Any]:
     """Serve ``model_uri``: a local KServe model server (replacing this model name's previous one unless it
     already serves this registered version with these settings), or an
     InferenceService on Kubernetes; returns the endpoint and one example generation."""
     from lmops.pipeline.servers import deploy_and_record
 
-    cfg = read_config(config_dir)
+    cfg = parse_config(config)
     if not model_uri:
         raise LmopsError("deploy: no model to deploy (no registered variant passed its gates)")
     started = time.time()

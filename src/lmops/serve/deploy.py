@@ -151,7 +151,7 @@ def deploy_kubernetes(cfg: Config, model_uri: str, out: Path, client=None) -> di
     from lmops import kube
     from lmops.serve.inference_service import API_VERSION, render_inference_service
 
-    manifest = render_inference_service(_with_registry(cfg, model_uri), cfg.serve, model_uri)
+    manifest = render_inference_service(_with_registry(cfg, model_uri), cfg.serve, model_uri, image=cfg.image)
     (out / "inferenceservice.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     applied = kube.apply(manifest, client=client)
     generation = applied["metadata"].get("generation")

@@ -8,14 +8,18 @@ Two predictors for the same directory:
   directory, needing no image of ours.
 S3 credentials are only ever referenced: the ServiceAccount KServe's storage initializer reads, or a
 Secret exposed with envFrom. DeployConfig refuses credential-looking env entries.
+Every predictor pod passes the restricted Pod Security Standard (lmops.security.context) with a read-only
+root filesystem; a GPU predictor gets the cuda image variant, the GPU toleration and deploy.node_selector.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lmops.config import DeployConfig, ServeConfig
+from lmops.config import DeployConfig, ImageConfig, ServeConfig
 from lmops.errors import LmopsError
+from lmops.security.context import CACHE_DIR, SERVER_DIRS, harden, harden_container
+from lmops.serve.storage_access import storage_access_problem
 
 API_VERSION = "serving.kserve.io/v1beta1"
 CONTAINER_NAME = "kserve-container"  # the name KServe looks for to inject STORAGE_URI downloads
@@ -29,16 +33,26 @@ def storage_uri_for(cfg: DeployConfig, model_uri: str) -> str | None:
     return model_uri if model_uri.startswith(("s3://", "gs://", "pvc://", "hf://", "https://")) else None
 
 
+def predictor_image(cfg: DeployConfig, image: ImageConfig) -> str:
+    """deploy.image if set, else the image setting's variant for the predictor's hardware."""
+    return cfg.image or image.ref("cuda" if cfg.resources.gpus else "cpu")
+
+
 def render_inference_service(cfg: DeployConfig, serve: ServeConfig, model_uri: str,
-                             labels: dict[str, str] | None = None) -> dict[str, Any]:
+                             labels: dict[str, str] | None = None, image: ImageConfig | None = None) -> dict[str, Any]:
+    image = image or ImageConfig()
     predictor: dict[str, Any] = {"minReplicas": cfg.min_replicas, "maxReplicas": cfg.max_replicas}
     if cfg.canary_traffic_percent is not None:
         predictor["canaryTrafficPercent"] = cfg.canary_traffic_percent
     if cfg.service_account:
         predictor["serviceAccountName"] = cfg.service_account
     storage = storage_uri_for(cfg, model_uri)
+    problem = storage_access_problem(cfg, storage)
+    if problem:
+        raise LmopsError(problem)
     if cfg.runtime == "lmops":
-        predictor["containers"] = [_lmops_container(cfg, serve, model_uri, storage)]
+        predictor["containers"] = [_lmops_container(cfg, serve, model_uri, storage, image)]
+        harden(predictor, SERVER_DIRS)  # the predictor is a PodSpec inline
     else:
         if storage is None:
             raise LmopsError(f"deploy.runtime=huggingface needs a storage URI (s3://...), not {model_uri!r}:"
@@ -46,13 +60,21 @@ def render_inference_service(cfg: DeployConfig, serve: ServeConfig, model_uri: s
         args = [f"--model_name={cfg.name}"]
         if cfg.resources.gpus == 0:
             args.append("--backend=huggingface")  # KServe's HF runtime otherwise tries vLLM (GPU)
-        predictor["model"] = {"modelFormat": {"name": "huggingface"}, "storageUri": storage, "args": args,
-                              "resources": _resources(cfg)}
+        model: dict[str, Any] = {"modelFormat": {"name": "huggingface"}, "storageUri": storage, "args": args,
+                                 "resources": _resources(cfg)}
         env = _env(cfg)
         if env:
-            predictor["model"]["env"] = env
+            model["env"] = env
         if cfg.s3_secret:
-            predictor["model"]["envFrom"] = [{"secretRef": {"name": cfg.s3_secret}}]
+            model["envFrom"] = [{"secretRef": {"name": cfg.s3_secret}}]
+        harden(predictor, SERVER_DIRS)
+        harden_container(model, SERVER_DIRS)  # the runtime's container: KServe merges these fields into it
+        predictor["model"] = model
+    if cfg.node_selector:
+        predictor["nodeSelector"] = dict(cfg.node_selector)
+    tolerations = cfg.pod_tolerations()
+    if tolerations:
+        predictor["tolerations"] = tolerations
     return {
         "apiVersion": API_VERSION,
         "kind": "InferenceService",
@@ -66,7 +88,8 @@ def render_inference_service(cfg: DeployConfig, serve: ServeConfig, model_uri: s
     }
 
 
-def _lmops_container(cfg: DeployConfig, serve: ServeConfig, model_uri: str, storage: str | None) -> dict[str, Any]:
+def _lmops_container(cfg: DeployConfig, serve: ServeConfig, model_uri: str, storage: str | None,
+                     image: ImageConfig) -> dict[str, Any]:
     # with a storage URI KServe downloads before start; otherwise (models:/) the server resolves it
     model_arg = MODEL_MOUNT if storage else model_uri
     env = _env(cfg)
@@ -74,14 +97,17 @@ def _lmops_container(cfg: DeployConfig, serve: ServeConfig, model_uri: str, stor
         env.insert(0, {"name": "STORAGE_URI", "value": storage})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": cfg.image,
+        "image": predictor_image(cfg, image),
+        "imagePullPolicy": image.pull_policy,
         "command": ["lmops"],
-        # 0.0.0.0 inside the pod: the kubelet probes and the queue-proxy reach it over the pod IP
+        # 0.0.0.0 inside the pod: the kubelet probes and the queue-proxy reach it over the pod IP;
+        # the download cache on the writable emptyDir (the root filesystem is read-only)
         "args": ["serve", "--model", model_arg, "--host", "0.0.0.0", "--port", str(PORT), "--name", cfg.name,
                  "--set", f"serve.max_new_tokens={serve.max_new_tokens}",
                  "--set", f"serve.max_prompt_tokens={serve.max_prompt_tokens}",
                  "--set", f"serve.max_batch_size={serve.max_batch_size}",
-                 "--set", f"serve.max_wait_ms={serve.max_wait_ms}"],
+                 "--set", f"serve.max_wait_ms={serve.max_wait_ms}",
+                 "--set", f"serve.cache_dir={CACHE_DIR}/serve"],
         "ports": [{"containerPort": PORT, "protocol": "TCP"}],
         "resources": _resources(cfg),
         "readinessProbe": {"httpGet": {"path": f"/v1/models/{cfg.name}", "port": PORT}, "periodSeconds": 5},

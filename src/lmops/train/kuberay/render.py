@@ -1,16 +1,20 @@
 """The RayJob (ray.io/v1) that trains a config on KubeRay: the config the job trains with, and the manifest.
 
-KubeRay creates a Ray cluster (a head pod + ``train.num_workers`` GPU worker pods), runs the entrypoint
+KubeRay creates a Ray cluster (a head pod + ``train.num_workers`` worker pods), runs the entrypoint
 on the head through a submitter Job (K8sJobMode), and deletes the cluster shortly after the job ends.
 Pods only ever see S3 (credentials through Secrets named in ``kuberay.env_from_secrets``); nothing
 local to the submitting pod exists in the Ray cluster.
+
+Images come from the image setting: GPU workers run the cuda variant; the head (driver and Ray's control
+plane), the submitter and CPU workers the cpu one (same Python and Ray, so one cluster). Only the worker pods
+get the GPU placement. Every pod (head, workers, submitter) passes the restricted Pod Security Standard with
+a read-only root filesystem; Ray writes to emptyDirs (/tmp, /tmp/ray, a cache folder, /dev/shm in memory).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import importlib.metadata
 import json
 import math
 import os
@@ -20,14 +24,21 @@ from typing import Any
 
 from lmops import storage
 from lmops.config import Config, ConfigError, config_from_dict
-from lmops.config.kuberay import INT32_MAX, KubeRayConfig
+from lmops.config.image import ImageConfig, Variant
+from lmops.config.k8s import INT32_MAX
+from lmops.config.kuberay import KubeRayConfig
 from lmops.errors import LmopsError
+from lmops.security.context import CACHE, RAY_DIRS, TMP, harden
+from lmops.train.kuberay.ray_version import RAY_VERSION
 
 API_VERSION = "ray.io/v1"
 KIND = "RayJob"
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
-WORKER_GROUP = "gpu-workers"
+SUBMITTER_CONTAINER = "ray-job-submitter"
+GPU_GROUP, CPU_GROUP = "gpu-workers", "cpu-workers"
+# KubeRay's own default submitter resources (common.GetDefaultSubmitterTemplate): `ray job submit` and a log tail
+SUBMITTER_RESOURCES = {"requests": {"cpu": "500m", "memory": "200Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
 GPU_RESOURCE = "nvidia.com/gpu"
 # KubeRay derives the RayCluster's and its Services' names from the RayJob's: longer names fail its
 # validation (ValidationFailed), so refuse them before submitting.
@@ -117,12 +128,14 @@ def render_rayjob(cfg: Config, *, name: str, tokens_uri: str, checkpoint_uri: st
     meta_labels = {"app.kubernetes.io/managed-by": "lmops", "app.kubernetes.io/name": "lmops",
                    "app.kubernetes.io/component": "train", "lmops.dev/rayjob": name, **(labels or {})}
     env = job_env(kr)
+    image = cfg.image
     head_resources = _resources(kr.head_cpu, kr.head_memory, 0)
     worker_resources = _resources(kr.worker_cpu, kr.worker_memory, kr.gpus_per_worker)
-    head = _container(HEAD_CONTAINER, kr, head_resources, env)
+    head = _container(HEAD_CONTAINER, kr, image, "cpu", head_resources, env)
     head["ports"] = [{"containerPort": 6379, "name": "gcs-server", "protocol": "TCP"},
                      {"containerPort": 8265, "name": "dashboard", "protocol": "TCP"},
                      {"containerPort": 10001, "name": "client", "protocol": "TCP"}]
+    worker = _container(WORKER_CONTAINER, kr, image, "cuda" if kr.gpus_per_worker else "cpu", worker_resources, env)
     pods = cfg.train.num_workers
     return {
         "apiVersion": API_VERSION,
@@ -134,23 +147,25 @@ def render_rayjob(cfg: Config, *, name: str, tokens_uri: str, checkpoint_uri: st
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": kr.ttl_seconds_after_finished,
             "activeDeadlineSeconds": min(math.ceil(kr.timeout_s), INT32_MAX),
+            # our own submitter pod, only to give it the restricted securityContext; KubeRay fills in its
+            # `ray job submit` command (the container has none) as it does for its default template
+            "submitterPodTemplate": _submitter(meta_labels, kr, image),
             "rayClusterSpec": {
-                "rayVersion": importlib.metadata.version("ray"),
+                "rayVersion": RAY_VERSION,
                 "headGroupSpec": {
                     # num-cpus 0: no training rank lands on the head; the driver and Ray Train's
                     # controller need no CPU reservation
                     "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-                    "template": _pod(meta_labels, head, kr, gpu_node=False),
+                    "template": _pod(meta_labels, head, kr, worker=False),
                 },
                 "workerGroupSpecs": [{
-                    "groupName": WORKER_GROUP,
+                    "groupName": GPU_GROUP if kr.gpus_per_worker else CPU_GROUP,
                     "replicas": pods,
                     "minReplicas": pods,
                     "maxReplicas": pods,
                     "rayStartParams": {},  # KubeRay sets num-cpus / num-gpus from the container's limits
-                    # the worker pods alone get the GPU placement (node selector, tolerations)
-                    "template": _pod(meta_labels, _container(WORKER_CONTAINER, kr, worker_resources, env), kr,
-                                     gpu_node=True),
+                    # the worker pods alone get the placement (node selector, GPU toleration)
+                    "template": _pod(meta_labels, worker, kr, worker=True),
                 }],
             },
         },
@@ -181,20 +196,33 @@ def _resources(cpu: str, memory: str, gpus: int) -> dict[str, dict[str, Any]]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _container(name: str, kr: KubeRayConfig, resources: dict[str, Any], env: list[dict[str, str]]) -> dict[str, Any]:
-    container: dict[str, Any] = {"name": name, "image": kr.image, "imagePullPolicy": kr.image_pull_policy,
+def _container(name: str, kr: KubeRayConfig, image: ImageConfig, variant: Variant, resources: dict[str, Any],
+               env: list[dict[str, str]]) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": name, "image": image.ref(variant), "imagePullPolicy": image.pull_policy,
                                  "resources": resources, "env": [dict(e) for e in env]}
     if kr.env_from_secrets:
         container["envFrom"] = [{"secretRef": {"name": s}} for s in kr.env_from_secrets]
     return container
 
 
-def _pod(labels: dict[str, str], container: dict[str, Any], kr: KubeRayConfig, *, gpu_node: bool) -> dict[str, Any]:
+def _pod(labels: dict[str, str], container: dict[str, Any], kr: KubeRayConfig, *, worker: bool) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [container]}
     if kr.service_account:
         spec["serviceAccountName"] = kr.service_account
-    if gpu_node and kr.node_selector:
+    if worker and kr.node_selector:
         spec["nodeSelector"] = dict(kr.node_selector)
-    if gpu_node and kr.tolerations:
-        spec["tolerations"] = [dict(t) for t in kr.tolerations]
+    tolerations = kr.worker_tolerations() if worker else []
+    if tolerations:
+        spec["tolerations"] = tolerations
+    harden(spec, RAY_DIRS)
+    return {"metadata": {"labels": dict(labels)}, "spec": spec}
+
+
+def _submitter(labels: dict[str, str], kr: KubeRayConfig, image: ImageConfig) -> dict[str, Any]:
+    container = {"name": SUBMITTER_CONTAINER, "image": image.ref("cpu"), "imagePullPolicy": image.pull_policy,
+                 "resources": {k: dict(v) for k, v in SUBMITTER_RESOURCES.items()}}
+    spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if kr.service_account:
+        spec["serviceAccountName"] = kr.service_account
+    harden(spec, (TMP, CACHE))  # the ray CLI writes under ~ and /tmp
     return {"metadata": {"labels": dict(labels)}, "spec": spec}
