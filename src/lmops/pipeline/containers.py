@@ -4,8 +4,10 @@ kfp's ``DockerRunner`` (with lmops' fixed task handler, ``kfp_docker``) runs eac
 the image, against docker or a ``podman system service`` lmops starts for the run (``lmops.images.api``).
 The containers run as a non-root user with a read-only root file system (tmpfs on /tmp) and the host's
 network, so they reach the run's MLflow server on 127.0.0.1. What they read and write on the host is
-mounted at the same path: kfp's run folder (by kfp), the state folder (lmops' stage cache, server records),
-the working directory read-only (the sample corpus and relative paths) and local sources read-only.
+mounted at the same path: kfp's run folder (by kfp), the state folder (server records), lmops' stage cache
+and the config's workdir (Ray Train's storage) read-write; the working directory (the sample corpus,
+relative paths) and local sources read-only. Run as root, lmops hands the folders the containers write to
+the image's user (UID 1000); run as another user, the containers run as that user.
 
 - Ray: each task that trains starts a Ray of its own inside its container (the host's Ray runtime would
   run the workers on the host, outside the image).
@@ -57,9 +59,9 @@ def hand_over(paths: list[Path], uid: int, gid: int) -> None:
 def mounts(cfg: Config, state: Path, workdir: Path, sources: list[str]) -> dict[str, dict[str, str]]:
     """Host folders the tasks see, at the same paths (kfp mounts its run folder itself)."""
     out = {str(workdir): {"bind": str(workdir), "mode": "ro"}, str(state): {"bind": str(state), "mode": "rw"}}
-    cache = Path(cfg.cache_dir).resolve() if cfg.cache_dir else None
-    if cache is not None and not _under(cache, state):
-        out[str(cache)] = {"bind": str(cache), "mode": "rw"}
+    for folder in written(cfg):
+        if not _under(folder, state):
+            out[str(folder)] = {"bind": str(folder), "mode": "rw"}
     for s in [*sources, *cfg.build.sources]:
         if "://" in s:
             continue
@@ -69,6 +71,14 @@ def mounts(cfg: Config, state: Path, workdir: Path, sources: list[str]) -> dict[
         if p.exists() and not _under(p, workdir) and not _under(p, state):
             out[str(p)] = {"bind": str(p), "mode": "ro"}
     return out
+
+
+def written(cfg: Config) -> list[Path]:
+    """The config's folders the tasks write: lmops' stage cache and the workdir (Ray Train's storage)."""
+    folders = [Path(cfg.workdir).resolve()]
+    if cfg.cache_dir:
+        folders.append(Path(cfg.cache_dir).resolve())
+    return folders
 
 
 def _under(p: Path, folder: Path) -> bool:
@@ -101,7 +111,10 @@ def deploy_extra(api_url: str, image: str, user: str) -> dict[str, Any]:
                         "LMOPS_SERVE_USER": user},
     }
     st = os.stat(sock)
-    if stat.S_ISSOCK(st.st_mode):
+    if stat.S_ISSOCK(st.st_mode) and st.st_uid != int(user.split(":")[0]):
+        # podman creates it 0600: open it to its group, which only this container is added to (the socket
+        # sits in a private 0700 folder: nobody else on the host reaches it)
+        os.chmod(sock, 0o660)
         extra["group_add"] = [str(st.st_gid)]
     return extra
 
@@ -117,9 +130,8 @@ def container_runner(cfg: Config, *, engine: Engine, image: str, state: Path, ru
 
     workdir = Path.cwd()
     uid, gid = task_user()
-    cache = Path(cfg.cache_dir).resolve() if cfg.cache_dir else None
-    # what the containers write: the run's folder, lmops' stage cache, the server records
-    hand_over([run_root, state / "servers", *([cache] if cache else [])], uid, gid)
+    # what the containers write: the run's folder, the server records, lmops' stage cache, the workdir
+    hand_over([run_root, state / "servers", *written(cfg)], uid, gid)
     # the sample corpus is made from the standard library of the Python that makes it: make it here, as
     # `make run` does, so that both runners train on the same data
     from lmops.local_run import ensure_sample_corpus

@@ -1,6 +1,6 @@
 """kfp's ``DockerRunner`` task handler, fixed so that a failed task fails (every change to kfp is here).
 
-kfp 2.17.0 (``kfp/local/docker_task_handler.py``) runs each task container with ``auto_remove=True``,
+kfp 2.17 (``kfp/local/docker_task_handler.py``, 2.17.3 read) runs each task container with ``auto_remove=True``,
 streams its logs, then calls ``container.wait()``; when the container is already gone it catches
 ``docker.errors.NotFound`` and returns exit code 0. Against podman's Docker-compatible API the container
 is often removed before kfp reads its exit code, so a task that raised was reported SUCCESS (twice in two
@@ -24,7 +24,7 @@ from kfp.local import docker_task_handler, status
 
 from lmops.errors import LmopsError
 
-KFP_VERSION = "2.17.0"  # the version whose handler this replaces (tests/containers checks it)
+KFP_SERIES = "2.17."  # the releases whose handler this replaces (2.17.3 in the lock; tests/containers checks it)
 
 # (task function name) -> extra docker-SDK run arguments for that task's container
 ExtraFor = Callable[[str], dict[str, Any]]
@@ -90,8 +90,8 @@ def fixed_handler(extra_for: ExtraFor | None = None) -> Iterator[None]:
     for the duration of a run, and put kfp's back afterwards."""
     import kfp
 
-    if kfp.__version__ != KFP_VERSION and not os.environ.get("LMOPS_KFP_ANY_VERSION"):
-        raise LmopsError(f"kfp {kfp.__version__}: lmops' container runner patches kfp {KFP_VERSION}'s"
+    if not kfp.__version__.startswith(KFP_SERIES) and not os.environ.get("LMOPS_KFP_ANY_VERSION"):
+        raise LmopsError(f"kfp {kfp.__version__}: lmops' container runner patches kfp {KFP_SERIES}x's"
                          " DockerRunner; check lmops/pipeline/kfp_docker.py against this version (or set"
                          " LMOPS_KFP_ANY_VERSION=1)")
     original = docker_task_handler.DockerTaskHandler

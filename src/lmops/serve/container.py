@@ -50,7 +50,7 @@ def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     container = client.containers.run(
         os.environ[SERVE_IMAGE_ENV], ["lmops", "serve", "-c", str(config_path), "--model", model_uri],
         name=name, detach=True, user=os.environ.get("LMOPS_SERVE_USER", "1000:1000"), read_only=True,
-        tmpfs={"/tmp": "rw,exec,mode=1777"}, network_mode="host",
+        tmpfs={"/tmp": "rw,exec,mode=1777"}, network_mode="host", working_dir="/tmp",  # relative paths: scratch
         environment={"HOME": "/tmp", **env}, volumes={str(out): {"bind": str(out), "mode": "ro"}},
         labels={"dev.lmops.serve": serve.model_name, "dev.lmops.model-uri": model_uri})
     base = f"http://{'127.0.0.1' if serve.host in ('0.0.0.0', '') else serve.host}:{port}"
