@@ -80,7 +80,13 @@ k8s-binaries: $(STAMP)
 	$(BIN)/python -m lmops.cluster.binaries
 
 test: $(STAMP) k8s-binaries
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not containers" $(PYTEST_ARGS)
+
+# The tests that build the lmops image (cached by its build key) and run the pipeline in it, separate from
+# `make test` because a cold image build (engine install, Debian base, image) adds 6-8 minutes on 2 cores.
+# .ci/run runs both.
+test-containers: $(STAMP)
+	$(BIN)/python -m pytest -q tests/containers $(PYTEST_ARGS)
 
 # A local Kubernetes control plane (with the KServe / KubeRay stand-ins) under .state/cluster.
 # The operator loop on lmops cluster (start it first: make cluster): kubectl apply a training job, promote
