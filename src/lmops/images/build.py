@@ -95,8 +95,10 @@ def revision(root: Path = REPO_ROOT) -> str:
 
 
 def build(variant: Variant, *, engine: Engine | None = None, image: ImageConfig | None = None,
-          base: str | None = None, local_ca: bool = True, force: bool = False, log=print) -> Built:
-    """Build one variant unless an image with the same build key exists; returns what was done."""
+          base: str | None = None, local_ca: bool = True, force: bool = False, no_cache: bool = False,
+          log=print) -> Built:
+    """Build one variant unless an image with the same build key exists; returns what was done.
+    force: build even so (the engine's layer cache still applies); no_cache: without the layer cache too."""
     engine = engine or detect(install=True)
     image = image or ImageConfig()
     ref = image.ref(variant)
@@ -106,14 +108,16 @@ def build(variant: Variant, *, engine: Engine | None = None, image: ImageConfig 
     # the CA and the wheel folder change how, not what, is installed: not part of the key
     key = build_key(variant, base, extra={"torch_source": "wheels" if wheels else "index"})
     started = time.time()
-    if not force and engine.image_label(ref, KEY_LABEL) == key:
+    if not (force or no_cache) and engine.image_label(ref, KEY_LABEL) == key:
         return Built(ref, key, True, 0.0, engine.image_size(ref))
     args = ["build", "-f", DOCKERFILE, "-t", ref, "--label", f"{KEY_LABEL}={key}",
             "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"VARIANT={variant}",
             "--build-arg", f"VERSION={image.tag}", "--build-arg", f"REVISION={revision()}",
             "--build-arg", f"EXTRA_CA_CERTS={ca}"]
+    if no_cache:
+        args.append("--no-cache")
     if engine.name == "podman":
-        args += ["--layers", "--format", "docker"]  # docker format: HEALTHCHECK/labels as docker tools expect
+        args += ["--layers", "--format", "docker"]  # layer cache; docker's manifest format, which every registry takes
     if wheels:  # buildah bind-mounts a host folder into every RUN step (docker build has no such flag)
         args += ["-v", f"{wheels}:{wheels}:ro", "--build-arg", f"TORCH_WHEELS={wheels}"]
     log(f"[images] building {ref} with {engine.name} on {base}"
