@@ -18,6 +18,7 @@ from lmops.pipeline.local import TASKS, run_pipeline
 @pytest.fixture(scope="module")
 def run(lmops_image, mlflow_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("container-run")
+    root.chmod(0o755)  # pytest makes it 0700; the containers' user (UID 1000) reads the corpus from it
     mp = pytest.MonkeyPatch()
     mp.setenv("LMOPS_STATE_DIR", str(root / "state"))
     mp.chdir(root)

@@ -2,8 +2,7 @@
 raises fails the run (kfp 2.17's own handler reported such tasks SUCCESS against podman), and tasks run as
 the image's non-root user on a read-only root file system."""
 
-from __future__ import annotations
-
+# (no `from __future__ import annotations` here: kfp reads the components' annotations as types)
 import inspect
 import os
 
@@ -32,6 +31,7 @@ def test_task_function_reads_kfps_command():
 
 @pytest.fixture
 def runner(engine, lmops_image, tmp_path, monkeypatch):
+    tmp_path.chmod(0o755)  # pytest makes it 0700; the containers' user (UID 1000) reads it
     monkeypatch.chdir(tmp_path)
     cfg = load_config("tiny", [f"cache_dir={tmp_path / 'cache'}", f"workdir={tmp_path / 'runs'}"])
     image = image_for_run("cpu", cfg.image, engine)

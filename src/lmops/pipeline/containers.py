@@ -81,6 +81,19 @@ def written(cfg: Config) -> list[Path]:
     return folders
 
 
+def _check_readable(folder: Path, uid: int, mode: str) -> None:
+    """A mounted folder keeps its host permissions: one the task user cannot enter (a 0700 folder of root's,
+    such as a temporary directory) would fail every task with a bare PermissionError; say so up front."""
+    from lmops.errors import LmopsError
+
+    st = folder.stat()
+    if st.st_uid == uid or (st.st_mode & 0o005) == 0o005:
+        return
+    raise LmopsError(f"{folder} (mode {stat.S_IMODE(st.st_mode):o}, owner {st.st_uid}) is mounted {mode} into the"
+                     f" task containers, which run as UID {uid} and cannot read it: `chmod o+rx {folder}` or run"
+                     " from another folder")
+
+
 def _under(p: Path, folder: Path) -> bool:
     return p == folder or folder in p.parents
 
@@ -146,6 +159,8 @@ def container_runner(cfg: Config, *, engine: Engine, image: str, state: Path, ru
     args = runner_args(cfg, image=image, state=state, workdir=workdir, sources=sources, env=env,
                        run_id=run_root.name)
     volumes = args.pop("volumes")
+    for host, spec in volumes.items():
+        _check_readable(Path(host), uid, spec["mode"])
     with engine_api(engine) as api_url:
         deploy = deploy_extra(api_url, image, args["user"])
 
