@@ -61,9 +61,10 @@ def context_files(root: Path = REPO_ROOT) -> list[Path]:
 
 
 def build_key(variant: Variant, base: str, root: Path = REPO_ROOT, extra: dict | None = None) -> str:
-    """sha256 of the context's files (paths and contents), the variant, the base and build settings."""
+    """sha256 of the context's files (paths and contents; .dockerignore, which selects them, too), the
+    variant, the base and build settings."""
     h = hashlib.sha256()
-    for f in context_files(root):
+    for f in [*context_files(root), *([root / ".dockerignore"] if (root / ".dockerignore").is_file() else [])]:
         h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
     for k, v in sorted({"variant": variant, "base": base, **(extra or {})}.items()):
         h.update(f"{k}={v}\0".encode())
