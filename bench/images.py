@@ -62,6 +62,7 @@ def main() -> None:
     runs = {}
     for runner in ("subprocess", "container"):
         with tempfile.TemporaryDirectory(prefix=f"lmops-bench-{runner}-") as tmp:
+            os.chmod(tmp, 0o755)  # the containers' user reads the corpus from it
             runs[runner] = [_run(Path(tmp), runner, args.preset) for _ in range(2)]
     print(f"\n{'runner':<11} {'cold':>8} {'cached':>8}   (whole `make run`, {args.preset} preset)")
     for runner, (cold, cached) in runs.items():
