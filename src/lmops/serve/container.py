@@ -36,6 +36,8 @@ def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     from lmops.serve.deploy import _smoke, free_port, protocol_urls
 
     serve = cfg.serve
+    if serve.port:
+        _port_free(serve.host, serve.port)
     port = serve.port or free_port(serve.host)
     serve = serve.model_copy(update={"port": port})
     config_path = out / "serve-config.yaml"
@@ -69,6 +71,21 @@ def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
             "smoke": smoke}
 
 
+def _port_free(host: str, port: int) -> None:
+    """The server shares the host's network: on a taken port it would fail to bind while whatever holds the
+    port answered our readiness check in its place. Refuse up front."""
+    import socket
+
+    from lmops.serve.deploy import DeployError
+
+    with socket.socket() as s:
+        try:
+            s.bind((host or "0.0.0.0", port))
+        except OSError as e:
+            raise DeployError(f"{host}:{port} is already in use ({e.strerror}): stop what holds it (`make stop`"
+                              " if it is a previous run's server) or set serve.port=0 for a free port") from None
+
+
 def _wait_ready(container: Any, ready_url: str, timeout: float) -> None:
     import requests
 
@@ -82,7 +99,9 @@ def _wait_ready(container: Any, ready_url: str, timeout: float) -> None:
                               f" becoming ready; last log lines:\n{_logs(container)}")
         try:
             if requests.get(ready_url, timeout=2).status_code == 200:
-                return
+                container.reload()
+                if container.status == "running":  # the answer came from this container's server
+                    return
         except requests.RequestException:
             pass
         time.sleep(0.25)
