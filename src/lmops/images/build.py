@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ from lmops.images.engine import Engine, EngineError, detect
 
 DOCKERFILE = "components/Dockerfile"
 KEY_LABEL = "dev.lmops.build-key"
+BASE_LABEL = "dev.lmops.base"  # what the key was computed with, so that a run can tell a stale image
+TORCH_LABEL = "dev.lmops.torch-source"
 # the build context (.dockerignore is the same allow-list): what the image is made of
 CONTEXT = ("requirements.lock", "pyproject.toml", "README.md", "src", "configs", "components", "pipelines")
 TORCH_VERSION = "2.13.0"
@@ -112,6 +116,7 @@ def build(variant: Variant, *, engine: Engine | None = None, image: ImageConfig 
     if not (force or no_cache) and engine.image_label(ref, KEY_LABEL) == key:
         return Built(ref, key, True, 0.0, engine.image_size(ref))
     args = ["build", "-f", DOCKERFILE, "-t", ref, "--label", f"{KEY_LABEL}={key}",
+            "--label", f"{BASE_LABEL}={base}", "--label", f"{TORCH_LABEL}={'wheels' if wheels else 'index'}",
             "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"VARIANT={variant}",
             "--build-arg", f"VERSION={image.tag}", "--build-arg", f"REVISION={revision()}",
             "--build-arg", f"EXTRA_CA_CERTS={ca}"]
@@ -162,6 +167,12 @@ def image_for_run(variant: Variant = "cpu", image: ImageConfig | None = None, en
     if not engine.image_exists(ref):
         raise EngineError(f"image {ref} not found in {engine.name}: build it first with `make images` "
                           f"(lmops images build --variant {variant})")
+    labels = engine.run("image", "inspect", "--format", "{{json .Config.Labels}}", ref).stdout
+    built_from = (json.loads(labels) or {}).get(KEY_LABEL)
+    base = (json.loads(labels) or {}).get(BASE_LABEL, "")
+    if built_from and base and built_from != build_key(variant, base, extra={"torch_source": (json.loads(labels) or {}).get(TORCH_LABEL, "")}):
+        print(f"[images] warning: {ref} was built from other sources than this checkout's (build key {built_from}):"
+              " `make images` rebuilds it", file=sys.stderr, flush=True)
     return ref
 
 
