@@ -167,10 +167,10 @@ def image_for_run(variant: Variant = "cpu", image: ImageConfig | None = None, en
     if not engine.image_exists(ref):
         raise EngineError(f"image {ref} not found in {engine.name}: build it first with `make images` "
                           f"(lmops images build --variant {variant})")
-    labels = engine.run("image", "inspect", "--format", "{{json .Config.Labels}}", ref).stdout
-    built_from = (json.loads(labels) or {}).get(KEY_LABEL)
-    base = (json.loads(labels) or {}).get(BASE_LABEL, "")
-    if built_from and base and built_from != build_key(variant, base, extra={"torch_source": (json.loads(labels) or {}).get(TORCH_LABEL, "")}):
+    labels = json.loads(engine.run("image", "inspect", "--format", "{{json .Config.Labels}}", ref).stdout) or {}
+    built_from, base = labels.get(KEY_LABEL), labels.get(BASE_LABEL)
+    torch_source = {"torch_source": labels.get(TORCH_LABEL, "")}
+    if built_from and base and built_from != build_key(variant, base, extra=torch_source):
         print(f"[images] warning: {ref} was built from other sources than this checkout's (build key {built_from}):"
               " `make images` rebuilds it", file=sys.stderr, flush=True)
     return ref
