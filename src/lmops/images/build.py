@@ -128,7 +128,12 @@ def build(variant: Variant, *, engine: Engine | None = None, image: ImageConfig 
         args += ["-v", f"{wheels}:{wheels}:ro", "--build-arg", f"TORCH_WHEELS={wheels}"]
     log(f"[images] building {ref} with {engine.name} on {base}"
         f"{' (torch from ' + wheels + ')' if wheels else ''}")
+    previous = engine.run("image", "inspect", "--format", "{{.Id}}", ref, check=False).stdout.strip()
     _stream(engine, [*args, str(REPO_ROOT)], ref, log)
+    if previous and previous != engine.run("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip():
+        # the image this build replaced is now untagged: drop it (its shared layers stay; an image a
+        # container still uses is refused, harmlessly)
+        engine.run("rmi", previous, check=False)
     return Built(ref, key, False, time.time() - started, engine.image_size(ref))
 
 
