@@ -102,7 +102,8 @@ def cmd_pipeline(args: argparse.Namespace) -> dict:
                            tracking_uri=cfg.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
                            # a Ray cluster of the user's (RAY_ADDRESS) is used; else the recorded local one
                            ray_address=os.environ.get("RAY_ADDRESS"),
-                           quiet_kfp=not args.verbose, launcher=args.launcher, deploy_target=args.deploy_target)
+                           quiet_kfp=not args.verbose, launcher=args.launcher, deploy_target=args.deploy_target,
+                           runner=args.runner)
     if not args.json:
         print_summary(summary)
     return summary
@@ -265,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                          " (needs --set kuberay.staging_uri=s3://...)")
     sp.add_argument("--deploy-target", choices=["local", "kubernetes"], default="local",
                     help="run: a local model server (default), or an InferenceService on $KUBECONFIG's cluster")
+    sp.add_argument("--runner", choices=["subprocess", "container"], default="subprocess",
+                    help="run: each task as a subprocess of this environment (default), or as a container of the"
+                         " lmops image (kfp's DockerRunner via docker or podman; build it first: make images)")
     sp = stage("stop", cmd_stop, "stop the local servers a pipeline run left up (MLflow, model servers)")
     stage("config", cmd_config, "print the resolved configuration")
     sp = stage("serve", cmd_serve, "stage 7: serve a model (KServe v1/v2 REST and gRPC + OpenAI) on 127.0.0.1")
@@ -319,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lmops.cluster.commands import add_parser as add_cluster
 
     add_cluster(sub)
+    from lmops.images.commands import add_parser as add_images
+
+    add_images(sub)
     sp = sub.add_parser("sample-corpus", help="make the offline sample corpus (stdlib docstrings)")
     sp.add_argument("--dest", default=str(SAMPLE_CORPUS))
     sp.add_argument("--json", action="store_true")

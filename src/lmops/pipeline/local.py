@@ -32,6 +32,7 @@ from lmops.pipeline import servers
 from lmops.train.ray_head import LOCAL_RAY_ENV
 
 LAUNCHERS = ("local", "kuberay")
+RUNNERS = ("subprocess", "container")
 DEPLOY_TARGETS = ("local", "kubernetes")
 TASKS = ("resolve-config", "build", "tokenize", "train", "evaluate", "compress", "register", "deploy")
 
@@ -43,7 +44,7 @@ class PipelineRunError(LmopsError, RuntimeError):
 def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name: str = "",
                  sources: list[str] | None = None, tracking_uri: str | None = None,
                  ray_address: str | None = None, quiet_kfp: bool = True, launcher: str = "local",
-                 deploy_target: str = "local") -> dict[str, Any]:
+                 deploy_target: str = "local", runner: str = "subprocess") -> dict[str, Any]:
     """Run the whole pipeline locally; returns the summary (see ``summarize``).
 
     tracking_uri: an MLflow server to use instead of the recorded local one (started when missing).
@@ -51,13 +52,22 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     (started when missing).
     launcher / deploy_target: the pipeline's parameters. "kuberay" submits the train task's RayJob and
     "kubernetes" applies the InferenceService to the cluster $KUBECONFIG names (`lmops cluster up` on this
-    machine); kuberay needs kuberay.staging_uri, since kfp's local artifacts are folders the job cannot read."""
+    machine); kuberay needs kuberay.staging_uri, since kfp's local artifacts are folders the job cannot read.
+    runner: "subprocess" (kfp's SubprocessRunner, this environment) or "container" (kfp's DockerRunner: each
+    task in the lmops image, through docker or podman; lmops.pipeline.containers)."""
     from kfp import local
 
-    if launcher not in LAUNCHERS or deploy_target not in DEPLOY_TARGETS:
-        raise LmopsError(f"launcher={launcher!r}, deploy_target={deploy_target!r}: expected a launcher in"
-                         f" {LAUNCHERS} and a deploy target in {DEPLOY_TARGETS}")
+    if launcher not in LAUNCHERS or deploy_target not in DEPLOY_TARGETS or runner not in RUNNERS:
+        raise LmopsError(f"launcher={launcher!r}, deploy_target={deploy_target!r}, runner={runner!r}: expected a"
+                         f" launcher in {LAUNCHERS}, a deploy target in {DEPLOY_TARGETS} and a runner in {RUNNERS}")
     cfg = load_config(config, overrides)  # a bad config fails here, before anything starts
+    in_containers = runner == "container"
+    if in_containers:  # no image, no engine: say so now (`make images`), before any server starts
+        from lmops.images.build import image_for_run
+        from lmops.images.engine import detect
+
+        engine = detect()
+        image = image_for_run("cuda" if cfg.train.use_gpu else "cpu", cfg.image, engine)
     if launcher == "kuberay":  # say so now rather than after build and tokenize
         from lmops.train.kuberay.staging import staging_prefix
 
@@ -71,19 +81,24 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     # MLflow and Ray each take 10-30 s to start on a small machine: start them side by side
     with ThreadPoolExecutor(2) as pool:
         mlflow = pool.submit(_timed, lambda: (tracking_uri, False) if tracking_uri else servers.ensure_mlflow())
-        ray = pool.submit(_timed, lambda: (ray_address, False) if ray_address else servers.ensure_ray())
+        # in containers each training task runs a Ray of its own (the host's would run workers outside the image)
+        ray = pool.submit(_timed, lambda: (ray_address, False) if ray_address or in_containers
+                          else servers.ensure_ray())
         (url, fresh_mlflow), mlflow_s = mlflow.result()
         (address, fresh_ray), ray_s = ray.result()
     os.environ["MLFLOW_TRACKING_URI"] = url
     print(f"[run] MLflow server {url} ({'started' if fresh_mlflow else 'reused'}, {mlflow_s:.1f}s)", flush=True)
-    print(f"[run] Ray runtime {address} ({'started' if fresh_ray else 'reused'}, {ray_s:.1f}s)", flush=True)
+    if in_containers:
+        print(f"[run] tasks run in {image} ({engine.name}); Ray starts inside the training tasks"
+              f"{'' if not address else f' (RAY_ADDRESS {address})'}", flush=True)
+    else:
+        print(f"[run] Ray runtime {address} ({'started' if fresh_ray else 'reused'}, {ray_s:.1f}s)", flush=True)
 
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from pipelines.lmops_pipeline import lmops_pipeline
 
     root = state / "kfp" / time.strftime("%Y%m%d-%H%M%S")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     args = dict(config=config, overrides=list(overrides or []), model_name=model_name or cfg.registry.model_name,
                 sources=list(sources or []), num_workers=cfg.train.num_workers,
                 gpus_per_worker=1 if cfg.train.use_gpu else 0, launcher=launcher,
@@ -96,11 +111,21 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     before = set(descendants(os.getpid()))
     # the tasks are subprocesses: the environment is how they find the shared Ray (lmops.train.ray_train)
     previous_address, previous_local = os.environ.get("RAY_ADDRESS"), os.environ.get(LOCAL_RAY_ENV)
-    os.environ["RAY_ADDRESS"] = address
-    if not ray_address:  # our own runtime on this machine: its CPUs are all there will be (no autoscaler)
-        os.environ[LOCAL_RAY_ENV] = "1"
+    if address:
+        os.environ["RAY_ADDRESS"] = address
+        if not ray_address:  # our own runtime on this machine: its CPUs are all there will be (no autoscaler)
+            os.environ[LOCAL_RAY_ENV] = "1"
     try:
-        with _kfp_output(quiet_kfp), warnings.catch_warnings():
+        with contextlib.ExitStack() as stack, _kfp_output(quiet_kfp), warnings.catch_warnings():
+            if in_containers:
+                from lmops.pipeline.containers import container_runner
+
+                kfp_runner = stack.enter_context(container_runner(
+                    cfg, engine=engine, image=image, state=state, run_root=root, sources=list(sources or []),
+                    env={"MLFLOW_TRACKING_URI": url, **({"RAY_ADDRESS": address} if address else {})}))
+            else:
+                kfp_runner = local.SubprocessRunner(use_venv=False)
+            local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True)
             # "custom or non-Python base image ... in a Python environment": deliberate, the image is this venv
             warnings.filterwarnings("ignore", message=".*non-Python base image")
             # display names, resources, selectors: compiled into the YAML, meaningless for local subprocesses

@@ -3,8 +3,9 @@ and ``lmops stop`` (``make stop``) stops them.
 
 - ``mlflow.json``: the MLflow server (sqlite backend and artifacts under ``<state>/mlflow``), started on
   first use and reused while it answers.
-- ``serve-<model name>.json``: the KServe model server the deploy step started for that model name; a new
-  deploy of the same name replaces it.
+- ``serve-<model name>.json``: the KServe model server the deploy step started for that model name (a
+  process, or with the container runner a container: ``kind: container``); a new deploy of the same name
+  replaces it.
 - ``ray.json``: the local Ray runtime (``ray start --head``) the train and compress stages connect to, so a
   run pays Ray's start-up once (and a later run not at all).
 
@@ -43,6 +44,10 @@ def read_record(name: str, folder: Path | None = None) -> dict[str, Any] | None:
         rec = json.loads((_records(folder) / f"{name}.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+    if rec.get("kind") == "container":  # a model server container (make run RUNNER=container)
+        from lmops.serve.container import running
+
+        return rec if running(rec["container"]) else None
     return rec if group_alive(int(rec.get("pgid", -1))) else None
 
 
@@ -102,7 +107,11 @@ def deploy_and_record(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
             stop(name)
         endpoint = deploy(cfg, model_uri, out)
     out.mkdir(parents=True, exist_ok=True)  # deploy makes it; a reused server's endpoint.json goes there too
-    if cfg.deploy.target == "local":
+    if cfg.deploy.target == "local" and "container" in endpoint:
+        write_record(name, {"kind": "container", "url": endpoint["url"], "container": endpoint["container"],
+                            "image": endpoint["image"], "model_uri": model_uri,
+                            "endpoint": str(out / "endpoint.json")})
+    elif cfg.deploy.target == "local":
         write_record(name, {"kind": "kserve", "url": endpoint["url"], "pid": endpoint["pid"],
                             "pgid": endpoint["pgid"], "model_uri": model_uri, "serving_key": key,
                             "endpoint": str(out / "endpoint.json")})
@@ -126,8 +135,11 @@ def reusable_server(name: str, key: str | None) -> dict[str, Any] | None:
     model need not restart it (seconds of loading and warm-up). None otherwise."""
     import requests
 
+    from lmops.serve import container
+
     rec = read_record(name)
-    if key is None or rec is None or rec.get("serving_key") != key:
+    # a process server only (the container runner's deploy starts a server container, which it always replaces)
+    if key is None or rec is None or rec.get("serving_key") != key or container.requested():
         return None
     try:
         endpoint = json.loads(Path(rec["endpoint"]).read_text())
@@ -153,7 +165,11 @@ def stop(name: str, folder: Path | None = None) -> bool:
     """Stop one recorded server (its whole process group); False when it was not running."""
     path = _records(folder) / f"{name}.json"
     rec = read_record(name, folder)
-    if rec is not None:
+    if rec is not None and rec.get("kind") == "container":
+        from lmops.serve.container import remove
+
+        remove(rec["container"])
+    elif rec is not None:
         stop_group(int(rec["pgid"]))
     path.unlink(missing_ok=True)
     return rec is not None

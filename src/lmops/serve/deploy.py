@@ -61,6 +61,12 @@ def protocol_urls(base: str, name: str) -> dict[str, str]:
 
 
 def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
+    from lmops.serve import container
+
+    if container.requested():  # the container runner's deploy task: the server is a container too
+        endpoint = container.deploy_container(cfg, model_uri, out)
+        _write_json(out / ENDPOINT_FILE, endpoint)
+        return endpoint
 
     serve = cfg.serve
     port = serve.port or free_port(serve.host)
