@@ -5,7 +5,9 @@ config loads rather than minutes later as an object the cluster refuses."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 # the patterns Kubernetes itself uses (resource.Quantity, DNS-1123 label / subdomain, env var names)
 QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
@@ -72,3 +74,10 @@ def check_env_names(v: dict[str, str]) -> dict[str, str]:
     if bad:
         raise ValueError(f"{bad} are not valid environment variable names")
     return v
+
+
+NodeSelector = Annotated[dict[str, str], AfterValidator(check_node_selector)]
+"""A pod's nodeSelector field in a config section, checked as the API server would."""
+Tolerations = Annotated[list[dict[str, Any]] | None,
+                        AfterValidator(lambda v: None if v is None else check_tolerations(v))]
+"""A pod's tolerations in a config section (None = the section's default), checked as the API server would."""

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from lmops.config.base import Section
 from lmops.config.k8s import (
-    DNS_LABEL, DNS_SUBDOMAIN, INT32_MAX, check_env_names, check_node_selector, check_tolerations, gpu_tolerations,
+    DNS_LABEL, DNS_SUBDOMAIN, INT32_MAX, NodeSelector, Tolerations, check_env_names, gpu_tolerations,
     quantity,
 )
 from lmops.config.serve import _CREDENTIAL_WORDS
@@ -36,9 +36,9 @@ class KubeRayConfig(Section):
     """Memory request and limit of each worker pod."""
     gpus_per_worker: int = Field(1, ge=0)
     """nvidia.com/gpu per worker pod; one training rank runs per GPU (0 = CPU training, one rank per pod)."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: NodeSelector = Field(default_factory=dict)
     """nodeSelector of the worker pods, e.g. {cloud.google.com/gke-accelerator: nvidia-l4}."""
-    tolerations: list[dict[str, Any]] | None = None
+    tolerations: Tolerations = None
     """Tolerations of the worker pods (Kubernetes spelling: key, operator, value, effect, tolerationSeconds);
     None = tolerate the nvidia.com/gpu taint when the workers ask for GPUs, nothing for CPU workers."""
     env_from_secrets: list[str] = Field(default_factory=list)
@@ -103,16 +103,6 @@ class KubeRayConfig(Section):
             raise ValueError(f"env {secret_like} look like credentials; never inline them in a manifest:"
                              " put them in a Secret and name it in kuberay.env_from_secrets")
         return v
-
-    @field_validator("tolerations")
-    @classmethod
-    def _tolerations(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        return None if v is None else check_tolerations(v)
-
-    @field_validator("node_selector")
-    @classmethod
-    def _node_selector(cls, v: dict[str, str]) -> dict[str, str]:
-        return check_node_selector(v)
 
     def worker_tolerations(self) -> list[dict[str, Any]]:
         """The tolerations the worker pods get: the configured ones, else the GPU taint's when they ask for GPUs."""

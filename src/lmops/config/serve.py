@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lmops.config.base import Section
-from lmops.config.k8s import check_env_names, check_node_selector, check_tolerations, gpu_tolerations, quantity
+from lmops.config.k8s import NodeSelector, Tolerations, check_env_names, gpu_tolerations, quantity
 
 
 # ---------------------------------------------------------------- stage 7: serve + deploy
@@ -137,9 +137,9 @@ class DeployConfig(Section):
     env: dict[str, str] = Field(default_factory=dict)
     """Extra plain environment variables; credentials are refused here (use service_account / s3_secret), and so
     are the names lmops sets itself (the container's env is a list keyed by name: a repeat is refused)."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: NodeSelector = Field(default_factory=dict)
     """nodeSelector of the predictor pods, e.g. {cloud.google.com/gke-accelerator: nvidia-l4}."""
-    tolerations: list[dict[str, Any]] | None = None
+    tolerations: Tolerations = None
     """Tolerations of the predictor pods (Kubernetes spelling); None = tolerate the nvidia.com/gpu taint when
     resources.gpus > 0, nothing otherwise."""
     resources: DeployResources = Field(default_factory=DeployResources)
@@ -149,16 +149,6 @@ class DeployConfig(Section):
     """Most predictor replicas."""
     canary_traffic_percent: int | None = Field(None, ge=0, le=100)
     """Percent of traffic to the new revision (None = all of it); the rollout moves it, then clears it."""
-
-    @field_validator("tolerations")
-    @classmethod
-    def _tolerations(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        return None if v is None else check_tolerations(v)
-
-    @field_validator("node_selector")
-    @classmethod
-    def _node_selector(cls, v: dict[str, str]) -> dict[str, str]:
-        return check_node_selector(v)
 
     @field_validator("env")
     @classmethod
