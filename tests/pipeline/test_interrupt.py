@@ -18,7 +18,16 @@ from lmops.processes import descendants
 pytestmark = pytest.mark.slow
 
 
-def test_ctrl_c_while_training_leaves_no_orphans(tmp_path, mlflow_server):
+@pytest.fixture
+def stop_after(tmp_path):
+    """`lmops stop` for the run's state folder when the test ends, passed or failed: a run that failed before
+    its Ctrl-C would otherwise leave its recorded Ray runtime (its own process group) behind."""
+    yield
+    env = {**os.environ, "LMOPS_STATE_DIR": str(tmp_path / "state")}
+    subprocess.run([sys.executable, "-m", "lmops.cli", "stop"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
+
+
+def test_ctrl_c_while_training_leaves_no_orphans(tmp_path, mlflow_server, stop_after):
     env = {**os.environ, "LMOPS_STATE_DIR": str(tmp_path / "state"), "RAY_AUTH_MODE": "disabled",
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     log = open(tmp_path / "run.log", "w")
