@@ -27,6 +27,14 @@ def gpu_tolerations() -> list[dict[str, Any]]:
     return [dict(GPU_TOLERATION)]
 
 
+def pod_tolerations(configured: list[dict[str, Any]] | None, gpus: int) -> list[dict[str, Any]]:
+    """A pod's tolerations: the configured ones, else the GPU taint's when the pod asks for GPUs (GPU node
+    pools are usually tainted so that only such pods land there)."""
+    if configured is not None:
+        return [dict(t) for t in configured]
+    return gpu_tolerations() if gpus else []
+
+
 def quantity(v: Any) -> str:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         v = str(v)  # YAML reads `cpu: 8` as a number; Kubernetes wants the quantity "8"

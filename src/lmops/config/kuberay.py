@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from lmops.config.base import Section
 from lmops.config.k8s import (
-    DNS_LABEL, DNS_SUBDOMAIN, INT32_MAX, NodeSelector, Tolerations, check_env_names, gpu_tolerations,
+    DNS_LABEL, DNS_SUBDOMAIN, INT32_MAX, NodeSelector, Tolerations, check_env_names, pod_tolerations,
     quantity,
 )
 from lmops.config.serve import _CREDENTIAL_WORDS
@@ -106,6 +106,4 @@ class KubeRayConfig(Section):
 
     def worker_tolerations(self) -> list[dict[str, Any]]:
         """The tolerations the worker pods get: the configured ones, else the GPU taint's when they ask for GPUs."""
-        if self.tolerations is not None:
-            return [dict(t) for t in self.tolerations]
-        return gpu_tolerations() if self.gpus_per_worker else []
+        return pod_tolerations(self.tolerations, self.gpus_per_worker)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lmops.config.base import Section
-from lmops.config.k8s import NodeSelector, Tolerations, check_env_names, gpu_tolerations, quantity
+from lmops.config.k8s import NodeSelector, Tolerations, check_env_names, pod_tolerations, quantity
 
 
 # ---------------------------------------------------------------- stage 7: serve + deploy
@@ -164,9 +164,7 @@ class DeployConfig(Section):
 
     def pod_tolerations(self) -> list[dict[str, Any]]:
         """The predictor's tolerations: the configured ones, else the GPU taint's when it asks for GPUs."""
-        if self.tolerations is not None:
-            return [dict(t) for t in self.tolerations]
-        return gpu_tolerations() if self.resources.gpus else []
+        return pod_tolerations(self.tolerations, self.resources.gpus)
 
     @model_validator(mode="after")
     def _replicas_ordered(self) -> "DeployConfig":
