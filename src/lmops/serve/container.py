@@ -87,26 +87,20 @@ def _port_free(host: str, port: int) -> None:
 
 
 def _wait_ready(container: Any, ready_url: str, timeout: float) -> None:
-    import requests
+    from lmops.serve.deploy import wait_ready
 
-    from lmops.serve.deploy import DeployError
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def exited() -> str | None:
         container.reload()
         if container.status in ("exited", "dead"):
-            raise DeployError(f"server container exited ({container.attrs['State'].get('ExitCode')}) before"
-                              f" becoming ready; last log lines:\n{_logs(container)}")
-        try:
-            if requests.get(ready_url, timeout=2).status_code == 200:
-                container.reload()
-                if container.status == "running":  # the answer came from this container's server
-                    return
-        except requests.RequestException:
-            pass
-        time.sleep(0.25)
-    raise DeployError(f"server container not ready after {timeout:.0f} s ({ready_url}); last log lines:\n"
-                      f"{_logs(container)}")
+            return f"exited ({container.attrs['State'].get('ExitCode')})"
+        return None
+
+    def running() -> bool:  # the answer came from this container's server
+        container.reload()
+        return container.status == "running"
+
+    wait_ready(ready_url, timeout, what="server container", exited=exited, running=running,
+               last_lines=lambda: _logs(container))
 
 
 def _logs(container: Any, lines: int = 15) -> str:

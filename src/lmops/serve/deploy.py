@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -107,21 +107,31 @@ def _smoke(predict_url: str, prompt: str) -> dict[str, Any]:
 
 
 def _wait_ready(proc: subprocess.Popen, ready_url: str, timeout: float, log_path: Path) -> None:
+    wait_ready(ready_url, timeout, what="server",
+               exited=lambda: None if proc.poll() is None else f"exited with status {proc.poll()}",
+               last_lines=lambda: _tail(log_path))
+
+
+def wait_ready(ready_url: str, timeout: float, *, what: str, exited: Callable[[], str | None],
+               last_lines: Callable[[], str], running: Callable[[], bool] | None = None) -> None:
+    """Poll ``ready_url`` until it answers 200 while the server is up. ``exited``: why the server is gone (None
+    while it is not); ``running``: checked after a 200, so that an answer from whatever else holds the port
+    does not count (default: not exited); ``last_lines``: its log's end, for the error."""
+    running = running or (lambda: exited() is None)
     import requests
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        code = proc.poll()
-        if code is not None:
-            raise DeployError(f"server exited with status {code} before becoming ready; last log lines:\n"
-                              f"{_tail(log_path)}")
+        gone = exited()
+        if gone is not None:
+            raise DeployError(f"{what} {gone} before becoming ready; last log lines:\n{last_lines()}")
         try:
-            if requests.get(ready_url, timeout=2).status_code == 200:
+            if requests.get(ready_url, timeout=2).status_code == 200 and running():
                 return
         except requests.RequestException:
             pass  # not listening yet
         time.sleep(0.25)
-    raise DeployError(f"server not ready after {timeout:.0f} s ({ready_url}); last log lines:\n{_tail(log_path)}")
+    raise DeployError(f"{what} not ready after {timeout:.0f} s ({ready_url}); last log lines:\n{last_lines()}")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
