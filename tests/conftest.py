@@ -93,7 +93,7 @@ def tiny_model_dir(tiny_tokens, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_runtime():
+def _ray_session():
     """One local Ray for the whole test session (start-up costs seconds; workers are reused)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray workers and kfp's local runner call the first python3 on PATH: make it this interpreter's.
@@ -107,11 +107,38 @@ def ray_runtime():
     ray.shutdown()
 
 
+@pytest.fixture
+def ray_runtime(_ray_session):
+    """The session's Ray, handed back as the test found it: a test that fails mid-run (its training thread
+    still placed) would otherwise hold the 2 CPUs and every later run would wait for them."""
+    ray = _ray_session
+    from ray._private import state
+
+    actors_before = set(state.actors())
+    groups_before = set(ray.util.placement_group_table())
+    yield ray
+    for actor_id, actor in state.actors().items():
+        if actor_id not in actors_before and actor["State"] == "ALIVE" and actor["Pid"]:
+            _kill(actor["Pid"])  # its death fails the run still waiting on it, like a crashed actor
+    for group_id, group in ray.util.placement_group_table().items():
+        if group_id not in groups_before and group["state"] != "REMOVED":
+            from ray.util.placement_group import PlacementGroup
+
+            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+
+
 @pytest.fixture(scope="session")
-def ray_address(ray_runtime) -> str:
+def ray_address(_ray_session) -> str:
     """The session Ray's GCS address, for subprocesses that connect to it (RAY_ADDRESS) instead of starting
     their own."""
-    return ray_runtime.get_runtime_context().gcs_address
+    return _ray_session.get_runtime_context().gcs_address
 
 
 # ---------------------------------------------------------------- MLflow (registry tests)

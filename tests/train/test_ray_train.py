@@ -15,7 +15,7 @@ import pytest
 from lmops.config import load_config
 from lmops.manifest import ManifestError
 from lmops.train import checkpoint as ckpt
-from lmops.train.ray_train import RayTrainError
+from lmops.train.ray_resources import RayResourceError, check_resources
 from lmops.train.stage import train_stage
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,14 @@ def test_two_workers_and_a_killed_worker_resumes_from_its_checkpoint(ray_runtime
     cfg = _cfg(tmp_path, "train.num_workers=2", "train.max_steps=300", "train.checkpoint_every=25",
                "train.keep_checkpoints=20", "train.max_failures=2")
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(res=train_stage(cfg, tokens, tmp_path / "ckpt")))
+
+    def train() -> None:
+        try:
+            result["res"] = train_stage(cfg, tokens, tmp_path / "ckpt")
+        except BaseException as e:  # noqa: BLE001 - reported by the test below
+            result["error"] = e
+
+    thread = threading.Thread(target=train, daemon=True)
     thread.start()
     deadline = time.time() + 240
     while not _complete_checkpoints(tmp_path / "ray") and time.time() < deadline:
@@ -65,7 +72,9 @@ def test_two_workers_and_a_killed_worker_resumes_from_its_checkpoint(ray_runtime
     victims = _train_worker_pids()
     assert len(victims) == 2, victims
     os.kill(victims[-1], signal.SIGKILL)  # one DDP rank dies mid-run
-    thread.join(600)
+    thread.join(300)  # within the test's timeout, so that a slow run fails here, saying so
+    assert not thread.is_alive(), "the run did not finish within 300 s of its worker's death"
+    assert "error" not in result, result.get("error")
     res = result["res"]
     metrics = res.manifest.metrics
     assert metrics["steps"] == 300 and metrics["num_workers"] == 2
@@ -103,15 +112,44 @@ def test_rerun_resumes_from_latest_complete_checkpoint(ray_runtime, mlflow_serve
 
 def test_gpu_request_without_gpus_is_a_clear_error(ray_runtime, tokens, tmp_path):
     cfg = _cfg(tmp_path, "train.use_gpu=true", "train.num_workers=2")
-    with pytest.raises(RayTrainError, match=r"use_gpu=true asks for 2 GPU worker\(s\); this machine's Ray has 0"):
+    with pytest.raises(RayResourceError, match=r"use_gpu=true asks for 2 GPU worker\(s\); this machine's Ray has 0"):
         train_stage(cfg, tokens, tmp_path / "ckpt")
 
 
 def test_more_cpus_than_ray_has_is_a_clear_error_not_a_hang(ray_runtime, tokens, tmp_path):
     # the session's Ray has 2 CPUs: 2 workers x 2 CPUs can never be placed
     cfg = _cfg(tmp_path, "train.resources_per_worker={CPU: 2}", "train.num_workers=2")
-    with pytest.raises(RayTrainError, match=r"asks for 4 CPU\(s\) over 2 worker\(s\); this machine's Ray has 2"):
+    with pytest.raises(RayResourceError, match=r"asks for 4 CPU\(s\) over 2 worker\(s\); this machine's Ray has 2"):
         train_stage(cfg, tokens, tmp_path / "ckpt")
+
+
+def test_what_a_run_asks_of_ray(tmp_path):
+    from lmops.train.ray_resources import needed
+
+    assert needed(_cfg(tmp_path)) == {"CPU": 1}
+    assert needed(_cfg(tmp_path, "train.num_workers=4", "train.use_gpu=true", "train.resources_per_worker={CPU: 8}")
+                  ) == {"CPU": 32, "GPU": 4}
+
+
+def test_cpus_another_run_holds_are_waited_for_then_refused_naming_what_holds_them(ray_runtime, tokens, tmp_path):
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    held = placement_group([{"CPU": 2}], name="another-run")  # what another run's worker group holds
+    ray_runtime.get(held.ready(), timeout=60)
+    try:
+        cfg = _cfg(tmp_path, "train.wait_for_resources_s=2")
+        started = time.monotonic()
+        with pytest.raises(RayResourceError, match=r"need 1 CPU, but this machine's Ray had only 0 CPU free for "
+                                                   r"train.wait_for_resources_s=2s; held by: placement group "
+                                                   r"another-run \(2 CPU\)"):
+            train_stage(cfg, tokens, tmp_path / "ckpt")
+        assert time.monotonic() - started < 30
+        # freed while a run waits: it goes ahead
+        threading.Timer(2, remove_placement_group, [held]).start()
+        check_resources(_cfg(tmp_path, "train.wait_for_resources_s=60"), local=True, poll_s=0.2)
+    finally:
+        remove_placement_group(held)
+    assert ray_runtime.available_resources()["CPU"] == 2
 
 
 def test_missing_or_corrupt_token_shards(tokens, tmp_path):

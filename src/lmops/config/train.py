@@ -84,6 +84,9 @@ class TrainConfig(Section):
     """auto: continue from the latest complete checkpoint of the same run."""
     max_failures: int = Field(2, ge=0)
     """Ray Train restarts of failed workers before the run fails."""
+    wait_for_resources_s: float = Field(120, ge=0)
+    """On this machine's Ray (which cannot grow), how long to wait for CPUs/GPUs that another run or actor
+    holds before failing with what holds them. A cluster's Ray waits for its autoscaler instead."""
     storage_path: str | None = None
     """Ray checkpoint storage (local dir or s3://); default: <workdir>/ray."""
     mlflow_tracking_uri: str | None = None

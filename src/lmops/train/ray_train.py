@@ -28,6 +28,7 @@ from lmops.config import Config
 from lmops.errors import LmopsError
 from lmops.train import checkpoint as ckpt
 from lmops.train.ray_head import LOCAL_RAY_ENV
+from lmops.train.ray_resources import check_resources
 
 
 class RayTrainError(LmopsError):
@@ -54,26 +55,6 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
              logging_level="WARNING", configure_logging=True)
     return True
-
-
-def check_resources(cfg: Config, local: bool) -> None:
-    """Fail fast instead of waiting forever for CPUs or GPUs that are not there."""
-    import ray
-
-    cpus = cfg.train.resources_per_worker.get("CPU", 1) * cfg.train.num_workers
-    have_cpus = ray.cluster_resources().get("CPU", 0)
-    if local and cpus > have_cpus:  # Ray would wait forever for a worker it can never place
-        raise RayTrainError(
-            f"train.resources_per_worker asks for {cpus:g} CPU(s) over {cfg.train.num_workers} worker(s); this"
-            f" machine's Ray has {have_cpus:g} (lower train.resources_per_worker.CPU or train.num_workers)")
-    if not cfg.train.use_gpu:
-        return
-    have = ray.cluster_resources().get("GPU", 0)
-    if local and have < cfg.train.num_workers:
-        raise RayTrainError(
-            f"train.use_gpu=true asks for {cfg.train.num_workers} GPU worker(s); this machine's Ray has "
-            f"{int(have)} GPU(s) (set train.use_gpu=false, or run on a GPU node / RAY_ADDRESS of a cluster)"
-        )
 
 
 # ---------------------------------------------------------------- the driver
@@ -105,7 +86,10 @@ def run_ray_training(cfg: Config, tokens_dir: Path, *, run_name: str, storage_pa
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            # this machine's Ray cannot grow: a worker group that failed to start is retried a few times (Ray
+            # Train waits 60 s each), not forever as for a cluster whose autoscaler may add nodes
+            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures,
+                                                   controller_failure_limit=2 if local else -1),
         ),
     )
     try:

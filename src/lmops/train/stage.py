@@ -20,7 +20,8 @@ from lmops.registry import TrainingRun, tracking_uri
 
 # Settings that change where and how a run is operated, not the weights it produces: kept out of the
 # cache key so that, e.g., pointing at another MLflow server does not retrain.
-OPERATIONAL = {"mlflow_tracking_uri", "experiment", "storage_path", "max_failures", "resume", "keep_checkpoints"}
+OPERATIONAL = {"mlflow_tracking_uri", "experiment", "storage_path", "max_failures", "resume", "keep_checkpoints",
+               "wait_for_resources_s"}
 _HERE = Path(__file__).resolve().parent
 # rayjob.py only launches a run elsewhere; it does not change the weights a run produces
 CODE = code_digest(*sorted(p for p in _HERE.glob("*.py") if p.name != "rayjob.py"), _HERE.parent / "model.py")
