@@ -118,8 +118,11 @@ def ray_runtime(_ray_session):
     groups_before = set(ray.util.placement_group_table())
     yield ray
     for actor_id, actor in state.actors().items():
-        if actor_id not in actors_before and actor["State"] == "ALIVE" and actor["Pid"]:
-            _kill(actor["Pid"])  # its death fails the run still waiting on it, like a crashed actor
+        # a Ray Train run's controller and workers (not Ray's own singletons): their death ends the run still
+        # waiting on them, like a crash
+        if (actor_id not in actors_before and actor["State"] == "ALIVE" and actor["Pid"]
+                and "Train" in actor["ActorClassName"]):
+            _kill(actor["Pid"])
     for group_id, group in ray.util.placement_group_table().items():
         if group_id not in groups_before and group["state"] != "REMOVED":
             from ray.util.placement_group import PlacementGroup

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from foreground import sigint_as_in_a_terminal
+from child_exec import as_in_a_terminal
 
 from lmops import kube
 from lmops.cluster import control_plane as cp
@@ -103,9 +103,8 @@ def test_down_stale_restart_and_ctrl_c_leave_no_process(kube_cluster, tmp_path):
 
     # Ctrl-C while the API server starts: nothing stays behind
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lmops.cli", "cluster", "up", "--folder", str(folder)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            preexec_fn=sigint_as_in_a_terminal)
+    proc = subprocess.Popen(as_in_a_terminal([sys.executable, "-m", "lmops.cli", "cluster", "up", "--folder", str(folder)]),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 60
     while not (folder / "processes" / f"{cp.APISERVER}.json").exists():
         assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()

@@ -3,7 +3,6 @@ config key, or a skip/drop that is counted in the manifest and listed in its rep
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from build_inputs import all_texts, assert_accounted, build, cfg, prose
+from child_exec import exec_after
 
 from lmops.data.sources import BadRecordError, BuildError
 from lmops.storage import StorageError
@@ -33,12 +33,15 @@ def test_missing_path_names_it(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _without_dac_override() -> None:
-    """Runs in the child before exec: root without CAP_DAC_OVERRIDE/READ_SEARCH obeys file modes."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+# Run before exec: root without CAP_DAC_OVERRIDE/READ_SEARCH in its bounding set (which the exec then applies)
+# obeys file modes.
+WITHOUT_DAC_OVERRIDE = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+    if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+"""
 
 
 def _has_cap_setpcap() -> bool:
@@ -68,9 +71,9 @@ def _build_with_locked(src: Path, locked: Path, out: Path) -> dict:
     mode = locked.stat().st_mode
     locked.chmod(0)
     try:
-        proc = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(src), str(out)],
-                              capture_output=True, text=True, timeout=120,
-                              preexec_fn=_without_dac_override if as_root else None)
+        cmd = [sys.executable, "-c", BUILD_SCRIPT, str(src), str(out)]
+        proc = subprocess.run(exec_after(WITHOUT_DAC_OVERRIDE, cmd) if as_root else cmd,
+                              capture_output=True, text=True, timeout=120)
     finally:
         locked.chmod(mode)
     assert proc.returncode == 0, proc.stderr

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from foreground import sigint_as_in_a_terminal
+from child_exec import as_in_a_terminal
 from lmops.processes import descendants
 
 pytestmark = pytest.mark.slow
@@ -32,12 +32,11 @@ def test_ctrl_c_while_training_leaves_no_orphans(tmp_path, mlflow_server, stop_a
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     log = open(tmp_path / "run.log", "w")
     # a new session, like a terminal's foreground job; Ctrl-C is SIGINT to its whole process group
-    proc = subprocess.Popen([sys.executable, "-m", "lmops.cli", "pipeline", "run", "--config", "micro",
-                             "--set", "train.max_steps=5000",
-                             "--set", f"cache_dir={tmp_path / 'cache'}", "--set", f"workdir={tmp_path / 'runs'}",
-                             "--set", f"registry.tracking_uri={mlflow_server}", "--set", "serve.port=0"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True,
-                            preexec_fn=sigint_as_in_a_terminal)
+    proc = subprocess.Popen(as_in_a_terminal([sys.executable, "-m", "lmops.cli", "pipeline", "run", "--config", "micro",
+                                              "--set", "train.max_steps=5000", "--set", f"cache_dir={tmp_path / 'cache'}",
+                                              "--set", f"workdir={tmp_path / 'runs'}",
+                                              "--set", f"registry.tracking_uri={mlflow_server}", "--set", "serve.port=0"]),
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
     seen: set[int] = set()
     deadline = time.time() + 240
     try:
