@@ -146,7 +146,9 @@ def test_cpus_another_run_holds_are_waited_for_then_refused_naming_what_holds_th
         assert time.monotonic() - started < 30
         # freed while a run waits: it goes ahead
         threading.Timer(2, remove_placement_group, [held]).start()
+        started = time.monotonic()
         check_resources(_cfg(tmp_path, "train.wait_for_resources_s=60"), local=True, poll_s=0.2)
+        assert 1.5 < time.monotonic() - started < 30  # it waited for them, then went ahead
     finally:
         remove_placement_group(held)
     assert ray_runtime.available_resources()["CPU"] == 2
