@@ -42,3 +42,18 @@ def test_local_deploy_of_a_broken_model_fails_with_the_log_and_leaves_nothing_ru
         deploy(_cfg(tmp_path), str(broken), tmp_path / "deploy")
     assert "not starting the server" in str(info.value)
     assert not (tmp_path / "deploy" / "endpoint.json").exists()
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tiny_dir, tmp_path):
+    """Whatever holds the port could answer the readiness check in the new server's place: a false "ready"."""
+    import socket
+
+    with socket.socket() as other:  # another server, listening on the port asked for
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        cfg = _cfg(tmp_path).model_copy(deep=True)
+        cfg.serve.port = port
+        with pytest.raises(DeployError, match=rf"127.0.0.1:{port} is already in use .*serve.port=0"):
+            deploy(cfg, str(tiny_dir), tmp_path / "deploy")
+    assert not (tmp_path / "deploy" / "server.log").exists()  # no server was started

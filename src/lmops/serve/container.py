@@ -33,13 +33,10 @@ def container_name(model_name: str) -> str:
 
 def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     """Start the server container for ``model_uri``, wait until it is ready, smoke-test it."""
-    from lmops.serve.deploy import _smoke, free_port, protocol_urls
+    from lmops.serve.deploy import _smoke, protocol_urls, with_port
 
-    serve = cfg.serve
-    if serve.port:
-        _port_free(serve.host, serve.port)
-    port = serve.port or free_port(serve.host)
-    serve = serve.model_copy(update={"port": port})
+    serve = with_port(cfg.serve)
+    port = serve.port
     config_path = out / "serve-config.yaml"
     config_path.write_text(yaml.safe_dump(cfg.model_copy(update={"serve": serve}).model_dump(mode="json"),
                                           sort_keys=False))
@@ -69,21 +66,6 @@ def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
             "container": name, "image": os.environ[SERVE_IMAGE_ENV], "host": serve.host, "port": port,
             "log": f"podman logs {name}  (or docker logs)", "config": str(config_path), "protocols": urls,
             "smoke": smoke}
-
-
-def _port_free(host: str, port: int) -> None:
-    """The server shares the host's network: on a taken port it would fail to bind while whatever holds the
-    port answered our readiness check in its place. Refuse up front."""
-    import socket
-
-    from lmops.serve.deploy import DeployError
-
-    with socket.socket() as s:
-        try:
-            s.bind((host or "0.0.0.0", port))
-        except OSError as e:
-            raise DeployError(f"{host}:{port} is already in use ({e.strerror}): stop what holds it (`make stop`"
-                              " if it is a previous run's server) or set serve.port=0 for a free port") from None
 
 
 def _wait_ready(container: Any, ready_url: str, timeout: float) -> None:

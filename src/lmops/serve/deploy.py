@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import yaml
 
-from lmops.config import Config
+from lmops.config import Config, ServeConfig
 from lmops.errors import LmopsError
 from lmops.processes import stop_group
 
@@ -48,6 +48,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def with_port(serve: ServeConfig) -> ServeConfig:
+    """``serve`` with the port its server will listen on: the configured one, refused when taken, or a free
+    one for port 0."""
+    if serve.port:
+        port_free(serve.host, serve.port)
+        return serve
+    return serve.model_copy(update={"port": free_port(serve.host)})
+
+
+def port_free(host: str, port: int) -> None:
+    """A server on a taken port fails to bind, while whatever holds the port may answer our readiness check in
+    its place (a false "ready"). Refuse up front."""
+    with socket.socket() as s:
+        try:
+            s.bind((host or "0.0.0.0", port))
+        except OSError as e:
+            raise DeployError(f"{host}:{port} is already in use ({e.strerror}): stop what holds it (`make stop`"
+                              " if it is a previous run's server) or set serve.port=0 for a free port") from None
+
+
 def protocol_urls(base: str, name: str) -> dict[str, str]:
     return {
         "v1_predict": f"{base}/v1/models/{name}:predict",
@@ -68,9 +88,8 @@ def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
         _write_json(out / ENDPOINT_FILE, endpoint)
         return endpoint
 
-    serve = cfg.serve
-    port = serve.port or free_port(serve.host)
-    serve = serve.model_copy(update={"port": port})
+    serve = with_port(cfg.serve)
+    port = serve.port
     # the server reads exactly this file: what it ran with is on disk next to endpoint.json
     config_path = out / "serve-config.yaml"
     config_path.write_text(yaml.safe_dump(cfg.model_copy(update={"serve": serve}).model_dump(mode="json"), sort_keys=False))
