@@ -57,3 +57,21 @@ def test_a_taken_port_is_refused_before_anything_starts(tiny_dir, tmp_path):
         with pytest.raises(DeployError, match=rf"127.0.0.1:{port} is already in use .*serve.port=0"):
             deploy(cfg, str(tiny_dir), tmp_path / "deploy")
     assert not (tmp_path / "deploy" / "server.log").exists()  # no server was started
+
+
+def test_a_port_a_replaced_server_just_left_is_free():
+    """Connections the previous server closed linger in TIME_WAIT on its port; its replacement binds anyway."""
+    import socket
+
+    from lmops.serve.deploy import port_free
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server closes first: its side of the connection stays in TIME_WAIT
+    client.close()
+    port_free("127.0.0.1", port)

@@ -61,6 +61,9 @@ def port_free(host: str, port: int) -> None:
     """A server on a taken port fails to bind, while whatever holds the port may answer our readiness check in
     its place (a false "ready"). Refuse up front."""
     with socket.socket() as s:
+        # as the server binds (uvicorn sets it): connections a replaced server closed (TIME_WAIT) do not hold
+        # the port, a listener does
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host or "0.0.0.0", port))
         except OSError as e:
