@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -122,19 +124,13 @@ def ray_runtime(_ray_session):
         # waiting on them, like a crash
         if (actor_id not in actors_before and actor["State"] == "ALIVE" and actor["Pid"]
                 and "Train" in actor["ActorClassName"]):
-            _kill(actor["Pid"])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(actor["Pid"], signal.SIGKILL)
     for group_id, group in ray.util.placement_group_table().items():
         if group_id not in groups_before and group["state"] != "REMOVED":
             from ray.util.placement_group import PlacementGroup
 
             ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, 9)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 
 from lmops.config import Config
 from lmops.errors import LmopsError
@@ -80,20 +81,13 @@ def holders(limit: int = 8) -> str:
     import ray
     from ray._private import state
 
-    groups = [f"placement group {g['name'] or g['placement_group_id'][:8]} ({_amounts(_sum(g['bundles'].values()))})"
+    groups = [f"placement group {g['name'] or g['placement_group_id'][:8]} "
+              f"({_amounts(sum(map(Counter, g['bundles'].values()), Counter()))})"
               for g in ray.util.placement_group_table().values() if g["state"] == "CREATED"]
     actors = [f"actor {a['ActorClassName']} (pid {a['Pid']})" for a in state.actors().values() if a["State"] == "ALIVE"]
     found = groups + actors
     more = f", and {len(found) - limit} more" if len(found) > limit else ""
     return ", ".join(found[:limit]) + more if found else "nothing Ray lists (a run starting or ending)"
-
-
-def _sum(bundles) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for bundle in bundles:
-        for name, amount in bundle.items():
-            out[name] = out.get(name, 0) + amount
-    return out
 
 
 def _amounts(resources: dict[str, float], names=None) -> str:
