@@ -1,8 +1,8 @@
-"""The control plane's binaries: kube-apiserver and kube-controller-manager built once from Debian
-bookworm's ``kubernetes`` source package (build_kubernetes.sh, the measured recipe), etcd from Debian's
-``etcd-server``.
+"""The cluster's binaries: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+and the pod sandbox's ``pause`` built once from Debian bookworm's ``kubernetes`` source package
+(build_kubernetes.sh, the measured recipe), etcd from Debian's ``etcd-server``.
 
-The build takes 5-11 minutes on 2 cores, so its output is cached outside the checkout, in
+The build takes 10-16 minutes on 2 cores, so its output is cached outside the checkout, in
 ``$LMOPS_CACHE_DIR`` (default ``~/.cache/lmops``) under ``kubernetes-<version>-<recipe hash>/``: a changed
 recipe builds afresh, an unchanged one never rebuilds. A lock file makes concurrent callers (two test
 sessions, ``make cluster`` during ``make test``) wait for one build instead of running two.
@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lmops.errors import LmopsError
@@ -32,10 +32,17 @@ class BuildError(LmopsError):
     """A step of the binaries' build failed; the message names the step and the fix."""
 
 
+BUILT = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "pause")
+
+
 @dataclass(frozen=True)
 class Binaries:
     kube_apiserver: Path
     kube_controller_manager: Path
+    kube_scheduler: Path
+    kubelet: Path
+    kube_proxy: Path
+    pause: Path
     etcd: Path
 
 
@@ -53,8 +60,8 @@ def find() -> Binaries | None:
     """The cached binaries and etcd, or None when any is missing."""
     out = build_dir() / "bin"
     etcd = shutil.which("etcd") or "/usr/bin/etcd"
-    bins = Binaries(out / "kube-apiserver", out / "kube-controller-manager", Path(etcd))
-    ok = all(os.access(p, os.X_OK) for p in (bins.kube_apiserver, bins.kube_controller_manager, bins.etcd))
+    bins = Binaries(*(out / name for name in BUILT), etcd=Path(etcd))
+    ok = all(os.access(p, os.X_OK) for p in asdict(bins).values())
     return bins if ok else None
 
 
@@ -88,10 +95,10 @@ def _build(target: Path, echo) -> None:
     staging = target.with_name(target.name + ".partial")
     work = target.with_name(target.name + ".work")  # kept after a failure: the source download is reused
     shutil.rmtree(staging, ignore_errors=True)
-    env = {**os.environ, "OUT": str(staging), "WORK": str(work),
+    env = {"GOCACHE": str(cache_root() / "go-build"), **os.environ, "OUT": str(staging), "WORK": str(work),
            "K8S_VERSION": K8S_VERSION, "K8S_DEB_VERSION": K8S_DEB_VERSION}
-    echo(f"lmops cluster: building kube-apiserver and kube-controller-manager {K8S_VERSION} from Debian's "
-         f"sources into {target} (once; 5-11 min on 2 cores)")
+    echo(f"lmops cluster: building {', '.join(BUILT)} {K8S_VERSION} from Debian's sources into {target} "
+         f"(once; 10-16 min on 2 cores)")
     start = time.monotonic()
     proc = subprocess.Popen(["bash", str(RECIPE)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
@@ -125,8 +132,8 @@ def main() -> None:
         bins = ensure()
     except LmopsError as e:
         sys.exit(f"error: {e}")
-    print(f"kube-apiserver: {bins.kube_apiserver}\nkube-controller-manager: {bins.kube_controller_manager}\n"
-          f"etcd: {bins.etcd}")
+    for name, path in asdict(bins).items():
+        print(f"{name}: {path}")
 
 
 if __name__ == "__main__":

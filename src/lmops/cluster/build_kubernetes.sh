@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build kube-apiserver and kube-controller-manager from Debian bookworm's `kubernetes` source package,
-# and install Debian's etcd-server. Run by lmops.cluster.binaries (which caches the result keyed by the
+# Build the control plane (kube-apiserver, kube-controller-manager, kube-scheduler) and the node's
+# binaries (kubelet, kube-proxy, the pause container's static `pause`) from Debian bookworm's `kubernetes`
+# source package, and install Debian's etcd-server. Run by lmops.cluster.binaries (which caches the result keyed by the
 # version and a hash of this file); the measured recipe and its pitfalls are in STACK-NOTES.md.
 #
 # Inputs (environment): OUT (folder for bin/), WORK (scratch folder, deleted by the caller on success),
@@ -9,7 +10,7 @@
 set -uo pipefail
 
 step_no=0
-step() { step_no=$((step_no + 1)); CURRENT_STEP="$1"; echo "== step $step_no/7: $1"; }
+step() { step_no=$((step_no + 1)); CURRENT_STEP="$1"; echo "== step $step_no/11: $1"; }
 fail() { echo "FAILED: $CURRENT_STEP"; echo "FIX: $1"; exit 3; }
 # A download failure names the archive, not the package: tell the two apart for the user.
 apt_fix() {
@@ -38,10 +39,10 @@ if [ -n "${NEED_UPDATE:-}" ] || ! ls /var/lib/apt/lists/ | grep -q '_Sources'; t
   $SUDO apt-get update -q >"$LOG" 2>&1 || fail "$(apt_fix "$LOG")"
 fi
 
-step "apt-get install golang-1.19-go etcd-server rsync dpkg-dev"
-if ! dpkg -s golang-1.19-go etcd-server rsync dpkg-dev >/dev/null 2>&1; then
+step "apt-get install golang-1.19-go etcd-server rsync dpkg-dev gcc libc6-dev"
+if ! dpkg -s golang-1.19-go etcd-server rsync dpkg-dev gcc libc6-dev >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
-    golang-1.19-go etcd-server rsync dpkg-dev >"$LOG" 2>&1 || fail "$(apt_fix "$LOG")"
+    golang-1.19-go etcd-server rsync dpkg-dev gcc libc6-dev >"$LOG" 2>&1 || fail "$(apt_fix "$LOG")"
   # Debian's etcd-server starts its service on install where an init system runs; lmops runs its own etcd
   # on free ports, so stop that service (only it: never other etcd processes on this machine).
   (systemctl disable --now etcd || service etcd stop) >/dev/null 2>&1 || true
@@ -72,7 +73,9 @@ find "$SRC_R2" -maxdepth 1 -type f \( -name '*.go' -o -name '*.s' \) ! -name '*_
 cd "$WORK"
 
 # GOPATH mode: the tree ships vendor/ and builds as k8s.io/kubernetes (module mode with -mod=vendor fails).
-export GOPATH="$WORK/gopath" GO111MODULE=off CGO_ENABLED=0 GOFLAGS="" GOCACHE="$WORK/gocache"
+# GOCACHE (content-addressed, safe to share) lives beside the cache entries: a changed recipe recompiles
+# only what changed.
+export GOPATH="$WORK/gopath" GO111MODULE=off CGO_ENABLED=0 GOFLAGS="" GOCACHE="${GOCACHE:-$WORK/gocache}"
 mkdir -p "$GOPATH/src/k8s.io" && ln -sfn "$TREE" "$GOPATH/src/k8s.io/kubernetes"
 cd "$GOPATH/src/k8s.io/kubernetes"
 
@@ -98,6 +101,17 @@ step "go build ./cmd/kube-apiserver (the long step: 5-10 min on 2 cores)"
 build kube-apiserver
 step "go build ./cmd/kube-controller-manager"
 build kube-controller-manager
+step "go build ./cmd/kube-scheduler"
+build kube-scheduler
+step "go build ./cmd/kubelet (the node agent: 3-5 min more)"
+build kubelet
+step "go build ./cmd/kube-proxy"
+build kube-proxy
 
-echo "built: $("$OUT/bin/kube-apiserver" --version)"
+step "gcc -static build/pause/linux/pause.c (the pod sandbox's process)"
+# No registry serves k8s.gcr.io/pause here: the node's sandbox image is made from this binary.
+gcc -Os -static -DVERSION="$K8S_VERSION-lmops" -o "$OUT/bin/pause" build/pause/linux/pause.c >"$WORK/pause.log" 2>&1 \
+  || { cat "$WORK/pause.log"; fail "gcc could not build build/pause/linux/pause.c (see $WORK/pause.log)"; }
+
+echo "built: $("$OUT/bin/kube-apiserver" --version); kubelet $("$OUT/bin/kubelet" --version)"
 echo "etcd: $(command -v etcd) ($(etcd --version | head -n1))"

@@ -1,5 +1,6 @@
-"""The local control plane: etcd, kube-apiserver and kube-controller-manager on 127.0.0.1, and the
-KServe / KubeRay stand-ins, as processes recorded under ``<state>/cluster`` (``lmops cluster up``).
+"""The local cluster: etcd, kube-apiserver, kube-controller-manager and kube-scheduler on 127.0.0.1, a
+node (lmops.cluster.node: containerd, kubelet, kube-proxy, cluster DNS) and the KServe / KubeRay
+stand-ins, as processes recorded under ``<state>/cluster`` (``lmops cluster up``).
 
 - Every process runs in its own process group, recorded (``processes/<name>.json``, the same records
   ``lmops stop`` keeps for the local servers) the moment it is spawned, so ``down`` -- or an ``up``
@@ -27,24 +28,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lmops.cluster import binaries
-from lmops.errors import LmopsError
+from lmops.cluster import binaries, node, node_network, supervise
+from lmops.cluster.supervise import ClusterError
 from lmops.pipeline import servers
 
 # Start order; down stops them in reverse.
-ETCD, APISERVER, CONTROLLER_MANAGER = "etcd", "kube-apiserver", "kube-controller-manager"
+ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER = "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"
 KUBERAY_STANDIN, KSERVE_STANDIN = "kuberay-standin", "kserve-standin"
-ORDER = (ETCD, APISERVER, CONTROLLER_MANAGER, KUBERAY_STANDIN, KSERVE_STANDIN)
+ORDER = (ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER, KUBERAY_STANDIN, KSERVE_STANDIN)
 STANDIN_MODULES = {KUBERAY_STANDIN: "lmops.cluster.kuberay_standin", KSERVE_STANDIN: "lmops.cluster.kserve_standin"}
-# The controllers that work without a kubelet or a cloud; enough for namespaces, owner references and
-# ServiceAccount tokens (what RBAC tests need).
-CONTROLLERS = "namespace,garbagecollector,serviceaccount,serviceaccount-token"
+# What a one-node cluster without a cloud needs: namespaces, owner references, ServiceAccount tokens,
+# workloads (Deployments, Jobs, ...), Service endpoints (mirrored into the EndpointSlices kube-proxy reads), and the node's lifecycle (its not-ready taint
+# is removed once it is Ready).
+CONTROLLERS = ("namespace,garbagecollector,serviceaccount,serviceaccount-token,deployment,replicaset,"
+               "statefulset,daemonset,job,cronjob,endpoint,endpointslice,endpointslicemirroring,podgc,nodelifecycle")
 ADMIN_USER = "lmops-admin"
 READY_TIMEOUT_S = 120.0
-
-
-class ClusterError(LmopsError):
-    """The control plane could not start, or is not there; the message says which part and why."""
 
 
 @dataclass
@@ -57,6 +56,7 @@ class Cluster:
     kubeconfig: str
     ca_file: str
     ports: dict[str, int]
+    node: str | None = None  # the node's name; None with --no-node
 
     def client(self, token: str | None = None):
         """A kubernetes ApiClient: the admin's, or one with another bearer token (a ServiceAccount's)."""
@@ -76,18 +76,14 @@ def default_folder() -> Path:
     return servers.state_dir() / "cluster"
 
 
-def _procs(folder: Path) -> Path:
-    return folder / "processes"
-
-
 def _info_path(folder: Path) -> Path:
     return folder / "cluster.json"
 
 
 # ---------------------------------------------------------------- up
-def up(folder: Path | None = None, *, port: int | None = None, standins: bool = True,
+def up(folder: Path | None = None, *, port: int | None = None, standins: bool = True, with_node: bool = True,
        echo: Callable[[str], None] = print, timeout_s: float = READY_TIMEOUT_S) -> Cluster:
-    """Start the control plane (or report the running one); returns how to reach it.
+    """Start the control plane and the node (or report the running ones); returns how to reach it.
 
     ``port``: the API server's port (default: a free one); taken already -> ClusterError naming it.
     """
@@ -104,73 +100,82 @@ def up(folder: Path | None = None, *, port: int | None = None, standins: bool = 
             echo(f"lmops cluster: cleaning up a stale control plane in {folder} ({running['state']})")
             _stop_all(folder)
         bins = binaries.ensure(echo)
+        if with_node:
+            node.ensure_packages(echo)
         if port is not None:
             _check_free(port)
         try:
-            return _start(folder, bins, port, standins, echo, timeout_s)
+            return _start(folder, bins, port, standins, with_node, echo, timeout_s)
         except BaseException:
             # Ctrl-C or a failed step: nothing of a half-started control plane stays behind
             _stop_all(folder)
             raise
 
 
-def _start(folder: Path, bins: binaries.Binaries, port: int | None, standins: bool,
+def _start(folder: Path, bins: binaries.Binaries, port: int | None, standins: bool, with_node: bool,
            echo: Callable[[str], None], timeout_s: float) -> Cluster:
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     logs = folder / "logs"
     logs.mkdir(exist_ok=True)
-    ports = {"etcd": _free_port(), "etcd_peer": _free_port(), "apiserver": port or _free_port()}
-    token, ca_file = _credentials(folder)
+    ports = {"etcd": supervise.free_port(), "etcd_peer": supervise.free_port(), "apiserver": port or supervise.free_port()}
+    token, node_token, ca_file = _credentials(folder)
     server = f"https://127.0.0.1:{ports['apiserver']}"
 
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
-    _spawn(folder, ETCD, [str(bins.etcd), "--name", "lmops", "--data-dir", str(folder / "etcd"),
+    supervise.spawn(folder, ETCD, [str(bins.etcd), "--name", "lmops", "--data-dir", str(folder / "etcd"),
                           "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
                           "--listen-peer-urls", f"http://127.0.0.1:{ports['etcd_peer']}",
                           "--initial-advertise-peer-urls", f"http://127.0.0.1:{ports['etcd_peer']}",
                           "--initial-cluster", f"lmops=http://127.0.0.1:{ports['etcd_peer']}",
                           "--unsafe-no-fsync"])  # test data: durability is not worth the fsync latency
-    _wait(folder, ETCD, lambda: _http_ok(f"{etcd_url}/health"), deadline)
+    supervise.wait(folder, ETCD, lambda: supervise.http_ok(f"{etcd_url}/health"), deadline)
     pki = folder / "pki"
-    _spawn(folder, APISERVER, [
+    supervise.spawn(folder, APISERVER, [
         str(bins.kube_apiserver), "--etcd-servers", etcd_url,
         "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
         "--insecure-port=0",  # 1.20 still opens an unauthenticated port (8080) unless told not to
         "--cert-dir", str(pki), "--token-auth-file", str(folder / "tokens.csv"),
         "--service-account-key-file", str(pki / "sa.key"), "--service-account-signing-key-file", str(pki / "sa.key"),
         "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-        "--authorization-mode=RBAC", "--service-cluster-ip-range=10.96.0.0/16",
-        "--endpoint-reconciler-type=none",  # no kubelet, no endpoints to keep
+        # Node: the kubelet (user system:node:<name>) sees only its own pods' secrets and config maps
+        "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={node_network.SERVICE_CIDR}",
+        "--endpoint-reconciler-type=none",  # the node publishes the `kubernetes` endpoint (its relay)
+        "--kubelet-preferred-address-types=InternalIP",  # logs/exec: the node's address, not its name
         # ConfigMaps are read from etcd, not the watch cache (which on a young server still holds every
         # event): compacting etcd then expires old resourceVersions (410 Gone), which the tests of
         # lmops.kube.Watch need to provoke. Nothing here watches ConfigMaps at volume.
         "--watch-cache-sizes=configmaps#0",
     ])
-    _wait(folder, APISERVER, lambda: _http_ok(f"{server}/readyz", token, ca_file), deadline)
+    supervise.wait(folder, APISERVER, lambda: supervise.http_ok(f"{server}/readyz", token, ca_file), deadline)
     # The self-signed serving certificate exists once the server listens: the kubeconfig trusts it.
     kubeconfig = _write_kubeconfig(folder, server, token, pki / "apiserver.crt")
     cluster = Cluster(folder=str(folder), server=server, token=token, kubeconfig=str(kubeconfig),
-                      ca_file=str(pki / "apiserver.crt"), ports=ports)
+                      ca_file=str(pki / "apiserver.crt"), ports=ports, node=node.NODE_NAME if with_node else None)
     echo(f"lmops cluster: API server ready at {server} ({time.monotonic() - t0:.1f}s)")
-    _spawn(folder, CONTROLLER_MANAGER, [
+    supervise.spawn(folder, CONTROLLER_MANAGER, [
         str(bins.kube_controller_manager), "--kubeconfig", str(kubeconfig), f"--controllers={CONTROLLERS}",
         "--service-account-private-key-file", str(pki / "sa.key"), "--root-ca-file", str(pki / "apiserver.crt"),
         "--leader-elect=false", "--secure-port=0", "--port=0",  # no serving ports: nothing to collide
         "--use-service-account-credentials=false",
     ])
+    supervise.spawn(folder, SCHEDULER, [str(bins.kube_scheduler), "--kubeconfig", str(kubeconfig), "--leader-elect=false",
+                                        "--port=0", "--secure-port=0"])
     if standins:
         # started before the CRDs are served (their watches retry until then): their imports overlap
         # the seconds the API server spends on the large CRDs' schemas
         for name, module in STANDIN_MODULES.items():
-            _spawn(folder, name, [sys.executable, "-m", module, "--kubeconfig", str(kubeconfig)],
+            supervise.spawn(folder, name, [sys.executable, "-m", module, "--kubeconfig", str(kubeconfig)],
                    env={"PYTHONUNBUFFERED": "1"})
     from lmops.cluster import crds
 
     installed = crds.install(cluster.client(), deadline=deadline)
     echo(f"lmops cluster: CRDs installed and served ({time.monotonic() - t0:.1f}s): {', '.join(installed)}")
     # The default ServiceAccount appears once the controller-manager works: the last sign of life.
-    _wait(folder, CONTROLLER_MANAGER, lambda: _default_sa(cluster), deadline)
+    supervise.wait(folder, CONTROLLER_MANAGER, lambda: _default_sa(cluster), deadline)
+    if with_node:
+        node.start(folder, bins, apiserver_port=ports["apiserver"], admin_kubeconfig=kubeconfig, node_token=node_token,
+                   ca_file=cluster.ca_file, client=cluster.client(), echo=echo, deadline=deadline)
     _write_json(_info_path(folder), asdict(cluster))
     echo(f"lmops cluster: ready in {time.monotonic() - t0:.1f}s")
     return cluster
@@ -191,8 +196,8 @@ def status(folder: Path | None = None) -> dict[str, Any]:
     started), or a word on what is wrong (partly running, not answering); plus the processes and the
     cluster's record."""
     folder = (folder or default_folder()).resolve()
-    alive = servers.running(_procs(folder))
-    recorded = sorted(p.stem for p in _procs(folder).glob("*.json")) if _procs(folder).is_dir() else []
+    alive = servers.running(supervise.procs(folder))
+    recorded = sorted(p.stem for p in supervise.procs(folder).glob("*.json")) if supervise.procs(folder).is_dir() else []
     info = _read_json(_info_path(folder))
     out: dict[str, Any] = {"folder": str(folder), "processes": alive, "cluster": info}
     if not alive:
@@ -200,10 +205,14 @@ def status(folder: Path | None = None) -> dict[str, Any]:
     elif info is None or set(recorded) - set(alive):
         dead = sorted(set(recorded) - set(alive))
         out["state"] = f"partly running ({', '.join(dead) + ' not running' if dead else 'start-up not finished'})"
-    elif not _http_ok(f"{info['server']}/readyz", info["token"], info["ca_file"]):
+    elif not supervise.http_ok(f"{info['server']}/readyz", info["token"], info["ca_file"]):
         out["state"] = f"not answering: {info['server']}/readyz"
     else:
         out["state"] = "running"
+        if info.get("node"):
+            out["node"] = node.node_state(Cluster(**info).client())
+            if not out["node"]["ready"]:
+                out["state"] = f"node {info['node']} not ready"
     return out
 
 
@@ -215,47 +224,19 @@ def kubeconfig(folder: Path | None = None) -> Path:
 
 
 def _stop_all(folder: Path) -> list[str]:
-    was_running = servers.running(_procs(folder))
-    for name in reversed(ORDER):  # the stand-ins first: they talk to the API server until the end
-        servers.stop(name, _procs(folder))
-    for leftover in _procs(folder).glob("*.json") if _procs(folder).is_dir() else []:
-        servers.stop(leftover.stem, _procs(folder))
+    was_running = servers.running(supervise.procs(folder))
+    for name in reversed(ORDER[ORDER.index(SCHEDULER) + 1:]):  # the stand-ins first: they talk to the API server
+        servers.stop(name, supervise.procs(folder))
+    bins = binaries.find()
+    # the node next, while the API server still answers; its cleanup works from what is on the machine
+    # (containers, mounts, the bridge, iptables), so a crashed node is cleaned up too
+    node.stop(folder, bins.kube_proxy if bins else None, echo=lambda line: None)
+    for name in reversed(ORDER):
+        servers.stop(name, supervise.procs(folder))
+    for leftover in supervise.procs(folder).glob("*.json") if supervise.procs(folder).is_dir() else []:
+        servers.stop(leftover.stem, supervise.procs(folder))
     _info_path(folder).unlink(missing_ok=True)
-    return [n for n in ORDER if n in was_running]
-
-
-# ---------------------------------------------------------------- processes
-def _spawn(folder: Path, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    log = folder / "logs" / f"{name}.log"
-    with open(log, "ab") as out:
-        out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
-        out.flush()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **(env or {})})
-    servers.write_record(name, {"kind": name, "pid": proc.pid, "pgid": proc.pid, "log": str(log), "cmd": cmd},
-                         _procs(folder))
-    return proc
-
-
-def _wait(folder: Path, name: str, ready: Callable[[], bool], deadline: float) -> None:
-    while not ready():
-        if servers.read_record(name, _procs(folder)) is None:
-            raise ClusterError(f"{name} exited during start-up; {_log_hint(folder, name)}")
-        if time.monotonic() > deadline:
-            raise ClusterError(f"{name} not ready in time; {_log_hint(folder, name)}")
-        time.sleep(0.2)
-
-
-def _log_hint(folder: Path, name: str) -> str:
-    log = folder / "logs" / f"{name}.log"
-    try:
-        lines = log.read_text(errors="replace").splitlines()[-12:]
-    except OSError:
-        lines = []
-    text = "\n".join(lines)
-    if "address already in use" in text:
-        return f"a port it needs is in use (see {log}); run `lmops cluster up` again to pick free ports"
-    return f"last lines of {log}:\n{text}"
+    return [n for n in (*ORDER, *node.ORDER) if n in was_running]
 
 
 def _check_free(port: int) -> None:
@@ -267,15 +248,9 @@ def _check_free(port: int) -> None:
                                f"(ss -ltnp 'sport = :{port}') or choose another --port") from None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------- credentials and kubeconfig
-def _credentials(folder: Path) -> tuple[str, str]:
-    """(admin token, CA file): the token file and service-account key, made once per folder."""
+def _credentials(folder: Path) -> tuple[str, str, str]:
+    """(admin token, node token, CA file): the token file and service-account key, made once per folder."""
     pki = folder / "pki"
     pki.mkdir(exist_ok=True)
     if not (pki / "sa.key").is_file():
@@ -287,7 +262,12 @@ def _credentials(folder: Path) -> tuple[str, str]:
         # assume --use-service-account-credentials and controllers this control plane does not run)
         tokens.write_text(f"{secrets.token_hex(24)},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n")
         tokens.chmod(0o600)
-    return tokens.read_text().split(",", 1)[0], str(pki / "apiserver.crt")
+    node_user = f"system:node:{node.NODE_NAME}"
+    if node_user not in tokens.read_text():  # (a folder from before the node existed gets it too)
+        with tokens.open("a") as f:
+            f.write(f"{secrets.token_hex(24)},{node_user},{node_user},\"system:nodes\"\n")
+    rows = {line.split(",")[1]: line.split(",")[0] for line in tokens.read_text().splitlines() if line}
+    return rows[ADMIN_USER], rows[node_user], str(pki / "apiserver.crt")
 
 
 def _write_kubeconfig(folder: Path, server: str, token: str, ca: Path) -> Path:
@@ -308,28 +288,6 @@ def _write_kubeconfig(folder: Path, server: str, token: str, ca: Path) -> Path:
 
 
 # ---------------------------------------------------------------- small helpers
-def _http_ok(url: str, token: str | None = None, ca_file: str | None = None) -> bool:
-    import requests
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    verify: bool | str = ca_file if ca_file and Path(ca_file).is_file() else False
-    try:
-        with _quiet_insecure():
-            return requests.get(url, headers=headers, verify=verify, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-@contextlib.contextmanager
-def _quiet_insecure() -> Iterator[None]:
-    # before the serving certificate exists the readiness probe cannot verify it (it only asks "up?")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
 def _default_sa(cluster: Cluster) -> bool:
     from lmops import kube
 
