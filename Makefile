@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 # Every install goes through the lock (exact versions of every direct and transitive dependency).
 LOCK := requirements.lock
+# what the images install (a subset of LOCK at the same versions; `make lock` writes both)
+RUNTIME_LOCK := requirements.runtime.lock
 TORCH_VERSION := 2.13.0
 # torch comes first and pinned: from this machine's wheel folder (pip's find-links: the CPU wheel) or,
 # for CUDA, from TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cu128). An unpinned torch from
@@ -49,6 +51,9 @@ lock: | $(UV)
 	  --constraint <(echo torch==$(TORCH_VERSION)) --custom-compile-command "make lock" -o $(LOCK)
 	@grep -q '^torch==$(TORCH_VERSION)+cpu$$' $(LOCK) || { echo "make lock: torch did not resolve to the CPU \
 	  wheel ($$(grep '^torch==' $(LOCK))): is pip's find-links folder with torch-$(TORCH_VERSION)+cpu here?"; exit 1; }
+	@# the images' lock: the run-time extras only (no test, lint or chart tooling), at the full lock's versions
+	$(UV) pip compile pyproject.toml --extra all --python-version 3.11 --constraint $(LOCK) \
+	  --custom-compile-command "make lock" -o $(RUNTIME_LOCK)
 
 # The Kubeflow pipeline through kfp's local runner: local Ray, MLflow (sqlite) and KServe model server.
 # RUNNER=container: every task in the lmops image (make images first), through docker or podman.

@@ -180,11 +180,15 @@ def kube_cluster(tmp_path_factory):
 
 @pytest.fixture
 def kube_namespace(kube_cluster, request):
-    """A fresh namespace per test (deleted afterwards; the namespace controller removes its objects)."""
+    """A fresh namespace per test, ready for pods (deleted afterwards; the namespace controller removes its
+    objects and the kubelet stops their pods)."""
     from lmops import kube
 
     name = f"t-{uuid.uuid4().hex[:8]}"
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, client=kube_cluster.client())
+    # pods are refused until the namespace's default ServiceAccount has its token (the controller-manager's)
+    kube.wait_for("v1", "ServiceAccount", "default", name, lambda sa: sa and sa.get("secrets"), timeout_s=60,
+                  client=kube_cluster.client())
     yield name
     kube.delete("v1", "Namespace", name, None, client=kube_cluster.client())
 

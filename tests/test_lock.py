@@ -18,26 +18,27 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements.lock"
+RUNTIME_LOCK = REPO / "requirements.runtime.lock"  # what the images install: extra `all` only
 # Extras `make lock` resolves (the Makefile's `lock` target).
 LOCKED_EXTRAS = ("all", "test", "dev")
 # Installed beside the lock: the project itself and the venv's own installer.
 NOT_LOCKED = {"lmops", "pip"}
 
 
-def locked_pins() -> dict[str, Version]:
+def locked_pins(lock: Path = LOCK) -> dict[str, Version]:
     pins = {}
-    for line in LOCK.read_text().splitlines():
+    for line in lock.read_text().splitlines():
         m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line)
         if m:
             pins[canonicalize_name(m.group(1))] = Version(m.group(2))
     return pins
 
 
-def direct_requirements() -> list[Requirement]:
+def direct_requirements(locked_extras: tuple[str, ...] = LOCKED_EXTRAS) -> list[Requirement]:
     """pyproject's dependencies plus the locked extras, with `lmops[...]` self-references expanded."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    reqs, todo, seen = list(project["dependencies"]), list(LOCKED_EXTRAS), set()
+    reqs, todo, seen = list(project["dependencies"]), list(locked_extras), set()
     while todo:
         extra = todo.pop()
         if extra in seen:
@@ -68,6 +69,28 @@ def test_lock_pins_every_direct_dependency_within_pyprojects_range():
         elif not req.specifier.contains(pins[name], prereleases=True):
             problems.append(f"{req.name}: requirements.lock pins {pins[name]}, pyproject.toml asks {req.specifier}")
     assert not problems, "pyproject.toml and requirements.lock disagree (run `make lock`):\n" + "\n".join(problems)
+
+
+def test_runtime_lock_is_the_run_time_part_of_the_lock_at_its_versions():
+    full, runtime = locked_pins(), locked_pins(RUNTIME_LOCK)
+    differ = [f"{n}: runtime lock {v}, lock {full.get(n, 'nothing')}" for n, v in sorted(runtime.items()) if full.get(n) != v]
+    missing = [r.name for r in direct_requirements(("all",)) if canonicalize_name(r.name) not in runtime]
+    # test/dev tooling may be there only as another run-time package's dependency, never on its own
+    run_direct = {canonicalize_name(r.name) for r in direct_requirements(("all",))}
+    tooling = [r.name for r in direct_requirements(("test", "dev")) if canonicalize_name(r.name) in runtime
+               and canonicalize_name(r.name) not in run_direct and not _needed_by_others(r.name)]
+    assert not differ and not missing and not tooling, (
+        "requirements.runtime.lock is stale (run `make lock`):\n" + "\n".join(
+            differ + [f"{n}: a run-time dependency missing" for n in missing]
+            + [f"{n}: test/dev tooling in the image's lock" for n in tooling]))
+
+
+def _needed_by_others(name: str) -> bool:
+    """The runtime lock's `# via` annotation names a package other than lmops itself."""
+    text = RUNTIME_LOCK.read_text()
+    m = re.search(rf"^{re.escape(name)}==\S+\n((?:\s+#.*\n)+)", text, re.M | re.I)
+    via = [v.strip(" #\n") for v in (m.group(1).splitlines() if m else [])]
+    return any(v and not v.startswith(("via lmops", "lmops", "-c ")) and v != "via" for v in via)
 
 
 def test_lock_pins_torch_to_the_version_make_installs_first():

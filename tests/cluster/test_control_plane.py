@@ -76,16 +76,16 @@ def test_a_port_in_use_is_named(tmp_path):
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(cp.ClusterError, match=f"port {port} on 127.0.0.1 is in use"):
-            cp.up(tmp_path / "c", port=port, echo=lambda line: None)
+            cp.up(tmp_path / "c", port=port, with_node=False, echo=lambda line: None)
     assert processes_of(tmp_path) == []
 
 
 @pytest.mark.slow
 def test_down_stale_restart_and_ctrl_c_leave_no_process(kube_cluster, tmp_path):
-    """One more control plane, in its own folder: killed under it (stale), restarted, stopped; then an
-    `lmops cluster up` interrupted during start-up."""
+    """One more control plane (no node: one node per machine, the session's), in its own folder: killed
+    under it (stale), restarted, stopped; then an `lmops cluster up` interrupted during start-up."""
     folder = tmp_path / "c"
-    first = cp.up(folder, standins=False, echo=lambda line: None)
+    first = cp.up(folder, standins=False, with_node=False, echo=lambda line: None)
     assert processes_of(folder)
     # a stale folder: its processes die behind its back
     for rec in cp.status(folder)["processes"].values():
@@ -93,7 +93,7 @@ def test_down_stale_restart_and_ctrl_c_leave_no_process(kube_cluster, tmp_path):
     time.sleep(0.5)
     assert cp.status(folder)["state"].startswith("stale")
     lines: list[str] = []
-    second = cp.up(folder, standins=False, echo=lines.append)
+    second = cp.up(folder, standins=False, with_node=False, echo=lines.append)
     assert any("cleaning up a stale control plane" in line for line in lines)
     assert second.token == first.token  # same credentials, same etcd data
     assert kube.get("v1", "Namespace", "default", None, client=second.client()) is not None
@@ -103,7 +103,8 @@ def test_down_stale_restart_and_ctrl_c_leave_no_process(kube_cluster, tmp_path):
 
     # Ctrl-C while the API server starts: nothing stays behind
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(as_in_a_terminal([sys.executable, "-m", "lmops.cli", "cluster", "up", "--folder", str(folder)]),
+    proc = subprocess.Popen(as_in_a_terminal([sys.executable, "-m", "lmops.cli", "cluster", "up", "--folder", str(folder),
+                                              "--no-node"]),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 60
     while not (folder / "processes" / f"{cp.APISERVER}.json").exists():

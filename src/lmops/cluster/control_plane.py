@@ -104,6 +104,8 @@ def up(folder: Path | None = None, *, port: int | None = None, standins: bool = 
             node.ensure_packages(echo)
         if port is not None:
             _check_free(port)
+        if with_node:
+            node.check_machine_free(folder)
         try:
             return _start(folder, bins, port, standins, with_node, echo, timeout_s)
         except BaseException:

@@ -15,6 +15,7 @@ real (image, command, resources, security context, probes, volumes, Services, DN
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -54,6 +55,13 @@ def socket_path(folder: Path) -> Path:
     return node_dir(folder) / "containerd" / "containerd.sock"
 
 
+def running(folder: Path) -> bool:
+    """The node's containerd runs (what image loads need)."""
+    from lmops.pipeline import servers
+
+    return servers.read_record(CONTAINERD, supervise.procs(folder)) is not None
+
+
 # ---------------------------------------------------------------- packages
 def ensure_packages(echo: Callable[[str], None]) -> None:
     """containerd, runc, CNI plugins, iptables, dnsmasq, socat, conntrack from Debian, when missing."""
@@ -71,6 +79,30 @@ def ensure_packages(echo: Callable[[str], None]) -> None:
                            f"{out.stderr.strip()[-500:]}")
 
 
+# ---------------------------------------------------------------- one node per machine
+# kube-proxy rewrites the machine's KUBE-* iptables chains whole, and the bridge and its address are
+# fixed: two nodes on one machine would undo each other. The running node's cluster folder is recorded
+# here (/run: gone after a reboot, with everything it described).
+OWNER_FILE = Path("/run/lmops/node-owner")
+
+
+def owner() -> Path | None:
+    """The folder of the cluster whose node runs on this machine (None: no node runs)."""
+    try:
+        folder = Path(OWNER_FILE.read_text().strip())
+    except OSError:
+        return None
+    return folder if running(folder) else None
+
+
+def check_machine_free(folder: Path) -> None:
+    """Refuse a second node on this machine, naming the cluster that runs one."""
+    other = owner()
+    if other is not None and other.resolve() != folder.resolve():
+        raise ClusterError(f"a node of another `lmops cluster` already runs on this machine ({other}): stop it with "
+                           f"`lmops cluster down --folder {other}`, or start this one with --no-node")
+
+
 # ---------------------------------------------------------------- up
 def start(folder: Path, bins: binaries.Binaries, *, apiserver_port: int, admin_kubeconfig: Path,
           node_token: str, ca_file: str, client, echo: Callable[[str], None], deadline: float) -> None:
@@ -78,7 +110,12 @@ def start(folder: Path, bins: binaries.Binaries, *, apiserver_port: int, admin_k
     t0 = time.monotonic()
     nd = node_dir(folder)
     nd.mkdir(parents=True, exist_ok=True)
+    check_machine_free(folder)
+    OWNER_FILE.parent.mkdir(parents=True, exist_ok=True)
+    OWNER_FILE.write_text(f"{folder.resolve()}\n")
     (nd / "started-at").write_text(f"{time.time():.0f}\n")
+    # what a crashed node of any cluster left (the bridge, rules) goes first: this node owns them now
+    node_network.teardown(nd, bins.kube_proxy)
     node_network.setup(nd)
 
     sock = socket_path(folder)
@@ -262,7 +299,13 @@ def node_state(client) -> dict[str, Any]:
     if node is None:
         return {"name": NODE_NAME, "registered": False, "ready": False, "schedulable": False}
     cond = next((c for c in node.get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
-    age = _age_s(cond.get("lastHeartbeatTime"))
+    # the kubelet's heartbeat is its Lease (renewed every 10 s); the condition's own heartbeat time moves
+    # only every 5 minutes while nothing changes
+    try:
+        lease = kube.get("coordination.k8s.io/v1", "Lease", NODE_NAME, "kube-node-lease", client=client)
+    except kube.KubeError:
+        lease = None
+    age = _age_s((lease or {}).get("spec", {}).get("renewTime") or cond.get("lastHeartbeatTime"))
     ready = cond.get("status") == "True" and age is not None and age < HEARTBEAT_STALE_S
     taints = [f"{t['key']}:{t['effect']}" for t in node.get("spec", {}).get("taints", [])]
     blocking = [t for t in taints if not t.endswith(":PreferNoSchedule")]
@@ -276,7 +319,7 @@ def _age_s(stamp: str | None) -> float | None:
 
     if not stamp:
         return None
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
+    return max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds())
 
 
 # ---------------------------------------------------------------- down
@@ -295,6 +338,9 @@ def stop(folder: Path, kube_proxy: Path | None, echo: Callable[[str], None]) -> 
     unmounted = _unmount_under(node_dir(folder))
     removed = node_network.teardown(node_dir(folder), kube_proxy)
     _remove_pod_logs(node_dir(folder))
+    with contextlib.suppress(OSError):
+        if Path(OWNER_FILE.read_text().strip()) == folder.resolve():
+            OWNER_FILE.unlink()
     if killed or unmounted or removed:
         echo(f"lmops cluster: node cleaned up ({killed} container processes, {unmounted} mounts; "
              f"{', '.join(removed) or 'no network left'})")
