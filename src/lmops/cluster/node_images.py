@@ -59,7 +59,9 @@ def load(folder: Path, ref: str, engine, log: Callable[[str], None] = print) -> 
         log(f"[images] saving {ref} from {engine.name} as an OCI archive")
         engine.run("save", "--format", "oci-archive", "-o", str(archive), ref, timeout=1800)
         log(f"[images] importing {ref} into the node's containerd ({archive.stat().st_size / 2**30:.2f} GiB archive)")
-        # --index-name: the archive's ref annotation holds only the tag; name the image as the pods do
-        node._ctr(sock, "images", "import", "--index-name", ref, str(archive), timeout=1800)
+        # the archive's ref annotation carries the full name (podman and docker), which ctr gives the image
+        node._ctr(sock, "images", "import", str(archive), timeout=1800)
+    if node_image_id(folder, ref) is None:
+        raise ClusterError(f"ctr imported {archive.name} but the node has no image named {ref}")
     node._ctr(sock, "images", "label", ref, f"{ID_LABEL}={image_id}")
     return Loaded(ref, image_id, False, time.monotonic() - t0)

@@ -29,7 +29,7 @@ KEY_LABEL = "dev.lmops.build-key"
 BASE_LABEL = "dev.lmops.base"  # what the key was computed with, so that a run can tell a stale image
 TORCH_LABEL = "dev.lmops.torch-source"
 # the build context (.dockerignore is the same allow-list): what the image is made of
-CONTEXT = ("requirements.runtime.lock", "pyproject.toml", "README.md", "src", "configs", "components", "pipelines")
+CONTEXT = ("requirements.runtime.lock", "pyproject.toml", "README.md", "src", "configs", "components", "pipelines", "operators")
 TORCH_VERSION = "2.13.0"
 # locally added CAs (an intercepting proxy's): pip in the build must trust them too
 LOCAL_CA_GLOB = "/usr/local/share/ca-certificates/*.crt"
