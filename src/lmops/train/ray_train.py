@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from lmops import storage
+from lmops import manifest, storage
 from lmops.config import Config
 from lmops.errors import LmopsError
 from lmops.train import checkpoint as ckpt
@@ -85,7 +85,9 @@ def run_ray_training(cfg: Config, tokens_dir: Path, *, run_name: str, storage_pa
         train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "tokens_dir": str(Path(tokens_dir).resolve()),
                            "run_dir": f"{storage_path.rstrip('/')}/{run_name}", "tracking": tracking,
-                           "loss_factory": loss_factory},
+                           "loss_factory": loss_factory,
+                           # the files this process verified (the stage's cache key) are not read again there
+                           "hashes": manifest.remembered_hashes()},
         scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                                resources_per_worker=tc.resources_per_worker or None),
         run_config=ray.train.RunConfig(
@@ -135,6 +137,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     dtype = resolve_dtype(tc.dtype, device)
     torch.manual_seed(tc.seed)  # identical initial weights on every rank (DDP also broadcasts them)
 
+    manifest.remember(loop_config.get("hashes") or [])
     info = open_tokens(loop_config["tokens_dir"], splits=("train", "val"))
     start = _resume_point(loop_config["run_dir"])
     if start is not None:
