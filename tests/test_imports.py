@@ -137,6 +137,27 @@ def test_the_ground_floor_imports_no_stage():
     assert not upward, "the shared ground imports a stage:\n" + "\n".join(upward)
 
 
+STAGE_ORDER = ["data", "train", "evaluate", "compress", "registry", "serve", "pipeline", "operator"]
+"""The stages in the order data flows through them: a stage imports only those before it."""
+KNOWN_UPWARD = {
+    # the int8 format's reader lives with its writer (compress/), so the two never drift apart; evaluate
+    # and serve load int8 directories through it (lazily, only for such a directory)
+    ("lmops.evaluate.metrics", "lmops.compress.quantize"),
+    # registry/ is the only package that talks to MLflow; training logs its metrics there
+    ("lmops.train.ray_train", "lmops.registry"),
+    ("lmops.train.stage", "lmops.registry"),
+}
+
+
+def test_stages_import_only_earlier_stages():
+    graph = import_graph()
+    upward = [f"{mod} line {line} imports {target}" for mod, edges in graph.items() for target, line in edges.items()
+              if _floor(mod) in STAGE_ORDER and _floor(target) in STAGE_ORDER
+              and STAGE_ORDER.index(_floor(target)) > STAGE_ORDER.index(_floor(mod))
+              and (mod, target) not in KNOWN_UPWARD]
+    assert not upward, "a stage imports a later one:\n" + "\n".join(upward)
+
+
 def test_top_level_modules_are_only_the_shared_ground():
     top = {p.stem for p in (SRC / PACKAGE).glob("*.py")} - {"__init__", "cli"}
     assert top <= GROUND, f"top-level modules that belong in a stage package: {sorted(top - GROUND)}"
