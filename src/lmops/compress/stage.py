@@ -27,7 +27,6 @@ from typing import Any, Callable
 
 from lmops import gates
 from lmops.compress import CompressError
-from lmops.compress.source import load_fp32
 from lmops.config import Config
 from lmops.data.tokens import open_tokens
 from lmops.evaluate.report import bits_per_byte_text
@@ -78,6 +77,8 @@ def compress_stage(cfg: Config, checkpoint_dir: str | Path, tokens_dir: str | Pa
             dest = tmp / "fp32_eval.json" if name == "fp32" else model_dir / "eval.json"
             dest.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             return metrics
+
+        from lmops.compress.source import load_fp32  # here: a cached stage answers without torch
 
         load_fp32(checkpoint_dir)  # a directory that does not load fails here, with its path, not deep in evaluate
         baseline = score(checkpoint_dir, "fp32")
