@@ -25,8 +25,8 @@ import torch
 from lmops.config import load_config
 from lmops.data.build import build_dataset
 from lmops.data.tokenize import tokenize_dataset
-from lmops.evaluate import evaluate_model
-from lmops.local_run import ensure_sample_corpus
+from lmops.evaluate.metrics import evaluate_model
+from lmops.data.sample_corpus import ensure_sample_corpus
 from lmops.train.loop import train_single
 
 STATE = Path(os.environ.get("LMOPS_STATE_DIR") or ".state").resolve()
@@ -64,7 +64,7 @@ def run(name: str, overrides: list[str], threads: int) -> dict:
               "train.eval_every=100000", "train.checkpoint_every=100000", "train.log_every=100000",
               "evaluate.max_blocks=null"]
     cfg = load_config("tiny", [*common, *overrides])
-    ensure_sample_corpus(cfg)  # the preset's relative source: run from the repository root
+    ensure_sample_corpus(cfg.build.sources)  # the preset's relative source: run from the repository root
     dataset = WORK / "dataset"
     build_dataset(cfg.build, dataset, cache_dir=WORK / "cache", log=lambda _: None)
     tokens = WORK / f"tokens-{cfg.tokenize.vocab_size}"

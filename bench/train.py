@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lmops.config import EvaluateConfig, ModelConfig, TrainConfig, load_config
-from lmops.evaluate import perplexity
+from lmops.evaluate.metrics import perplexity
 from lmops.model import Vocab, build_model, count_params
 from lmops.train.loop import fit
 from lmops.train.optim import make_optimizer

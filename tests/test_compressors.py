@@ -1,4 +1,4 @@
-"""lmops.compressors: gzip -9 / xz -9e bits per byte on a split's own bytes, the line a model must beat."""
+"""lmops.evaluate.compressors: gzip -9 / xz -9e bits per byte on a split's own bytes, the line a model must beat."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import os
 import pytest
 from transformers import AutoTokenizer
 
-from lmops import compressors
-from lmops.data.token_bytes import ids_to_bytes, token_byte_strings
+from lmops.evaluate import compressors
+from lmops.evaluate.token_bytes import ids_to_bytes, token_byte_strings
 from lmops.data.tokens import load_split, open_tokens
 
 

@@ -13,9 +13,9 @@ from tokenizers import Tokenizer, models
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmops.config import EvaluateConfig, ModelConfig
-from lmops.data.token_bytes import token_byte_lengths
+from lmops.evaluate.token_bytes import token_byte_lengths
 from lmops.data.tokens import load_split, open_tokens
-from lmops.evaluate import EvaluationError, evaluate_model, perplexity, windows
+from lmops.evaluate.metrics import EvaluationError, evaluate_model, perplexity, windows
 from lmops.manifest import ManifestError
 from lmops.model import ModelConfigError, Vocab, build_model, count_params, save_model_dir
 

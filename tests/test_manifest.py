@@ -97,3 +97,49 @@ def test_reader_errors_are_clear(tmp_path):
     (tmp_path / "out" / "sub" / "b.bin").unlink()
     with pytest.raises(ManifestError, match="b.bin: listed in manifest.json but missing"):
         verify(tmp_path / "out")
+
+
+# ---------------------------------------------------------------- each input hashed once per process
+def test_a_second_verification_reads_nothing_again(tmp_path):
+    from lmops.manifest import hashed_bytes
+
+    out = tmp_path / "out"
+    _run(out, text="x" * 100_000)
+    verify(out)
+    before = hashed_bytes()
+    for _ in range(3):  # the cache key, then each reader: same files, no second pass
+        verify(out)
+    assert hashed_bytes() == before
+
+
+def test_a_change_after_a_verification_is_still_caught(tmp_path):
+    import os
+
+    out = tmp_path / "out"
+    _run(out, text="hello")
+    verify(out)
+    path = out / "a.txt"
+    stat = path.stat()
+    path.write_text("jello")  # same size, and the mtime put back: only ctime (which no one sets) moved
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ManifestError, match="sha256"):
+        verify(out)
+
+
+def test_hashes_handed_to_another_process_spare_it_the_pass(tmp_path):
+    import subprocess
+    import sys
+
+    from lmops.manifest import remembered_hashes
+
+    out = tmp_path / "out"
+    _run(out, text="y" * 50_000)
+    verify(out)
+    script = ("import json, sys; from lmops.manifest import hashed_bytes, remember, verify;"
+              "remember(json.loads(sys.stdin.read())); verify(sys.argv[1]); print(hashed_bytes())")
+    child = subprocess.run([sys.executable, "-c", script, str(out)], input=json.dumps(remembered_hashes()),
+                           capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == "0"
+    alone = subprocess.run([sys.executable, "-c", script, str(out)], input="[]", capture_output=True, text=True,
+                           check=True)
+    assert int(alone.stdout) >= 50_000  # without them it hashes the files itself

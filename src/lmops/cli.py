@@ -1,4 +1,4 @@
-"""``lmops`` command line: one sub-command per stage, plus ``run`` for the whole chain.
+"""``lmops`` command line: one sub-command per stage, plus ``pipeline run`` (alias ``run``) for the whole chain.
 
 Every command takes ``-c/--config`` (a preset name from configs/ or a YAML path) and any number of
 ``--set key.path=value`` overrides. Errors a user can fix print one message and exit 2.
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from lmops.config import Config, load_config
 from lmops.errors import LmopsError
-from lmops.local_run import SAMPLE_CORPUS, ensure_sample_corpus, print_table, run_local, summary
+from lmops.data.sample_corpus import SAMPLE_CORPUS, ensure_sample_corpus
+from lmops.pipeline.summary import stage_row as summary
 
 
 TRACKING_HELP = "MLflow server (default: registry.tracking_uri, $MLFLOW_TRACKING_URI)"
@@ -38,7 +39,7 @@ def cmd_build(args: argparse.Namespace) -> dict:
     from lmops.data.build import build_dataset
 
     cfg = _config(args)
-    ensure_sample_corpus(cfg)
+    ensure_sample_corpus(cfg.build.sources)
     res = build_dataset(cfg.build, _out(args, cfg, "dataset"), cache_dir=cfg.cache_dir)
     return summary("build", res)
 
@@ -61,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
-    from lmops.evaluate_stage import evaluate_stage
+    from lmops.evaluate.stage import evaluate_stage
 
     cfg = _config(args)
     res = evaluate_stage(cfg, _path(args, cfg, "model", "checkpoint"), _path(args, cfg, "tokens", "tokens"),
@@ -78,15 +79,8 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     return summary("compress", res)
 
 
-def cmd_run(args: argparse.Namespace) -> dict:
-    """The stages in order, each cached by content."""
-    rows = run_local(_config(args))
-    print_table(rows)
-    return {"stages": rows}
-
-
 def cmd_pipeline(args: argparse.Namespace) -> dict:
-    """compile: the pipeline YAML for the Kubeflow UI; run: the whole pipeline through kfp's local runner."""
+    """compile: the pipeline YAML for the Kubeflow UI; run: the whole pipeline on this machine."""
     if args.action == "compile":
         from lmops.pipeline.compile import PIPELINE_YAML, compile_pipeline
 
@@ -94,6 +88,12 @@ def cmd_pipeline(args: argparse.Namespace) -> dict:
         if not args.json:
             print(f"wrote {out}")
         return {"pipeline": str(out)}
+    return cmd_run(args)
+
+
+def cmd_run(args: argparse.Namespace) -> dict:
+    """The whole chain on this machine (``lmops run`` = ``lmops pipeline run``): kfp's local runner by default,
+    ``--runner inprocess`` for the same steps in this process."""
     from lmops.pipeline.local import print_summary, run_pipeline
 
     cfg = load_config(args.config, args.set)  # fail on a bad config before starting anything
@@ -225,6 +225,21 @@ def cmd_config(args: argparse.Namespace) -> dict:
     return _config(args).model_dump(mode="json")
 
 
+def _run_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--model-name", help="run: registered model name (default: registry.model_name)")
+    sp.add_argument("--source", action="append", default=[], help="run: a data source (repeatable)")
+    sp.add_argument("--verbose", action="store_true", help="run: kfp's full task log (executor inputs included)")
+    sp.add_argument("--launcher", choices=["local", "kuberay"], default="local",
+                    help="run: train with a local Ray (default), or submit a RayJob to $KUBECONFIG's cluster"
+                         " (needs --set kuberay.staging_uri=s3://...)")
+    sp.add_argument("--deploy-target", choices=["local", "kubernetes"], default="local",
+                    help="run: a local model server (default), or an InferenceService on $KUBECONFIG's cluster")
+    sp.add_argument("--runner", choices=["subprocess", "container", "inprocess"], default="subprocess",
+                    help="run: each task as a subprocess of this environment (default), as a container of the"
+                         " lmops image (kfp's DockerRunner via docker or podman; build it first: make images), or"
+                         " inprocess: the same steps in this process without kfp (outputs under <workdir>)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmops", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -254,21 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="fp32 model directory (default: <workdir>/checkpoint)")
     sp.add_argument("--tokens", help="tokens directory (default: <workdir>/tokens)")
     sp.add_argument("--out", help="output directory (default: <workdir>/compressed)")
-    stage("run", cmd_run, "run stages 1-5 in order in this process, without kfp (cached stages are skipped)")
-    sp = stage("pipeline", cmd_pipeline, "compile the Kubeflow pipeline, or run it locally (kfp local runner)")
+    sp = stage("pipeline", cmd_pipeline, "compile the Kubeflow pipeline, or run it on this machine")
     sp.add_argument("action", choices=["compile", "run"])
     sp.add_argument("--out", help="compile: output YAML (default: pipelines/lmops_pipeline.yaml)")
-    sp.add_argument("--model-name", help="run: registered model name (default: registry.model_name)")
-    sp.add_argument("--source", action="append", default=[], help="run: a data source (repeatable)")
-    sp.add_argument("--verbose", action="store_true", help="run: kfp's full task log (executor inputs included)")
-    sp.add_argument("--launcher", choices=["local", "kuberay"], default="local",
-                    help="run: train with a local Ray (default), or submit a RayJob to $KUBECONFIG's cluster"
-                         " (needs --set kuberay.staging_uri=s3://...)")
-    sp.add_argument("--deploy-target", choices=["local", "kubernetes"], default="local",
-                    help="run: a local model server (default), or an InferenceService on $KUBECONFIG's cluster")
-    sp.add_argument("--runner", choices=["subprocess", "container"], default="subprocess",
-                    help="run: each task as a subprocess of this environment (default), or as a container of the"
-                         " lmops image (kfp's DockerRunner via docker or podman; build it first: make images)")
+    _run_options(sp)
+    _run_options(stage("run", cmd_run, "the whole pipeline on this machine (= lmops pipeline run)"))
     sp = stage("stop", cmd_stop, "stop the local servers a pipeline run left up (MLflow, model servers)")
     stage("config", cmd_config, "print the resolved configuration")
     sp = stage("serve", cmd_serve, "stage 7: serve a model (KServe v1/v2 REST and gRPC + OpenAI) on 127.0.0.1")

@@ -45,13 +45,58 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# Verification hashes each file once per process. A stage reads its inputs in several places (its cache key,
+# each variant's evaluation, a recovery fine-tune, ...), each verifying what it relies on; on a 100 GB token
+# set one pass takes minutes. A file's hash is remembered under its identity and change stamps: device, inode,
+# size, mtime and ctime. Any write changes ctime (which no one can set back, unlike mtime), so a changed file
+# is hashed again and a mismatch still fails.
+_hashes: dict[tuple[int, ...], str] = {}
+_hashed_bytes = 0
+
+
+def _stamp(path: str | Path) -> tuple[int, ...]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read once per process while the file is unchanged (see ``_hashes``)."""
+    global _hashed_bytes
+    before = _stamp(path)
+    digest = _hashes.get(before)
+    if digest is None:
+        digest = sha256_file(path)
+        _hashed_bytes += before[2]
+        if _stamp(path) == before:  # not remembered when the file changed while it was read
+            _hashes[before] = digest
+    return digest
+
+
+def hashed_bytes() -> int:
+    """Bytes this process has hashed through ``file_sha256`` (what verification cost it)."""
+    return _hashed_bytes
+
+
+def remembered_hashes() -> list[list]:
+    """This process's file hashes, for a child process on the same machine (a Ray Train worker) to
+    ``remember``: the files the driver verified are then not read again there."""
+    return [[*stamp, digest] for stamp, digest in _hashes.items()]
+
+
+def remember(hashes: list[list]) -> None:
+    """Take the hashes ``remembered_hashes`` gave. On another machine the device and inode differ: its
+    files are hashed as usual."""
+    for *stamp, digest in hashes:
+        _hashes[tuple(stamp)] = digest
+
+
 def file_table(root: Path) -> dict[str, dict[str, Any]]:
     """sha256 and size of every file under root except the manifest, keyed by relative path."""
     table = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
         if rel != MANIFEST:
-            table[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            table[rel] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     return table
 
 
@@ -131,7 +176,7 @@ def verify(root: str | Path, stage: str | None = None, only: list[str] | None = 
                 f"{path}: size {size} differs from the {meta['bytes']} bytes recorded in {MANIFEST}"
                 f" — the file was changed after stage {m.stage!r} wrote it; re-run the stage"
             )
-        actual = sha256_file(path)
+        actual = file_sha256(path)
         if actual != meta["sha256"]:
             raise ManifestError(
                 f"{path}: sha256 {actual[:12]}… differs from {meta['sha256'][:12]}… recorded in {MANIFEST}"

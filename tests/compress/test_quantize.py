@@ -67,7 +67,7 @@ def test_int8_linear_weights_are_much_smaller(tiny_model_dir, tmp_path):
 
 
 def test_evaluate_and_serving_load_the_int8_dir(int8_pair, tiny_tokens):
-    from lmops.evaluate import evaluate_model
+    from lmops.evaluate.metrics import evaluate_model
     from lmops.serve.loader import load_model_dir
 
     _, int8_dir, _, _ = int8_pair

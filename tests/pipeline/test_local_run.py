@@ -91,6 +91,23 @@ def test_a_second_run_reuses_cached_stages_and_the_server(first_run, state, mlfl
     assert not endpoint.get("reused") and servers.running()["serve-lmops"]["pid"] != old_pid
 
 
+def test_the_in_process_runner_runs_the_same_chain(first_run, state, mlflow_server, ray_address):
+    """No kfp, no task processes: the same steps, so the same cache keys (every stage before register is
+    served by the kfp run's cache) and the same registered version."""
+    root, corpus = state
+    overrides = [*MICRO, f"cache_dir={root / 'cache'}"]
+    s = run_pipeline("micro", overrides, model_name="lm-pipeline", sources=[str(corpus)], tracking_uri=mlflow_server,
+                     ray_address=ray_address, runner="inprocess")
+    assert [r["stage"] for r in s["rows"]] == [r["stage"] for r in first_run["rows"]], s["rows"]
+    kfp_rows = {r["stage"]: r for r in first_run["rows"]}
+    for r in s["rows"]:
+        if r["stage"] in ("build", "tokenize", "train", "evaluate", "compress"):
+            assert r["status"] == "cached" and r["detail"] == kfp_rows[r["stage"]]["detail"], (r, kfp_rows)
+    assert s["registered"] == first_run["registered"] and s["variants"] == first_run["variants"]
+    assert s["run_dir"] == str(root / "runs" / "micro") and (root / "runs" / "micro" / "checkpoint").is_dir()
+    assert requests.get(f"{s['endpoint']}/v1/models/lmops", timeout=10).status_code == 200
+
+
 def test_a_failing_stage_stops_the_run_with_its_error(state, mlflow_server, ray_address, tmp_path, capsys):
     empty = tmp_path / "no-data"
     empty.mkdir()

@@ -20,7 +20,7 @@ from lmops.config import BuildConfig, DedupConfig, EvaluateConfig, ModelConfig, 
 from lmops.data.build import build_dataset
 from lmops.data.tokenize import tokenize_dataset
 from lmops.data.tokens import open_tokens
-from lmops.evaluate import evaluate_model
+from lmops.evaluate.metrics import evaluate_model
 from lmops.manifest import run_stage
 from lmops.model import Vocab, build_model, save_model_dir
 

@@ -327,7 +327,7 @@ def test_register_compressed_variants_and_load_the_int8_one(chain, mlflow_server
     from lmops.compress.quantize import load_quantized
     from lmops.compress.stage import compress_stage
     from lmops.config import config_from_dict
-    from lmops.evaluate_stage import evaluate_stage
+    from lmops.evaluate.stage import evaluate_stage
 
     name = fresh_name()
     cfg = config_from_dict({"workdir": str(tmp_path), "cache_dir": None,

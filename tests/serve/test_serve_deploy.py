@@ -63,7 +63,7 @@ def test_a_port_a_replaced_server_just_left_is_free():
     """Connections the previous server closed linger in TIME_WAIT on its port; its replacement binds anyway."""
     import socket
 
-    from lmops.serve.deploy import port_free
+    from lmops.serve.endpoint import port_free
 
     with socket.socket() as server:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

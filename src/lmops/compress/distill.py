@@ -8,13 +8,14 @@ student's curve is comparable with the teacher's.
 How it rides on the training stage without a second training loop: the driver builds the student's
 initial weights (fresh, or the teacher's embedding and evenly spaced blocks — DistilBERT's recipe, a far
 better start when the widths match), saves them as a HF directory and hands it to ``run_ray_training``
-as ``model.pretrained``; the ``distill`` entry of the loop config makes each worker load the teacher
-and swap ``fit``'s objective for ``distillation_loss``. Checkpointing, resume, DDP and logging are the
+as ``model.pretrained``, with ``distillation_loss`` (bound to the teacher) as the loss factory: each
+worker loads the teacher and swaps ``fit``'s objective for it. The trainer knows nothing of distillation. Checkpointing, resume, DDP and logging are the
 training stage's own.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -129,7 +130,8 @@ def distill_dir(cfg: Config, checkpoint_dir: str | Path, tokens_dir: str | Path,
         copy_side_files(checkpoint_dir, init_dir, include_config=False)
         student_cfg = cfg.model_copy(update={"model": ModelConfig(pretrained=init_dir), "train": tc})
         final, state = run_ray_training(student_cfg, Path(tokens_dir), run_name=f"lmops-distill-{key[:16]}",
-                                        storage_path=storage_path, distill=spec)
+                                        storage_path=storage_path,
+                                        loss_factory=functools.partial(distillation_loss, spec))
     try:
         shutil.copytree(final / "model", out_dir, dirs_exist_ok=True)
     finally:

@@ -11,7 +11,7 @@ Output directory::
     compress.png            the same as bar charts, budgets drawn in
     manifest.json           inputs: the checkpoint's and the tokens' digests
 
-Every model is scored by the same ``lmops.evaluate.evaluate_model`` on the test split, on the CPU: the
+Every model is scored by the same ``lmops.evaluate.metrics.evaluate_model`` on the test split, on the CPU: the
 int8 kernels are CPU kernels, and one device for all keeps the latency column comparable. Verdicts
 come from ``lmops.gates.check`` with the ``compress.gates`` rules of the variant against the fp32 eval.
 A failing variant is still written (and its reasons recorded): the registry decides what to do with it.
@@ -27,16 +27,15 @@ from typing import Any, Callable
 
 from lmops import gates
 from lmops.compress import CompressError
-from lmops.compress.source import load_fp32
 from lmops.config import Config
 from lmops.data.tokens import open_tokens
-from lmops.local_run import bits_per_byte_text
+from lmops.evaluate.report import bits_per_byte_text
 from lmops.manifest import (MANIFEST, StageResult, code_digest, content_digest, file_table, run_stage, stage_key,
                             verify, write_manifest)
 
 _HERE = Path(__file__).resolve().parent
-CODE = code_digest(*sorted(_HERE.glob("*.py")), _HERE.parent / "evaluate.py", _HERE.parent / "gates.py",
-                   _HERE.parent / "train" / "loop.py")
+CODE = code_digest(*sorted(_HERE.glob("*.py")), *sorted((_HERE.parent / "evaluate").glob("*.py")),
+                   _HERE.parent / "gates.py", _HERE.parent / "train" / "loop.py")
 # train settings that change how a run is operated, not the weights (as in lmops.train.stage)
 _OPERATIONAL = {"mlflow_tracking_uri", "experiment", "storage_path", "max_failures", "resume", "keep_checkpoints"}
 # variant -> (the stage named in its manifest, the name of its checkpoint input): lineage follows these
@@ -70,7 +69,7 @@ def compress_stage(cfg: Config, checkpoint_dir: str | Path, tokens_dir: str | Pa
               "train": cfg.train.model_dump(mode="json", exclude=_OPERATIONAL)}
 
     def produce(tmp: Path) -> dict[str, Any]:
-        from lmops.evaluate import evaluate_model
+        from lmops.evaluate.metrics import evaluate_model
 
         def score(model_dir: Path, name: str) -> dict[str, Any]:
             metrics = evaluate_model(model_dir, tokens_dir, ecfg, split="test")
@@ -78,6 +77,8 @@ def compress_stage(cfg: Config, checkpoint_dir: str | Path, tokens_dir: str | Pa
             dest = tmp / "fp32_eval.json" if name == "fp32" else model_dir / "eval.json"
             dest.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             return metrics
+
+        from lmops.compress.source import load_fp32  # here: a cached stage answers without torch
 
         load_fp32(checkpoint_dir)  # a directory that does not load fails here, with its path, not deep in evaluate
         baseline = score(checkpoint_dir, "fp32")

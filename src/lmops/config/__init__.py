@@ -39,7 +39,7 @@ class Config(Section):
     name: str = DEFAULT_PRESET
     """Name of this configuration (a preset name, or your own)."""
     workdir: str = "runs"
-    """Where `lmops run` puts stage outputs when no --out is given."""
+    """Where the stage commands (and `lmops run --runner inprocess`) put stage outputs when no --out is given."""
     cache_dir: str | None = ".state/cache"
     """Content-addressed store of finished stage outputs (None = no cross-run cache)."""
     build: BuildConfig = Field(default_factory=BuildConfig)

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
+from lmops.errors import LmopsError
+
 # the patterns Kubernetes itself uses (resource.Quantity, DNS-1123 label / subdomain, env var names)
 QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
                       r"|(\.[0-9]+))))?$")
@@ -41,6 +43,14 @@ def quantity(v: Any) -> str:
     if not (isinstance(v, str) and QUANTITY.match(v)):
         raise ValueError("expected a Kubernetes quantity such as '8', '500m' or '32Gi'")
     return v
+
+
+def cpu_cores(quantity: str, where: str) -> float:
+    """A Kubernetes CPU quantity ("8", "500m", "1.5") in cores; ``where`` names the field in the error."""
+    try:
+        return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+    except ValueError:
+        raise LmopsError(f"{where}={quantity!r}: cannot read it as CPU cores (use e.g. '8' or '7500m')") from None
 
 
 def check_tolerations(v: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from lmops.config.base import Section
-from lmops.config.k8s import DNS_SUBDOMAIN, ENV_NAME, quantity
+from lmops.config.k8s import DNS_SUBDOMAIN, ENV_NAME, cpu_cores, quantity
 
 KFP_CPU = r"^([0-9]*[.])?[0-9]+m?$"  # what kfp's set_cpu_request / set_cpu_limit accept
 KFP_MEMORY = r"^([0-9]*[.])?[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$"  # kfp's set_memory_request / limit
@@ -93,8 +93,6 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _limits_not_below_requests(self) -> "PipelineConfig":
-        from lmops.train.kuberay.render import cpu_cores
-
         for name in type(self).model_fields:
             res = getattr(self, name)
             if isinstance(res, TaskResources) and cpu_cores(res.limits()[0], name) < cpu_cores(res.cpu, name):

@@ -8,6 +8,8 @@ from pydantic import Field, field_validator, model_validator
 
 from lmops.config.base import Section
 from lmops.config.k8s import NodeSelector, Tolerations, check_env_names, pod_tolerations, quantity
+from lmops.config.reserved_env import RESERVED_ENV
+from lmops.config.storage_access import storage_access_problem
 
 
 # ---------------------------------------------------------------- stage 7: serve + deploy
@@ -153,8 +155,6 @@ class DeployConfig(Section):
     @field_validator("env")
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        from lmops.serve.reserved_env import RESERVED_ENV
-
         check_env_names(v)
         taken = sorted(k for k in v if k in RESERVED_ENV)
         if taken:
@@ -169,8 +169,6 @@ class DeployConfig(Section):
     @model_validator(mode="after")
     def _replicas_ordered(self) -> "DeployConfig":
         if self.storage_uri:
-            from lmops.serve.storage_access import storage_access_problem
-
             problem = storage_access_problem(self, self.storage_uri)
             if problem:
                 raise ValueError(problem)

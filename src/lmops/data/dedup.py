@@ -12,11 +12,14 @@ import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 from lmops.config import DedupConfig
+
+if TYPE_CHECKING:  # imported where used: datasketch (and the scipy it loads) costs ~1 s, a cached build none
+    from datasketch import MinHash, MinHashLSH
 
 SEED = 1  # fixed: the permutations, hence every decision, are the same on every machine and run
 PARALLEL_MIN_DOCS = 4000
@@ -57,6 +60,8 @@ def shingles(text: str, k: int) -> list[bytes]:
 
 def signatures(texts: list[str], cfg: DedupConfig) -> np.ndarray:
     """MinHash hash values, one row per text (datasketch's bulk generator reuses the permutations)."""
+    from datasketch import MinHash
+
     gen = MinHash.generator((shingles(t, cfg.shingle_words) for t in texts), num_perm=cfg.num_perm, seed=SEED)
     out = np.empty((len(texts), cfg.num_perm), dtype=np.uint64)  # wide enough for every datasketch scheme
     for i, m in enumerate(gen):
@@ -84,6 +89,8 @@ def all_signatures(texts: list[str], cfg: DedupConfig, workers: int | None = Non
 
 
 def _lsh_index(cfg: DedupConfig) -> MinHashLSH:
+    from datasketch import MinHashLSH
+
     try:
         return MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
     except ValueError:
@@ -98,6 +105,8 @@ def near_dedup(docs: list[Doc], cfg: DedupConfig, workers: int | None = None) ->
     ``docs`` must be sorted by id (as exact_dedup returns them). Returns (kept, number dropped).
     """
     lsh = _lsh_index(cfg)
+    from datasketch import MinHash
+
     template = MinHash(num_perm=cfg.num_perm, seed=SEED)
     kept_sigs: dict[int, MinHash] = {}
     kept: list[Doc] = []

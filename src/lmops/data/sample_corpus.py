@@ -21,6 +21,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+SAMPLE_CORPUS = Path(".state/sample-corpus")
+"""Where the presets' default source points (relative: the repository root of a checkout)."""
 MARKER = ".complete"  # a dot file: lmops.storage.list_files ignores it, so it never becomes a source
 FILE_TARGET_BYTES = 2_000_000
 SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
@@ -28,6 +30,12 @@ TEST_DIRS = {"test", "tests", "idle_test"}
 """Docstrings are not taken from tests: parsing them is most of the cost and their docstrings are terse;
 their comment blocks (found without parsing) are kept."""
 MIN_COMMENT_CHARS = 80  # shorter comment blocks are mostly "# XXX" and "# noqa", not prose
+
+
+def ensure_sample_corpus(sources: list[str]) -> None:
+    """The presets' default source is the sample corpus: make it (offline, deterministic) on first use."""
+    if any(Path(s) == SAMPLE_CORPUS for s in sources):
+        make_sample_corpus(SAMPLE_CORPUS)
 
 
 def make_sample_corpus(dest: str | Path, *, stdlib: str | Path | None = None) -> Path:

@@ -28,7 +28,7 @@ from lmops.data.accounting import Tally
 from lmops.data.compressed import COMPRESSIONS, CorruptCompressed, MissingDecompressor, decompress
 from lmops.data.listing import Passed, list_local
 from lmops.errors import LmopsError
-from lmops.manifest import sha256_file
+from lmops.manifest import file_sha256
 from lmops.storage import Entry, StorageError, is_s3, list_files, nothing_matches, read_bytes
 
 TEXT_FORMATS = ("txt", "jsonl", "json")
@@ -114,7 +114,7 @@ def _content_id(entry: Entry) -> str:
     if is_s3(entry.uri):
         return f"etag:{entry.etag}"
     try:
-        return f"sha256:{sha256_file(entry.uri)}"
+        return f"sha256:{file_sha256(entry.uri)}"
     except OSError:
         # counted as unreadable later; becoming readable changes the id (size alone is stable)
         return f"unreadable:{entry.size}"

@@ -52,7 +52,8 @@ def main() -> int:
 
     from lmops.cluster import control_plane
     from lmops.operator.local import service_account_kubeconfig, start_operator, wait_until
-    from lmops.registry.local_server import LOCAL_WEBHOOK_ENV, free_port, start_mlflow_server, stop_process_group
+    from lmops.processes import free_port
+    from lmops.registry.local_server import LOCAL_WEBHOOK_ENV, start_mlflow_server, stop_process_group
 
     st = control_plane.status()
     if st["state"] != "running":

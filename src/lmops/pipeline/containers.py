@@ -147,9 +147,9 @@ def container_runner(cfg: Config, *, engine: Engine, image: str, state: Path, ru
     hand_over([run_root, state / "servers", *written(cfg)], uid, gid)
     # the sample corpus is made from the standard library of the Python that makes it: make it here, as
     # `make run` does, so that both runners train on the same data
-    from lmops.local_run import ensure_sample_corpus
+    from lmops.data.sample_corpus import ensure_sample_corpus
 
-    ensure_sample_corpus(cfg)
+    ensure_sample_corpus(cfg.build.sources)
     # a model server `make run` started is a process of this machine that the deploy task's container
     # could not stop: stop it now (a container one is replaced by the deploy task itself)
     name = f"serve-{cfg.serve.model_name}"

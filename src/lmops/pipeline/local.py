@@ -26,15 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from lmops.config import REPO_ROOT, load_config
-from lmops.local_run import compressors_text
 from lmops.errors import LmopsError
 from lmops.pipeline import servers
+from lmops.pipeline.summary import TASKS, print_summary, run_summary  # noqa: F401 (TASKS, print_summary: this module's interface)
 from lmops.train.ray_head import LOCAL_RAY_ENV
 
 LAUNCHERS = ("local", "kuberay")
-RUNNERS = ("subprocess", "container")
+RUNNERS = ("subprocess", "container", "inprocess")
 DEPLOY_TARGETS = ("local", "kubernetes")
-TASKS = ("resolve-config", "build", "tokenize", "train", "evaluate", "compress", "register", "deploy")
 
 
 class PipelineRunError(LmopsError, RuntimeError):
@@ -53,10 +52,9 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     launcher / deploy_target: the pipeline's parameters. "kuberay" submits the train task's RayJob and
     "kubernetes" applies the InferenceService to the cluster $KUBECONFIG names (`lmops cluster up` on this
     machine); kuberay needs kuberay.staging_uri, since kfp's local artifacts are folders the job cannot read.
-    runner: "subprocess" (kfp's SubprocessRunner, this environment) or "container" (kfp's DockerRunner: each
-    task in the lmops image, through docker or podman; lmops.pipeline.containers)."""
-    from kfp import local
-
+    runner: "subprocess" (kfp's SubprocessRunner, this environment), "container" (kfp's DockerRunner: each
+    task in the lmops image, through docker or podman; lmops.pipeline.containers) or "inprocess" (no kfp: the
+    same steps called in this process, outputs under the config's workdir; lmops.pipeline.inprocess)."""
     if launcher not in LAUNCHERS or deploy_target not in DEPLOY_TARGETS or runner not in RUNNERS:
         raise LmopsError(f"launcher={launcher!r}, deploy_target={deploy_target!r}, runner={runner!r}: expected a"
                          f" launcher in {LAUNCHERS}, a deploy target in {DEPLOY_TARGETS} and a runner in {RUNNERS}")
@@ -94,11 +92,8 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     else:
         print(f"[run] Ray runtime {address} ({'started' if fresh_ray else 'reused'}, {ray_s:.1f}s)", flush=True)
 
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from pipelines.lmops_pipeline import lmops_pipeline
-
-    root = state / "kfp" / time.strftime("%Y%m%d-%H%M%S")
+    in_process = runner == "inprocess"
+    root = Path(cfg.workdir).resolve() if in_process else state / "kfp" / time.strftime("%Y%m%d-%H%M%S")
     args = dict(config=config, overrides=list(overrides or []), model_name=model_name or cfg.registry.model_name,
                 sources=list(sources or []), num_workers=cfg.train.num_workers,
                 gpus_per_worker=1 if cfg.train.use_gpu else 0, launcher=launcher,
@@ -116,6 +111,17 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
         if not ray_address:  # our own runtime on this machine: its CPUs are all there will be (no autoscaler)
             os.environ[LOCAL_RAY_ENV] = "1"
     try:
+        if in_process:
+            from lmops.pipeline.inprocess import run_chain
+
+            rows = run_chain(root, **args)
+            return run_summary(rows, time.time() - started, run_dir=str(root), mlflow_url=url)
+        from kfp import local
+
+        if str(REPO_ROOT) not in sys.path:
+            sys.path.insert(0, str(REPO_ROOT))
+        from pipelines.lmops_pipeline import lmops_pipeline
+
         with contextlib.ExitStack() as stack, _kfp_output(quiet_kfp), warnings.catch_warnings():
             if in_containers:
                 from lmops.pipeline.containers import container_runner
@@ -136,6 +142,8 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
         raise
     except RuntimeError as e:
         _stop_children(before)
+        if in_process:  # the step's own error, raised in this process: nothing of kfp's to add
+            raise
         failed = _failed_task(root)
         raise PipelineRunError(f"pipeline run failed{f' in task {failed!r}' if failed else ''} (its log is above;"
                                f" outputs under {root}): {e}") from None
@@ -234,67 +242,17 @@ class _Trim(io.TextIOBase):
 
 
 # ---------------------------------------------------------------- the closing summary
-def task_outputs(root: Path) -> dict[str, dict[str, Any]]:
-    """task name -> {"params": ..., "artifacts": {output: metadata}} from the run's executor outputs."""
-    out = {}
+def task_rows(root: Path) -> dict[str, dict[str, Any]]:
+    """task name -> the row its step returned, read back from the metadata kfp wrote for its output artifact."""
+    rows = {}
     for f in sorted(root.rglob("executor_output.json")):
         data = json.loads(f.read_text())
-        arts = {name: (a.get("artifacts") or [{}])[0].get("metadata", {}) for name, a in data.get("artifacts", {}).items()}
-        out[f.parent.name] = {"params": data.get("parameterValues", {}), "artifacts": arts}
-    return out
+        metas = [(a.get("artifacts") or [{}])[0].get("metadata", {}) for a in data.get("artifacts", {}).values()]
+        row = next((m for m in metas if "status" in m), None)
+        if row is not None:
+            rows[f.parent.name] = row
+    return rows
 
 
 def summarize(root: Path, total_s: float, mlflow_url: str = "") -> dict[str, Any]:
-    outputs = task_outputs(root)
-    rows = []
-    for task in TASKS:
-        if task not in outputs:
-            continue
-        meta = next((m for m in outputs[task]["artifacts"].values() if "status" in m), {})
-        rows.append({"stage": "config" if task == "resolve-config" else task, "status": meta.get("status", "?"),
-                     "seconds": float(meta.get("seconds") or 0), "detail": meta.get("detail", "")})
-    work = sum(r["seconds"] for r in rows)
-    compress = next((m for m in outputs.get("compress", {}).get("artifacts", {}).values() if "metrics" in m), {})
-    reg = outputs.get("register", {}).get("params", {})
-    dep = next((m for m in outputs.get("deploy", {}).get("artifacts", {}).values() if "url" in m), {})
-    evaluation = next((m for m in outputs.get("evaluate", {}).get("artifacts", {}).values() if "metrics" in m), {})
-    return {"run_dir": str(root), "total_s": round(total_s, 1), "stages_s": round(work, 1),
-            "overhead_s": round(total_s - work, 1), "rows": rows, "variants": compress.get("metrics", {}),
-            "registered": reg.get("model_uri", ""), "mlflow": mlflow_url,
-            "endpoint": dep.get("url", ""), "example": dep.get("example", {}),
-            "evaluation": evaluation.get("metrics", {})}
-
-
-def print_variants(variants: dict[str, dict[str, Any]]) -> None:
-    """The test-split figures per model (fp32 first, the baseline of the ratios); bits/byte is blank where
-    the tokenizer is not byte-level."""
-    print(f"{'model':<8} {'perplexity':>10} {'bits/byte':>9} {'ppl/fp32':>8} {'size/fp32':>9}  gate")
-    for v, m in variants.items():
-        bpb = "-" if m.get("bits_per_byte") is None else f"{m['bits_per_byte']:.3f}"
-        ratios = "" if v == "fp32" else (f" {m['perplexity_ratio']:>8.3f} {m['size_ratio']:>9.2f}  "
-                                         f"{'pass' if m['passed'] else 'FAIL'}")
-        print(f"{v:<8} {m['perplexity']:>10.2f} {bpb:>9}{ratios}")
-
-
-def print_summary(s: dict[str, Any]) -> None:
-    print()
-    print(f"{'stage':<10} {'status':<7} {'time':>7}  detail")
-    for r in s["rows"]:
-        print(f"{r['stage']:<10} {r['status']:<7} {r['seconds']:>6.1f}s  {r['detail']}")
-    print()
-    if s["variants"]:
-        print_variants(s["variants"])
-        print()
-    if "xz_9e_bits_per_byte" in s["evaluation"]:
-        print(compressors_text(s["evaluation"]))
-    if s["registered"]:
-        print(f"registered: {s['registered']} (alias candidate) in {s['mlflow']}")
-    else:
-        print("registered: nothing (the evaluation gate failed against the champion)")
-    if s["endpoint"]:
-        print(f"endpoint:   {s['endpoint']}  (OpenAI: {s['endpoint']}/openai/v1/completions; KServe v1/v2)")
-    if s["example"]:
-        ex = s["example"]
-        print(f"example:    {ex['prompt']!r} -> {ex['completion']!r}  ({ex.get('settings', 'greedy')})")
-    print(f"total {s['total_s']:.1f}s: stages {s['stages_s']:.1f}s, orchestration {s['overhead_s']:.1f}s"
-          f"  (outputs: {s['run_dir']}; `make stop` stops the local servers)")
+    return run_summary(task_rows(root), total_s, run_dir=str(root), mlflow_url=mlflow_url)

@@ -96,9 +96,9 @@ def resolve_config(config: str, overrides: list[str], out_dir: str | Path, *, mo
 
 def _absolute_paths(cfg: Config) -> Config:
     from lmops import storage
-    from lmops.local_run import ensure_sample_corpus
+    from lmops.data.sample_corpus import ensure_sample_corpus
 
-    ensure_sample_corpus(cfg)  # the default source is made on first use, offline
+    ensure_sample_corpus(cfg.build.sources)  # the default source is made on first use, offline
     sources = [s if storage.is_s3(s) or Path(s).is_absolute() else str(Path(s).resolve()) for s in cfg.build.sources]
     return cfg.model_copy(update={"build": cfg.build.model_copy(update={"sources": sources}),
                                   "workdir": str(Path(cfg.workdir).resolve())})
@@ -153,11 +153,11 @@ def read_config(config_dir: str | Path) -> Config:
 
 # ---------------------------------------------------------------- stages
 def _timed(stage: str, run) -> dict[str, Any]:
-    from lmops.local_run import summary
+    from lmops.pipeline.summary import stage_row
 
     started = time.time()
     res = run()
-    return {**summary(stage, res, time.time() - started), "metrics": _plain(res.manifest.metrics)}
+    return {**stage_row(stage, res, time.time() - started), "metrics": _plain(res.manifest.metrics)}
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +224,7 @@ def s3_uri(uri: str) -> str:
 
 def evaluate(config: str, checkpoint_dir: str, tokens_dir: str, out_dir: str) -> dict[str, Any]:
     """Evaluate and gate against the champion's recorded metrics when an MLflow server is configured."""
-    from lmops.evaluate_stage import evaluate_stage
+    from lmops.evaluate.stage import evaluate_stage
 
     cfg = parse_config(config)
     baseline, against = champion_baseline(cfg, Path(out_dir).parent / "champion-eval.json")

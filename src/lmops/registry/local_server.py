@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from lmops.processes import stop_group
+from lmops.processes import free_port, stop_group
 
 
 # For local servers whose registry webhooks go to a receiver on this machine (tests, bench, make demo):
@@ -25,12 +24,6 @@ from lmops.processes import stop_group
 LOCAL_WEBHOOK_ENV = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
                      "MLFLOW_WEBHOOK_CACHE_TTL": "1",
                      "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": "bG1vcHMtdGVzdHMtb25seS1mZXJuZXQta2V5LTAwMDE="}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_mlflow_server(root: Path, artifacts: str, env: dict[str, str] | None = None,

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from lmops.config import Config
+from lmops.serve.endpoint import protocol_urls, smoke_test, wait_ready, with_port
 
 SERVE_IMAGE_ENV = "LMOPS_SERVE_IMAGE"
 
@@ -33,8 +34,6 @@ def container_name(model_name: str) -> str:
 
 def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     """Start the server container for ``model_uri``, wait until it is ready, smoke-test it."""
-    from lmops.serve.deploy import _smoke, protocol_urls, with_port
-
     serve = with_port(cfg.serve)
     port = serve.port
     config_path = out / "serve-config.yaml"
@@ -56,7 +55,7 @@ def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     urls = protocol_urls(base, serve.model_name)
     try:
         _wait_ready(container, urls["ready"], cfg.deploy.ready_timeout_s)
-        smoke = _smoke(urls["v1_predict"], cfg.deploy.smoke_prompt)
+        smoke = smoke_test(urls["v1_predict"], cfg.deploy.smoke_prompt)
     except BaseException:
         remove(name)
         raise
@@ -69,8 +68,6 @@ def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
 
 
 def _wait_ready(container: Any, ready_url: str, timeout: float) -> None:
-    from lmops.serve.deploy import wait_ready
-
     def exited() -> str | None:
         container.reload()
         if container.status in ("exited", "dead"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,11 @@ from typing import Any, Callable
 
 import yaml
 
-from lmops.config import Config, ServeConfig
-from lmops.errors import LmopsError
+from lmops.config import Config
 from lmops.processes import stop_group
+from lmops.serve.endpoint import DeployError, protocol_urls, smoke_test, tail, wait_ready, with_port
 
 ENDPOINT_FILE = "endpoint.json"
-
-
-class DeployError(LmopsError, RuntimeError):
-    """A deployment that did not come up; the message carries the server's last log lines."""
 
 
 def deploy(cfg: Config, model_uri: str, out: str | Path) -> dict[str, Any]:
@@ -42,47 +37,6 @@ def deploy(cfg: Config, model_uri: str, out: str | Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- local
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def with_port(serve: ServeConfig) -> ServeConfig:
-    """``serve`` with the port its server will listen on: the configured one, refused when taken, or a free
-    one for port 0."""
-    if serve.port:
-        port_free(serve.host, serve.port)
-        return serve
-    return serve.model_copy(update={"port": free_port(serve.host)})
-
-
-def port_free(host: str, port: int) -> None:
-    """A server on a taken port fails to bind, while whatever holds the port may answer our readiness check in
-    its place (a false "ready"). Refuse up front."""
-    with socket.socket() as s:
-        # as the server binds (uvicorn sets it): connections a replaced server closed (TIME_WAIT) do not hold
-        # the port, a listener does
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host or "0.0.0.0", port))
-        except OSError as e:
-            raise DeployError(f"{host}:{port} is already in use ({e.strerror}): stop what holds it (`make stop`"
-                              " if it is a previous run's server) or set serve.port=0 for a free port") from None
-
-
-def protocol_urls(base: str, name: str) -> dict[str, str]:
-    return {
-        "v1_predict": f"{base}/v1/models/{name}:predict",
-        "v2_infer": f"{base}/v2/models/{name}/infer",
-        "openai_base": f"{base}/openai/v1",
-        "openai_completions": f"{base}/openai/v1/completions",
-        "openai_chat": f"{base}/openai/v1/chat/completions",
-        "ready": f"{base}/v1/models/{name}",
-        "metrics": f"{base}/metrics",
-    }
-
-
 def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     from lmops.serve import container
 
@@ -105,7 +59,7 @@ def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     urls = protocol_urls(base, serve.model_name)
     try:
         _wait_ready(proc, urls["ready"], cfg.deploy.ready_timeout_s, log_path)
-        smoke = _smoke(urls["v1_predict"], cfg.deploy.smoke_prompt)
+        smoke = smoke_test(urls["v1_predict"], cfg.deploy.smoke_prompt)
     except BaseException:
         stop_process_group(proc.pid)
         raise
@@ -116,51 +70,10 @@ def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     return endpoint
 
 
-def _smoke(predict_url: str, prompt: str) -> dict[str, Any]:
-    """One short v1 generation: proof that the endpoint serves the model, not only that it listens."""
-    import requests
-
-    t0 = time.perf_counter()
-    r = requests.post(predict_url, json={"instances": [{"prompt": prompt, "max_new_tokens": 4}]}, timeout=60)
-    smoke_ms = (time.perf_counter() - t0) * 1000
-    if r.status_code != 200 or not isinstance(r.json().get("predictions", [{}])[0].get("text"), str):
-        raise DeployError(f"smoke request to {predict_url} failed: {r.status_code} {r.text[:300]}")
-    return {"status": r.status_code, "latency_ms": round(smoke_ms, 2)}
-
-
 def _wait_ready(proc: subprocess.Popen, ready_url: str, timeout: float, log_path: Path) -> None:
     wait_ready(ready_url, timeout, what="server",
                exited=lambda: None if proc.poll() is None else f"exited with status {proc.poll()}",
-               last_lines=lambda: _tail(log_path))
-
-
-def wait_ready(ready_url: str, timeout: float, *, what: str, exited: Callable[[], str | None],
-               last_lines: Callable[[], str], running: Callable[[], bool] | None = None) -> None:
-    """Poll ``ready_url`` until it answers 200 while the server is up. ``exited``: why the server is gone (None
-    while it is not); ``running``: checked after a 200, so that an answer from whatever else holds the port
-    does not count (default: not exited); ``last_lines``: its log's end, for the error."""
-    running = running or (lambda: exited() is None)
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        gone = exited()
-        if gone is not None:
-            raise DeployError(f"{what} {gone} before becoming ready; last log lines:\n{last_lines()}")
-        try:
-            if requests.get(ready_url, timeout=2).status_code == 200 and running():
-                return
-        except requests.RequestException:
-            pass  # not listening yet
-        time.sleep(0.25)
-    raise DeployError(f"{what} not ready after {timeout:.0f} s ({ready_url}); last log lines:\n{last_lines()}")
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+               last_lines=lambda: tail(log_path))
 
 
 def stop_process_group(pid: int, timeout: float = 15) -> None:
@@ -212,7 +125,7 @@ def deploy_kubernetes(cfg: Config, model_uri: str, out: Path, client=None) -> di
                               f" {ready or 'none'} (kubectl describe inferenceservice -n {ns} {name})")
         time.sleep(0.5)
     urls = protocol_urls(status["url"].rstrip("/"), name)
-    smoke = _smoke(urls["v1_predict"], cfg.deploy.smoke_prompt)
+    smoke = smoke_test(urls["v1_predict"], cfg.deploy.smoke_prompt)
     endpoint = {"target": "kubernetes", "name": name, "namespace": ns, "model_name": name, "model_uri": model_uri,
                 "url": status["url"], "protocols": urls, "smoke": smoke,
                 "revision": (status.get("components") or {}).get("predictor", {}).get("latestReadyRevision"),

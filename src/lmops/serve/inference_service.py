@@ -19,7 +19,7 @@ from typing import Any
 from lmops.config import DeployConfig, ImageConfig, ServeConfig
 from lmops.errors import LmopsError
 from lmops.security.context import CACHE_DIR, SERVER_DIRS, harden, harden_container
-from lmops.serve.storage_access import storage_access_problem
+from lmops.config.storage_access import storage_access_problem
 
 API_VERSION = "serving.kserve.io/v1beta1"
 CONTAINER_NAME = "kserve-container"  # the name KServe looks for to inject STORAGE_URI downloads

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lmops.errors import LmopsError
 from lmops.processes import stop_group
-from lmops.registry.local_server import free_port
+from lmops.processes import free_port
 
 READY_LINE = "Ray runtime started"
 

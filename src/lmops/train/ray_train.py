@@ -19,16 +19,19 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from lmops import storage
+from lmops import manifest, storage
 from lmops.config import Config
 from lmops.errors import LmopsError
 from lmops.train import checkpoint as ckpt
 from lmops.train.ray_head import LOCAL_RAY_ENV
 from lmops.train.ray_resources import check_resources
+
+if TYPE_CHECKING:  # the driver need not import the loop (and transformers) for a type name
+    from lmops.train.loop import LossFn
 
 
 class RayTrainError(LmopsError):
@@ -60,11 +63,13 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
 # ---------------------------------------------------------------- the driver
 def run_ray_training(cfg: Config, tokens_dir: Path, *, run_name: str, storage_path: str,
                      tracking: dict[str, Any] | None = None,
-                     distill: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+                     loss_factory: Callable[[torch.device], LossFn] | None = None) -> tuple[Path, dict[str, Any]]:
     """Train with a TorchTrainer; returns (local dir of the final checkpoint, its trainer state).
 
-    ``distill``: ``{"teacher_dir", "temperature", "alpha"}`` trains against a teacher's logits
-    (``lmops.compress.distill.distillation_loss``) instead of the plain LM loss.
+    ``loss_factory``: called on every worker with its device, returns the training objective that replaces the
+    plain LM loss (validation keeps the LM loss). A factory rather than a loss because what the loss holds (a
+    distillation teacher, say) must be built on the worker's device; it travels to the workers pickled, so it
+    must be importable there (a module-level function, or a ``functools.partial`` of one).
 
     The returned directory is a temporary download when storage is remote: copy what you need.
     """
@@ -80,7 +85,9 @@ def run_ray_training(cfg: Config, tokens_dir: Path, *, run_name: str, storage_pa
         train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "tokens_dir": str(Path(tokens_dir).resolve()),
                            "run_dir": f"{storage_path.rstrip('/')}/{run_name}", "tracking": tracking,
-                           "distill": distill},
+                           "loss_factory": loss_factory,
+                           # the files this process verified (the stage's cache key) are not read again there
+                           "hashes": manifest.remembered_hashes()},
         scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                                resources_per_worker=tc.resources_per_worker or None),
         run_config=ray.train.RunConfig(
@@ -130,6 +137,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     dtype = resolve_dtype(tc.dtype, device)
     torch.manual_seed(tc.seed)  # identical initial weights on every rank (DDP also broadcasts them)
 
+    manifest.remember(loop_config.get("hashes") or [])
     info = open_tokens(loop_config["tokens_dir"], splits=("train", "val"))
     start = _resume_point(loop_config["run_dir"])
     if start is not None:
@@ -174,11 +182,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     if rank == 0:  # Ray sets each worker's OMP_NUM_THREADS from its CPU resource (train.resources_per_worker)
         print(f"worker 0 of {world}: {device}, {torch.get_num_threads()} torch thread(s)", flush=True)
-    loss_fn = None
-    if loop_config.get("distill"):  # same loop, another objective: match a teacher's distribution too
-        from lmops.compress.distill import distillation_loss
-
-        loss_fn = distillation_loss(loop_config["distill"], device)
+    loss_factory = loop_config.get("loss_factory")  # same loop, another objective (e.g. distillation)
+    loss_fn = loss_factory(device) if loss_factory is not None else None
     fit(maybe_compile(model, tc), optimizer, batches, tc, device=device, dtype=dtype, val_batches=val_batches,
         start_step=start_step, on_step=on_step, log=(lambda s: print(s, flush=True)) if rank == 0 else None,
         loss_fn=loss_fn)

@@ -131,8 +131,8 @@ def _flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _tree_digest(uri: str) -> str:
     """Content digest of a pretrained model directory (local files hashed; S3 by ETag)."""
     from lmops.config import sha256_json
-    from lmops.manifest import sha256_file
+    from lmops.manifest import file_sha256
 
     entries = storage.list_files(uri)
     base = uri.rstrip("/")
-    return sha256_json({e.uri[len(base):]: (e.etag or sha256_file(e.uri)) for e in entries})
+    return sha256_json({e.uri[len(base):]: (e.etag or file_sha256(e.uri)) for e in entries})

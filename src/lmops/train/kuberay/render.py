@@ -25,7 +25,7 @@ from typing import Any
 from lmops import storage
 from lmops.config import Config, ConfigError, config_from_dict
 from lmops.config.image import ImageConfig, Variant
-from lmops.config.k8s import INT32_MAX
+from lmops.config.k8s import INT32_MAX, cpu_cores
 from lmops.config.kuberay import KubeRayConfig
 from lmops.errors import LmopsError
 from lmops.security.context import CACHE, RAY_DIRS, TMP, harden
@@ -82,14 +82,6 @@ def cluster_config(cfg: Config, checkpoint_uri: str) -> Config:
     train = tc.model_copy(update={"num_workers": pods * ranks_per_pod, "use_gpu": kr.gpus_per_worker > 0,
                                   "resources_per_worker": per_rank, "storage_path": storage_path})
     return cfg.model_copy(update={"train": train, "cache_dir": None})
-
-
-def cpu_cores(quantity: str, where: str) -> float:
-    """A Kubernetes CPU quantity ("8", "500m", "1.5") in cores."""
-    try:
-        return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
-    except ValueError:
-        raise LmopsError(f"{where}={quantity!r}: cannot read it as CPU cores (use e.g. '8' or '7500m')") from None
 
 
 def encode_config(cfg: Config) -> str:

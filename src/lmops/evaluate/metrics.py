@@ -9,7 +9,7 @@ Metrics (``eval.json``):
   tokens, exactly what the model's own ``labels=`` loss averages over. Every window of the split is
   scored unless ``max_blocks`` caps them; ``scored_tokens`` of ``split_tokens`` says how much was.
 - ``bits_per_byte`` = total NLL in bits / ``scored_bytes``, the UTF-8 bytes of exactly the scored target
-  tokens (lmops.data.token_bytes; EOS is 0 bytes, its NLL still counts). Unlike perplexity it compares
+  tokens (lmops.evaluate.token_bytes; EOS is 0 bytes, its NLL still counts). Unlike perplexity it compares
   models with different tokenizers. None (with ``scored_bytes`` None) for a tokenizer that is not
   byte-level.
 - ``eval_tokens_per_s``: tokens fed through the model per second of the perplexity pass (overlap
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lmops.config import EvaluateConfig
-from lmops.data.token_bytes import token_byte_lengths
+from lmops.evaluate.token_bytes import token_byte_lengths
 from lmops.data.tokens import load_split, open_tokens
 from lmops.devices import resolve_device, synchronize
 from lmops.model import check_vocab, count_params

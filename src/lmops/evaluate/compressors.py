@@ -11,7 +11,7 @@ import gzip
 import lzma
 from pathlib import Path
 
-from lmops.data.token_bytes import ids_to_bytes, token_byte_strings
+from lmops.evaluate.token_bytes import ids_to_bytes, token_byte_strings
 from lmops.data.tokens import load_split, open_tokens
 
 COMPRESSORS = {

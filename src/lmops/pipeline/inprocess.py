@@ -1,0 +1,46 @@
+"""The pipeline's chain in this process, without kfp: ``lmops pipeline run --runner inprocess``.
+
+The same ``lmops.pipeline.steps`` the kfp components call, in the order and under the condition that
+``pipelines/lmops_pipeline.py`` wires them (register and deploy only when the evaluation gate passed), each
+given the config YAML resolve-config wrote, as a kfp task gets it. No task processes: no interpreter start
+and imports per task, and a debugger or profiler sees the whole chain. Outputs go to ``<root>/<output>``
+(by default the config's workdir, ``runs/<config>/``: dataset, tokens, checkpoint, eval, compressed, ...),
+the folders the stage commands (``lmops train`` ...) read by default.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from lmops.pipeline import steps
+
+
+def run_chain(root: Path, *, config: str, overrides: list[str], model_name: str, sources: list[str],
+              num_workers: int, gpus_per_worker: int, launcher: str, train_pod_gpus: int, mlflow_tracking_uri: str,
+              deploy_target: str, cache_dir: str) -> dict[str, dict[str, Any]]:
+    """Run every step; returns task name -> the row its step returned (what a kfp task records)."""
+    out = {name: str(root / name) for name in ("config", "dataset", "tokens", "checkpoint", "eval", "compressed",
+                                               "registration", "endpoint")}
+    run_id = f"inprocess-{uuid.uuid4().hex[:12]}"
+    rows: dict[str, dict[str, Any]] = {}
+    rows["resolve-config"] = steps.resolve_config(
+        config, overrides, out["config"], model_name=model_name, sources=sources, num_workers=num_workers,
+        gpus_per_worker=gpus_per_worker, mlflow_tracking_uri=mlflow_tracking_uri, deploy_target=deploy_target,
+        cache_dir=cache_dir)
+    resolved = (Path(out["config"]) / steps.CONFIG_FILE).read_text()  # what every later kfp task gets
+    rows["build"] = steps.build(resolved, out["dataset"])
+    rows["tokenize"] = steps.tokenize(resolved, out["dataset"], out["tokens"])
+    if launcher == "kuberay":
+        rows["train"] = steps.train_on_kuberay(resolved, out["tokens"], out["checkpoint"], job_name=f"lmops-{run_id}",
+                                               checkpoint_uri=out["checkpoint"] + ".rayjob", tokens_dir=out["tokens"])
+    else:
+        rows["train"] = steps.train(resolved, out["tokens"], out["checkpoint"], gpus=train_pod_gpus)
+    rows["evaluate"] = steps.evaluate(resolved, out["checkpoint"], out["tokens"], out["eval"])
+    rows["compress"] = steps.compress(resolved, out["checkpoint"], out["tokens"], out["compressed"])
+    if rows["evaluate"]["gate_passed"]:
+        rows["register"] = steps.register(resolved, out["checkpoint"], out["eval"], out["compressed"],
+                                          out["registration"], run_id)
+        rows["deploy"] = steps.deploy(resolved, rows["register"]["model_uri"], out["endpoint"])
+    return rows
