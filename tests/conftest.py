@@ -18,6 +18,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that stop the machine's one node (the session cluster's) run after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("stops_the_node") is not None)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
