@@ -1,0 +1,126 @@
+"""The lmops image as pods on the node of `lmops cluster`: loaded into the node's containerd, the operator and the
+chart's MLflow installed by `helm install helm/lmops` (non-root, read-only root, probes, in-cluster credentials),
+a ModelDeployment reconciled by the operator in its pod, `helm upgrade` rolling it and `helm uninstall` removing
+what the chart made."""
+
+from __future__ import annotations
+
+import base64
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmops import kube
+from lmops.cluster import node_images
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "lmops"
+sys.path.insert(0, str(REPO / "tests" / "cluster"))
+from node_pods import wait_phase, why  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="session")
+def node_image(kube_cluster, engine, lmops_image) -> str:
+    loaded = node_images.load(Path(kube_cluster.folder), lmops_image, engine, log=lambda line: None)
+    print(f"\n[containers] {loaded.line()}")
+    return lmops_image
+
+
+def test_a_second_load_is_skipped_when_the_node_has_the_image(kube_cluster, engine, node_image):
+    again = node_images.load(Path(kube_cluster.folder), node_image, engine)
+    assert again.skipped and again.image_id == engine.run("image", "inspect", "--format", "{{.Id}}", node_image).stdout.strip()
+
+
+def _helm(kube_cluster, namespace: str):
+    import helm_python as helm
+
+    return helm.Config(kubeconfig_path=kube_cluster.kubeconfig, namespace=namespace)
+
+
+def _operator_pods(client, namespace: str) -> list[dict]:
+    pods, _ = kube.list_objects("v1", "Pod", namespace, client=client)
+    return [p for p in pods if p["metadata"].get("labels", {}).get("app.kubernetes.io/name") == "lmops-operator"
+            and not p["metadata"].get("deletionTimestamp")]
+
+
+def _ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def _wait_rolled_out(client, namespace: str, name: str, timeout_s: float = 240) -> dict:
+    """The Deployment's latest generation observed and its one replica updated and available."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        d = kube.get("apps/v1", "Deployment", name, namespace, client=client)
+        st = d.get("status", {})
+        if (st.get("observedGeneration") == d["metadata"]["generation"] and st.get("updatedReplicas") == 1
+                and st.get("availableReplicas") == 1 and st.get("replicas") == 1):
+            return d
+        time.sleep(1)
+    pods, _ = kube.list_objects("v1", "Pod", namespace, client=client)
+    raise AssertionError(f"{name} not rolled out: {d.get('status')}\n"
+                         + "\n\n".join(why(client, p["metadata"]["name"], namespace, p) for p in pods))
+
+
+def test_the_operator_from_the_helm_chart_runs_reconciles_and_upgrades(kube_cluster, kube_namespace, node_image):
+    client, ns = kube_cluster.client(), kube_namespace
+    # the webhook's HMAC secret, referenced by the operator's env (the chart never holds secrets)
+    kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "lmops-webhook", "namespace": ns},
+                "data": {"secret": base64.b64encode(b"hmac-secret").decode()}}, client=client)
+    helm = _helm(kube_cluster, ns)
+    release = helm.install(str(CHART), "lmops", {"mlflow": {"enabled": True}}, namespace=ns, wait="watcher", timeout=300)
+    assert release.get("status", release.get("info", {}).get("status")) == "deployed", {k: v for k, v in release.items()
+                                                                                     if k != "manifest"}
+    _wait_rolled_out(client, ns, "lmops-operator")
+    _wait_rolled_out(client, ns, "lmops-mlflow")
+    [pod] = _operator_pods(client, ns)
+    assert _ready(pod), why(client, pod["metadata"]["name"], ns, pod)
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == "lmops-operator" and spec["containers"][0]["image"] == node_image
+    assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+    # kubectl logs reaches the kubelet; the operator logged in with its own ServiceAccount (in-cluster)
+    from kubernetes import client as k8s
+
+    log = k8s.CoreV1Api(client).read_namespaced_pod_log(pod["metadata"]["name"], ns)
+    assert "Activity 'login_via_client' succeeded" in log, log[-2000:]
+
+    # a ModelDeployment applied with kubectl is reconciled by the operator in its pod, which asked the chart's
+    # MLflow (through the `mlflow` Service's name) for the alias: not set yet
+    md = yaml.safe_load((REPO / "manifests" / "samples" / "modeldeployment.yaml").read_text())
+    md["metadata"]["namespace"] = ns
+    kube.apply(md, client=client)
+    done = kube.wait_for("lmops.dev/v1alpha1", "ModelDeployment", md["metadata"]["name"], ns,
+                         lambda o: o and o.get("status", {}).get("observedGeneration") == 1, timeout_s=120, client=client)
+    ready = {c["type"]: c for c in done["status"]["conditions"]}["Ready"]
+    assert ready["reason"] == "NoVersion", done["status"]
+
+    # helm upgrade with a changed value rolls the Deployment: a new pod with the new setting
+    old = pod["metadata"]["name"]
+    helm.upgrade(str(CHART), "lmops", {"mlflow": {"enabled": True}, "operator": {"pollSeconds": 15}}, namespace=ns,
+                 wait="watcher", timeout=300)
+    _wait_rolled_out(client, ns, "lmops-operator")
+    deadline = time.monotonic() + 120
+    while [p["metadata"]["name"] for p in _operator_pods(client, ns)] in ([old], []) or len(_operator_pods(client, ns)) != 1:
+        assert time.monotonic() < deadline, "the upgrade did not replace the operator pod"
+        time.sleep(1)
+    [new] = _operator_pods(client, ns)
+    args = new["spec"]["containers"][0]["args"]
+    assert args[args.index("--poll-seconds") + 1] == "15"
+    wait_phase(client, new["metadata"]["name"], ns, ("Running",))
+
+    # helm uninstall removes what the chart made (its CRDs stay, as Helm keeps crds/)
+    helm.uninstall("lmops", wait="watcher", timeout=300)
+    for api, kind in (("apps/v1", "Deployment"), ("v1", "Service"), ("rbac.authorization.k8s.io/v1", "Role"),
+                      ("rbac.authorization.k8s.io/v1", "RoleBinding")):
+        left, _ = kube.list_objects(api, kind, ns, client=client)
+        assert [o["metadata"]["name"] for o in left] == [], kind
+    sas, _ = kube.list_objects("v1", "ServiceAccount", ns, client=client)
+    assert [s["metadata"]["name"] for s in sas] == ["default"]
+    assert kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "modeldeployments.lmops.dev", None,
+                    client=client) is not None
