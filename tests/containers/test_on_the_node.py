@@ -124,3 +124,56 @@ def test_the_operator_from_the_helm_chart_runs_reconciles_and_upgrades(kube_clus
     assert [s["metadata"]["name"] for s in sas] == ["default"]
     assert kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "modeldeployments.lmops.dev", None,
                     client=client) is not None
+
+
+def test_the_inference_service_predictor_runs_as_a_pod_and_serves(kube_cluster, kube_namespace, node_image,
+                                                                 tiny_model_dir, tmp_path_factory):
+    """The lmops predictor container exactly as rendered for KServe (image, command, probes, resources, security
+    context, volumes), as a bare pod; /mnt/models is what KServe's storage initializer would have written, here a
+    read-only hostPath copy of a tiny model (the stand-in's init container is another issue)."""
+    import json
+    import shutil
+    import tempfile
+    import urllib.request
+
+    from lmops.config import DeployConfig, ServeConfig
+    from lmops.serve.inference_service import MODEL_MOUNT, PORT, render_inference_service
+
+    client, ns = kube_cluster.client(), kube_namespace
+    cfg = DeployConfig(name="tiny", namespace=ns, storage_uri="s3://models/tiny",
+                       resources={"cpu": "1", "memory": "2Gi"})
+    predictor = render_inference_service(cfg, ServeConfig(), "s3://models/tiny")["spec"]["predictor"]
+    [container] = predictor["containers"]
+    assert container["image"] == node_image
+    # the model where the storage initializer puts it, readable by the pod's non-root user
+    models = Path(tempfile.mkdtemp(prefix="lmops-models-"))
+    try:
+        models.chmod(0o755)
+        shutil.copytree(tiny_model_dir, models / "m")
+        for p in (models / "m").rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        container["volumeMounts"] = container.get("volumeMounts", []) + [
+            {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}]
+        spec = {k: v for k, v in predictor.items() if k not in ("minReplicas", "maxReplicas", "containers")}
+        spec["volumes"] = spec.get("volumes", []) + [{"name": "model", "hostPath": {"path": str(models / "m")}}]
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor", "namespace": ns},
+               "spec": {**spec, "containers": [container], "restartPolicy": "Never"}}
+        kube.apply(pod, client=client)
+        deadline = time.monotonic() + 180
+        while True:
+            got = kube.get("v1", "Pod", "predictor", ns, client=client)
+            if _ready(got):
+                break
+            assert got["status"].get("phase") not in ("Failed", "Succeeded") and time.monotonic() < deadline, \
+                why(client, "predictor", ns, got)
+            time.sleep(1)
+        # its readiness probe passed; now a completion over the pod network (the pod's own address)
+        url = f"http://{got['status']['podIP']}:{PORT}/v1/completions"
+        body = json.dumps({"model": "tiny", "prompt": "def add(a, b):", "max_tokens": 4, "temperature": 0}).encode()
+        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            out = json.loads(resp.read())
+        assert out["choices"][0]["text"] and out["usage"]["completion_tokens"] == 4, out
+    finally:
+        kube.delete("v1", "Pod", "predictor", ns, client=client)
+        shutil.rmtree(models, ignore_errors=True)
