@@ -6,6 +6,7 @@ what the chart made."""
 from __future__ import annotations
 
 import base64
+import json
 import sys
 import time
 from pathlib import Path
@@ -177,3 +178,82 @@ def test_the_inference_service_predictor_runs_as_a_pod_and_serves(kube_cluster, 
     finally:
         kube.delete("v1", "Pod", "predictor", ns, client=client)
         shutil.rmtree(models, ignore_errors=True)
+
+
+def test_a_kfp_task_pod_of_the_compiled_pipeline_runs_its_stage(kube_cluster, kube_namespace, node_image):
+    """The build task as Kubeflow Pipelines would run it, from the compiled YAML a user uploads: its container
+    command and args with kfp's placeholders resolved by kfp's own code (the executor input Kubeflow's driver
+    writes), its resources, security context (plus what Kubeflow adds to every task), emptyDirs and S3 Secret
+    by reference; the stage's real code on a tiny corpus, its outputs on a hostPath (Kubeflow's are in S3)."""
+    import os
+    import shutil
+    import tempfile
+
+    from google.protobuf import json_format
+    from kfp.local import executor_input_utils, placeholder_utils
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    from lmops.config import load_config
+    from lmops.pipeline.compile import PIPELINE_YAML
+
+    client, ns = kube_cluster.client(), kube_namespace
+    spec, platform = list(yaml.safe_load_all(PIPELINE_YAML.read_text()))
+    container = spec["deploymentSpec"]["executors"]["exec-build"]["container"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-build"]
+    component = json_format.ParseDict(spec["components"]["comp-build"], pipeline_spec_pb2.ComponentSpec())
+
+    root = Path(tempfile.mkdtemp(prefix="lmops-kfp-task-"))
+    try:
+        (root / "inputs").mkdir()
+        import random
+
+        words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda omicron sigma tau upsilon".split()
+        for i in range(40):  # 30 distinct documents, 10 of them twice (the build keeps one of each)
+            rng = random.Random(i % 30)
+            (root / "inputs" / f"doc{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(120)) + "\n")
+        (root / "outputs").mkdir()
+        for p in [root, *root.rglob("*")]:
+            os.chown(p, 1000, 1000)
+        cfg = load_config("micro").model_dump(mode="json")
+        cfg["build"]["sources"] = ["/inputs"]
+        cfg["cache_dir"] = "/var/cache/lmops"
+        task_root = "/outputs/build"
+        executor_input = executor_input_utils.construct_executor_input(
+            component, {"config": yaml.safe_dump(cfg)}, task_root, block_input_artifact=True)
+        command = placeholder_utils.replace_placeholders(
+            container["command"] + container["args"],
+            executor_input_utils.executor_input_to_dict(executor_input, component),
+            pipeline_resource_name="lmops-pipeline-node-test", task_resource_name="build", pipeline_root="/outputs",
+            unique_pipeline_id="node-test")
+        res = container["resources"]
+        secret = k8s["secretAsEnv"][0]
+        kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret["secretName"], "namespace": ns},
+                    "stringData": {m["secretKey"]: "unused-here" for m in secret["keyToEnv"]}}, client=client)
+        sc = {k: (int(v) if k in ("runAsUser", "runAsGroup") else v) for k, v in k8s["securityContext"].items()}
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "build-task", "namespace": ns},
+               "spec": {"restartPolicy": "Never", "containers": [{
+                   "name": "main", "image": node_image, "imagePullPolicy": k8s["imagePullPolicy"], "command": command,
+                   "resources": {"requests": {"cpu": res["resourceCpuRequest"], "memory": res["resourceMemoryRequest"]},
+                                 "limits": {"cpu": res["resourceCpuLimit"], "memory": res["resourceMemoryLimit"]}},
+                   # Kubeflow adds these to every task container (kfp-kubernetes 2.17 "platform security defaults")
+                   "securityContext": {**sc, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                       "seccompProfile": {"type": "RuntimeDefault"}},
+                   "env": [{"name": m["envVar"], "valueFrom": {"secretKeyRef": {"name": secret["secretName"],
+                                                                                "key": m["secretKey"]}}}
+                           for m in secret["keyToEnv"]],
+                   "volumeMounts": [{"name": m["volumeName"], "mountPath": m["mountPath"]} for m in k8s["emptyDirMounts"]]
+                   + [{"name": "inputs", "mountPath": "/inputs", "readOnly": True},
+                      {"name": "outputs", "mountPath": "/outputs"}]}],
+                   "volumes": [{"name": m["volumeName"], "emptyDir": {}} for m in k8s["emptyDirMounts"]]
+                   + [{"name": "inputs", "hostPath": {"path": str(root / "inputs")}},
+                      {"name": "outputs", "hostPath": {"path": str(root / "outputs")}}]}}
+        kube.apply(pod, client=client)
+        done = wait_phase(client, "build-task", ns, ("Succeeded", "Failed"), timeout_s=180)
+        assert done["status"]["phase"] == "Succeeded", why(client, "build-task", ns, done)
+        manifest = json.loads((root / "outputs" / "build" / "dataset" / "manifest.json").read_text())
+        docs = manifest["counts"]["documents"]
+        assert manifest["stage"] == "build" and (docs["read"], docs["kept"]) == (40, 30), docs
+        assert (root / "outputs" / "build" / "executor_output.json").is_file()  # kfp's executor finished
+    finally:
+        kube.delete("v1", "Pod", "build-task", ns, client=client)
+        shutil.rmtree(root, ignore_errors=True)

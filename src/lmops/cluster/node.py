@@ -72,8 +72,12 @@ def ensure_packages(echo: Callable[[str], None]) -> None:
         return
     echo(f"lmops cluster: installing the node's packages: {' '.join(missing)}")
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    out = subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-                         capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
+    out = subprocess.run(install, capture_output=True, text=True, env=env)
+    if out.returncode != 0:  # a machine whose package lists were never fetched: fetch them, try again
+        subprocess.run([*sudo, "apt-get", "update", "-q"], capture_output=True, env=env)
+        out = subprocess.run(install, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise ClusterError(f"apt-get install {' '.join(missing)} failed (the node needs them): "
                            f"{out.stderr.strip()[-500:]}")
