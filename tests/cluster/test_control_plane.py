@@ -98,7 +98,7 @@ def test_down_stale_restart_and_ctrl_c_leave_no_process(kube_cluster, tmp_path):
     assert second.token == first.token  # same credentials, same etcd data
     assert kube.get("v1", "Namespace", "default", None, client=second.client()) is not None
     assert sorted(cp.down(folder, echo=lambda line: None)) == sorted(
-        [cp.ETCD, cp.APISERVER, cp.CONTROLLER_MANAGER])
+        [cp.ETCD, cp.APISERVER, cp.CONTROLLER_MANAGER, cp.SCHEDULER])
     assert processes_of(folder) == [] and cp.status(folder)["state"] == "stopped"
 
     # Ctrl-C while the API server starts: nothing stays behind

@@ -160,6 +160,8 @@ def _start(folder: Path, bins: binaries.Binaries, port: int | None, standins: bo
         "--service-account-private-key-file", str(pki / "sa.key"), "--root-ca-file", str(pki / "apiserver.crt"),
         "--leader-elect=false", "--secure-port=0", "--port=0",  # no serving ports: nothing to collide
         "--use-service-account-credentials=false",
+        # the node's not-ready taint goes within a second of its Ready condition (default: a 5 s period)
+        "--node-monitor-period=1s",
     ])
     supervise.spawn(folder, SCHEDULER, [str(bins.kube_scheduler), "--kubeconfig", str(kubeconfig), "--leader-elect=false",
                                         "--port=0", "--secure-port=0"])
@@ -171,13 +173,16 @@ def _start(folder: Path, bins: binaries.Binaries, port: int | None, standins: bo
                    env={"PYTHONUNBUFFERED": "1"})
     from lmops.cluster import crds
 
+    # the node starts before the CRDs: its registration and readiness overlap their installation
+    node_started = node.start(folder, bins, apiserver_port=ports["apiserver"], admin_kubeconfig=kubeconfig,
+                              node_token=node_token, ca_file=cluster.ca_file, client=cluster.client(),
+                              deadline=deadline) if with_node else None
     installed = crds.install(cluster.client(), deadline=deadline)
     echo(f"lmops cluster: CRDs installed and served ({time.monotonic() - t0:.1f}s): {', '.join(installed)}")
     # The default ServiceAccount appears once the controller-manager works: the last sign of life.
     supervise.wait(folder, CONTROLLER_MANAGER, lambda: _default_sa(cluster), deadline)
-    if with_node:
-        node.start(folder, bins, apiserver_port=ports["apiserver"], admin_kubeconfig=kubeconfig, node_token=node_token,
-                   ca_file=cluster.ca_file, client=cluster.client(), echo=echo, deadline=deadline)
+    if node_started is not None:
+        node.wait_schedulable(folder, cluster.client(), node_started, echo, deadline)
     _write_json(_info_path(folder), asdict(cluster))
     echo(f"lmops cluster: ready in {time.monotonic() - t0:.1f}s")
     return cluster

@@ -109,8 +109,9 @@ def check_machine_free(folder: Path) -> None:
 
 # ---------------------------------------------------------------- up
 def start(folder: Path, bins: binaries.Binaries, *, apiserver_port: int, admin_kubeconfig: Path,
-          node_token: str, ca_file: str, client, echo: Callable[[str], None], deadline: float) -> None:
-    """Start the node's processes and wait until the node is Ready and schedulable."""
+          node_token: str, ca_file: str, client, deadline: float) -> float:
+    """Start the node's processes (``wait_schedulable`` waits for the node: the caller does other work
+    meanwhile); returns when it started."""
     t0 = time.monotonic()
     nd = node_dir(folder)
     nd.mkdir(parents=True, exist_ok=True)
@@ -155,9 +156,16 @@ def start(folder: Path, bins: binaries.Binaries, *, apiserver_port: int, admin_k
         # 0: leave the machine's conntrack sysctls alone (setting them needs privileges a sandbox lacks)
         "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
     ])
-    supervise.wait(folder, KUBELET, lambda: node_state(client)["schedulable"], deadline)
-    echo(f"lmops cluster: node {NODE_NAME} Ready at {node_network.NODE_IP} ({time.monotonic() - t0:.1f}s; "
-         f"pods on {node_network.POD_CIDR})")
+    return t0
+
+
+def wait_schedulable(folder: Path, client, started: float, echo: Callable[[str], None], deadline: float) -> None:
+    """Wait until the kubelet registered the node, it is Ready and its not-ready taint is gone."""
+    # a heartbeat from this kubelet: the node object (and its Lease) of a previous start may still look fresh
+    since = time.time() - (time.monotonic() - started)
+    supervise.wait(folder, KUBELET, lambda: node_state(client, since=since)["schedulable"], deadline)
+    echo(f"lmops cluster: node {NODE_NAME} Ready at {node_network.NODE_IP} ({time.monotonic() - started:.1f}s "
+         f"after its start; pods on {node_network.POD_CIDR})")
 
 
 def _python() -> str:
@@ -267,6 +275,9 @@ def _kubelet_config(folder: Path) -> Path:
         "makeIPTablesUtilChains": False,  # kube-proxy owns the node's iptables rules
         "volumePluginDir": str(nd / "volume-plugins"),
         "serializeImagePulls": False, "rotateCertificates": False,
+        # a changed condition (Ready) reaches the API server within 2 s (default 10 s); the Lease heartbeat
+        # and the 5-minute unchanged-status report stay as they are
+        "nodeStatusUpdateFrequency": "2s",
     }
     path = nd / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -291,9 +302,10 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 # ---------------------------------------------------------------- status
-def node_state(client) -> dict[str, Any]:
-    """The node as the API server sees it: ready (Ready condition and a fresh heartbeat), schedulable
-    (ready, no NoSchedule/NoExecute taint, not cordoned), the heartbeat's age and the taints."""
+def node_state(client, since: float | None = None) -> dict[str, Any]:
+    """The node as the API server sees it: ready (Ready condition and a fresh heartbeat -- one after the
+    time ``since``, when given), schedulable (ready, no NoSchedule/NoExecute taint, not cordoned), the
+    heartbeat's age and the taints."""
     from lmops import kube
 
     try:
@@ -310,7 +322,8 @@ def node_state(client) -> dict[str, Any]:
     except kube.KubeError:
         lease = None
     age = _age_s((lease or {}).get("spec", {}).get("renewTime") or cond.get("lastHeartbeatTime"))
-    ready = cond.get("status") == "True" and age is not None and age < HEARTBEAT_STALE_S
+    fresh = age is not None and age < HEARTBEAT_STALE_S and (since is None or time.time() - age >= since)
+    ready = cond.get("status") == "True" and fresh
     taints = [f"{t['key']}:{t['effect']}" for t in node.get("spec", {}).get("taints", [])]
     blocking = [t for t in taints if not t.endswith(":PreferNoSchedule")]
     return {"name": NODE_NAME, "registered": True, "ready": ready, "heartbeat_age_s": age, "taints": taints,
