@@ -79,8 +79,9 @@ images: $(STAMP)
 base-image: $(STAMP)
 	$(BIN)/lmops images base
 
-# The tests' control plane needs kube-apiserver and kube-controller-manager: built once from Debian's
-# sources (5-11 min on 2 cores, progress shown) and cached in ~/.cache/lmops; instant when cached.
+# lmops cluster's binaries (kube-apiserver, -controller-manager, -scheduler, kubelet, kube-proxy, pause):
+# built once from Debian's sources (4-16 min on 2 cores, progress shown) and cached in ~/.cache/lmops,
+# keyed by the recipe; instant when cached. The node's packages (containerd, runc, CNI) come at `cluster up`.
 k8s-binaries: $(STAMP)
 	$(BIN)/python -m lmops.cluster.binaries
 
@@ -93,7 +94,7 @@ test: $(STAMP) k8s-binaries
 test-containers: $(STAMP)
 	$(BIN)/python -m pytest -q tests/containers $(PYTEST_ARGS)
 
-# A local Kubernetes control plane (with the KServe / KubeRay stand-ins) under .state/cluster.
+# A local Kubernetes cluster (control plane, a node, the KServe / KubeRay stand-ins) under .state/cluster.
 # The operator loop on lmops cluster (start it first: make cluster): kubectl apply a training job, promote
 # its version, a canary promoted, a broken version rolled back by itself (alias and traffic).
 demo: $(STAMP)
