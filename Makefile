@@ -88,10 +88,10 @@ k8s-binaries: $(STAMP)
 test: $(STAMP) k8s-binaries
 	$(BIN)/python -m pytest -q -m "not containers" $(PYTEST_ARGS)
 
-# The tests that build the lmops image (cached by its build key) and run the pipeline in it, separate from
-# `make test` because a cold image build (engine install, Debian base, image) adds 6-8 minutes on 2 cores.
-# .ci/run runs both.
-test-containers: $(STAMP)
+# The tests that build the lmops image (cached by its build key), run the pipeline in it and run it as pods
+# on lmops cluster's node (operator via Helm, predictor, a kfp task pod), separate from `make test` because
+# a cold image build (engine install, Debian base, image) adds 6-8 minutes on 2 cores. .ci/run runs both.
+test-containers: $(STAMP) k8s-binaries
 	$(BIN)/python -m pytest -q tests/containers $(PYTEST_ARGS)
 
 # A local Kubernetes cluster (control plane, a node, the KServe / KubeRay stand-ins) under .state/cluster.
