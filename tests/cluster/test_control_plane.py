@@ -102,15 +102,21 @@ def test_down_stale_restart_and_ctrl_c_leave_no_process(kube_cluster, tmp_path):
     assert processes_of(folder) == [] and cp.status(folder)["state"] == "stopped"
 
     # Ctrl-C while the API server starts: nothing stays behind
+    ctrl_c_during_up(folder, cp.APISERVER, "--no-node")
+    assert processes_of(folder) == [] and cp.status(folder)["state"] == "stopped"
+
+
+def ctrl_c_during_up(folder: Path, once_started: str, *args: str, timeout_s: float = 120) -> None:
+    """`lmops cluster up` in a child, interrupted (SIGINT, as Ctrl-C) once ``once_started`` was spawned;
+    asserts it exited as interrupted (130)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(as_in_a_terminal([sys.executable, "-m", "lmops.cli", "cluster", "up", "--folder", str(folder),
-                                              "--no-node"]),
+                                              *args]),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + 60
-    while not (folder / "processes" / f"{cp.APISERVER}.json").exists():
+    deadline = time.monotonic() + timeout_s
+    while not (folder / "processes" / f"{once_started}.json").exists():
         assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 130, out
-    assert processes_of(folder) == [] and cp.status(folder)["state"] == "stopped"

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from child_exec import as_in_a_terminal
 from node_pods import BB, busybox_pod, load_busybox, wait_phase
-from test_control_plane import processes_of
+from test_control_plane import ctrl_c_during_up, processes_of
 
 from lmops import kube
 from lmops.cluster import control_plane as cp
@@ -81,15 +78,5 @@ def test_down_after_a_clean_run_and_after_a_crash_leaves_nothing(machine_without
 
 def test_ctrl_c_while_the_node_starts_leaves_nothing(machine_without_a_node, tmp_path):
     folder = tmp_path / "c"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(as_in_a_terminal([sys.executable, "-m", "lmops.cli", "cluster", "up", "--folder", str(folder),
-                                              "--no-standins"]),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not (folder / "processes" / f"{node.KUBELET}.json").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=90)
-    assert proc.returncode == 130, out
+    ctrl_c_during_up(folder, node.KUBELET, "--no-standins")
     assert leftovers(folder) == [] and cp.status(folder)["state"] == "stopped"
