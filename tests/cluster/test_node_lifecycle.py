@@ -42,6 +42,8 @@ def a_running_pod(cluster) -> None:
     load_busybox(cluster)
     client = cluster.client()
     pod = busybox_pod("sleeper", f"exec {BB} sleep 600")
+    # restarted by the kubelet of the next `up` (with Never, a container that down killed leaves the pod Failed)
+    pod["spec"]["restartPolicy"] = "Always"
     kube.apply({**pod, "metadata": {**pod["metadata"], "namespace": "default"}}, client=client)
     wait_phase(client, "sleeper", "default", ("Running",))
 
