@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -119,6 +120,36 @@ def test_fast_batch_encoding_gives_the_same_ids_as_encode_batch(trained):
     texts = docs["train"]
     assert [e.ids for e in enc.encode_batch_fast(texts, add_special_tokens=False)] == \
            [e.ids for e in enc.encode_batch(texts, add_special_tokens=False)]
+
+
+def encode_batch_shard(tokenizer_dir, texts: list[str], eos_id: int, dtype: str) -> bytes:
+    """What the stage wrote before it dropped the post-processor: the full tokenizer's
+    ``encode_batch`` ids (offsets and post-processor included), each document then EOS, little-endian."""
+    enc = open_encoder(tokenizer_dir)
+    ids = [i for e in enc.encode_batch(texts, add_special_tokens=False) for i in (*e.ids, eos_id)]
+    return np.array(ids, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def test_shards_are_encode_batch_ids_byte_for_byte(trained, tmp_path):
+    """Trained, and loaded with a post-processor that adds tokens when asked: the shards are the
+    ``encode_batch`` ids packed, so the cache and other engines see the same bytes as before."""
+    from tokenizers import processors
+
+    dataset, tokens, docs = trained
+    tok = open_encoder(tokens / "tokenizer")
+    eos = CFG.eos_token
+    tok.post_processor = processors.TemplateProcessing(single=f"{eos} $A {eos}", special_tokens=[(eos, 0)])
+    src = shutil.copytree(tokens / "tokenizer", tmp_path / "with-template")
+    tok.save(str(src / "tokenizer.json"))
+    loaded = tokenize_dataset(CFG.model_copy(update={"tokenizer": str(src)}), dataset, tmp_path / "tok", **QUIET)
+    for out in (tokens, loaded.path):
+        info = open_tokens(out, splits=tuple(docs))
+        for split, texts in docs.items():
+            expected = encode_batch_shard(info.tokenizer_dir, texts, info.eos_id, info.dtype)
+            assert (out / f"{split}.bin").read_bytes() == expected, (out.name, split)
+    saved = open_encoder(loaded.path / "tokenizer")
+    assert saved.encode("x", add_special_tokens=True).ids != saved.encode("x", add_special_tokens=False).ids, \
+        "precondition: the loaded tokenizer keeps a post-processor that adds tokens"
 
 
 def test_open_tokens_detects_a_corrupted_token_shard(trained, tmp_path):

@@ -22,7 +22,7 @@ from lmops.config import TokenizeConfig
 from lmops.data import dataset as dataset_mod
 from lmops.data import tokenizer as tokenizer_mod
 from lmops.data.dataset import iter_texts, open_dataset
-from lmops.data.tokenizer import TokenizerError, batched, load_existing, open_encoder, save_trained, train_bpe
+from lmops.data.tokenizer import TokenizerError, batched, load_existing, packing_encoder, save_trained, train_bpe
 from lmops.manifest import (
     Manifest,
     ManifestError,
@@ -105,7 +105,7 @@ def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: P
         load_existing(source, cfg, tok_dir)
     tokenizer_seconds = time.perf_counter() - started
 
-    encoder = open_encoder(tok_dir)
+    encoder = packing_encoder(tok_dir)
     vocab = encoder.get_vocab(with_added_tokens=True)
     vocab_size = max(vocab.values()) + 1  # ids may have gaps in loaded tokenizers; the table needs max+1
     eos_id, pad_id = vocab[cfg.eos_token], vocab[cfg.pad_token]
