@@ -13,7 +13,7 @@ from dataset_fixture import HARD_DOCS, TEST_BUILD, make_dataset, split_texts, sy
 
 from lmops.config import SplitConfig, TokenizeConfig
 from lmops.data.tokenize import encode_split, token_dtype, tokenize_dataset
-from lmops.data.tokenizer import TokenizerError, batched, open_encoder, save_trained, train_bpe
+from lmops.data.tokenizer import TokenizerError, batched, open_encoder, packing_encoder, save_trained, train_bpe
 from lmops.data.tokens import load_split, open_tokens
 from lmops.manifest import ManifestError, file_table, read_manifest
 from lmops.storage import StorageError, upload_dir
@@ -123,7 +123,7 @@ def test_fast_batch_encoding_gives_the_same_ids_as_encode_batch(trained):
 
 
 def encode_batch_shard(tokenizer_dir, texts: list[str], eos_id: int, dtype: str) -> bytes:
-    """What the stage wrote before it dropped the post-processor: the full tokenizer's
+    """What the stage wrote before it pipelined and dropped the post-processor: the full tokenizer's
     ``encode_batch`` ids (offsets and post-processor included), each document then EOS, little-endian."""
     enc = open_encoder(tokenizer_dir)
     ids = [i for e in enc.encode_batch(texts, add_special_tokens=False) for i in (*e.ids, eos_id)]
@@ -150,6 +150,21 @@ def test_shards_are_encode_batch_ids_byte_for_byte(trained, tmp_path):
     saved = open_encoder(loaded.path / "tokenizer")
     assert saved.encode("x", add_special_tokens=True).ids != saved.encode("x", add_special_tokens=False).ids, \
         "precondition: the loaded tokenizer keeps a post-processor that adds tokens"
+
+
+@pytest.mark.parametrize("in_flight", [0, 1, 3])
+def test_batches_in_flight_change_no_byte(trained, tmp_path, in_flight):
+    _, tokens, docs = trained
+    texts = docs["train"]
+    encode_split(packing_encoder(tokens / "tokenizer"), texts, tmp_path / "x.bin", "uint16", 0, 5, in_flight=in_flight)
+    assert (tmp_path / "x.bin").read_bytes() == encode_batch_shard(tokens / "tokenizer", texts, 0, "uint16")
+
+
+def test_an_encoding_error_in_a_worker_reaches_the_caller(trained, tmp_path):
+    _, tokens, docs = trained
+    texts = [*docs["train"][:20], None, *docs["train"][20:]]  # the third batch of 8 cannot be encoded
+    with pytest.raises(TypeError):
+        encode_split(packing_encoder(tokens / "tokenizer"), texts, tmp_path / "x.bin", "uint16", 0, 8)
 
 
 def test_open_tokens_detects_a_corrupted_token_shard(trained, tmp_path):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ STAGE = "tokenize"
 TOKENIZER_DIR = "tokenizer"
 ALWAYS_SPLITS = ("train", "val", "test")
 UINT16_MAX_VOCAB = 65535  # the contract in lmops.data.tokens: uint16 when vocab_size <= 65535
+# Batches encoded ahead of the one being packed (measured on 2 cores: 2 beat 1 and 3 gained nothing clear).
+ENCODE_IN_FLIGHT = 2
 
 __all__ = ["tokenize_dataset", "encode_split", "splits_of", "token_dtype", "key_config", "TokenizerError"]
 
@@ -147,24 +151,56 @@ def splits_of(dataset: Manifest) -> list[str]:
 
 
 def encode_split(encoder, texts: Iterable[str], path: Path, dtype: str, eos_id: int,
-                 batch_size: int) -> tuple[int, int]:
+                 batch_size: int, *, in_flight: int = ENCODE_IN_FLIGHT) -> tuple[int, int]:
     """Encode texts batch by batch into ``path``: each document's ids then EOS. Returns (documents, tokens).
 
     ``encode_batch_fast`` gives the same ids as ``encode_batch`` without computing character offsets,
-    which packing never needs (tests check the ids are equal).
+    which packing never needs (tests check the ids are equal). Up to ``in_flight`` batches are encoded
+    on worker threads while this thread reads the next texts and packs and writes finished batches,
+    so at most ``in_flight + 1`` batches are held at once; the file is written in batch order.
     """
-    encode = getattr(encoder, "encode_batch_fast", encoder.encode_batch)
     np_dtype = np.dtype(dtype).newbyteorder("<")
     n_docs = n_tokens = 0
     with open(path, "wb") as f:
-        for batch in batched(texts, batch_size):
-            flat: list[int] = []
-            for enc in encode(batch, add_special_tokens=False):
-                flat.extend(enc.ids)
-                flat.append(eos_id)
-            ids = np.array(flat, dtype=np_dtype)  # out-of-range ids raise, never wrap around
+        for encodings in _encoded(encoder, batched(texts, batch_size), in_flight):
+            ids = _pack(encodings, eos_id, np_dtype)
             f.write(ids.tobytes())
-            n_docs += len(batch)
+            n_docs += len(encodings)
             n_tokens += len(ids)
     return n_docs, n_tokens
 
+
+def _encoded(encoder, batches: Iterable[list[str]], in_flight: int) -> Iterator[list]:
+    """The encodings of each batch, in order, with up to ``in_flight`` batches being encoded ahead.
+
+    The Rust encoder releases the GIL, so the Python work around it (JSON parsing of the next texts,
+    packing ids) overlaps the encoding instead of leaving the encoder's threads idle between batches;
+    two batches in flight also keep them busy through the tail of one batch, when few documents are
+    left to share out.
+    """
+    encode = getattr(encoder, "encode_batch_fast", encoder.encode_batch)
+    pending: deque[Future] = deque()
+    pool = ThreadPoolExecutor(max(1, in_flight), thread_name_prefix="lmops-encode")
+    try:
+        for batch in batches:
+            pending.append(pool.submit(encode, batch, add_special_tokens=False))
+            if len(pending) > in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        # on an error (or an abandoned generator) nothing queued is started; running batches finish
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pack(encodings: list, eos_id: int, np_dtype: np.dtype) -> np.ndarray:
+    """One batch's ids, each document followed by EOS, as ``np_dtype``.
+
+    One flat list then one conversion is the cheapest way measured (per-document arrays and
+    np.fromiter over a chain were slower); out-of-range ids raise, never wrap around.
+    """
+    flat: list[int] = []
+    for enc in encodings:
+        flat += enc.ids
+        flat.append(eos_id)
+    return np.array(flat, dtype=np_dtype)
