@@ -160,6 +160,14 @@ def test_batches_in_flight_change_no_byte(trained, tmp_path, in_flight):
     assert (tmp_path / "x.bin").read_bytes() == encode_batch_shard(tokens / "tokenizer", texts, 0, "uint16")
 
 
+def test_an_id_too_large_for_the_dtype_raises_never_wraps(trained, tmp_path):
+    import struct
+
+    _, tokens, docs = trained
+    with pytest.raises(struct.error):
+        encode_split(packing_encoder(tokens / "tokenizer"), docs["val"], tmp_path / "x.bin", "uint16", 65_536, 8)
+
+
 def test_an_encoding_error_in_a_worker_reaches_the_caller(trained, tmp_path):
     _, tokens, docs = trained
     texts = [*docs["train"][:20], None, *docs["train"][20:]]  # the third batch of 8 cannot be encoded
