@@ -12,7 +12,7 @@ import pytest
 from dataset_fixture import HARD_DOCS, TEST_BUILD, make_dataset, split_texts, synthetic_docs
 
 from lmops.config import SplitConfig, TokenizeConfig
-from lmops.data.tokenize import encode_split, token_dtype, tokenize_dataset
+from lmops.data.tokenize import encode_split, encode_splits, token_dtype, tokenize_dataset
 from lmops.data.tokenizer import TokenizerError, batched, open_encoder, packing_encoder, save_trained, train_bpe
 from lmops.data.tokens import load_split, open_tokens
 from lmops.manifest import ManifestError, file_table, read_manifest
@@ -153,11 +153,16 @@ def test_shards_are_encode_batch_ids_byte_for_byte(trained, tmp_path):
 
 
 @pytest.mark.parametrize("in_flight", [0, 1, 3])
-def test_batches_in_flight_change_no_byte(trained, tmp_path, in_flight):
+def test_batches_in_flight_across_splits_change_no_byte(trained, tmp_path, in_flight):
+    """Parts share one pipeline (an empty one between): each file still gets exactly its own batches."""
     _, tokens, docs = trained
-    texts = docs["train"]
-    encode_split(packing_encoder(tokens / "tokenizer"), texts, tmp_path / "x.bin", "uint16", 0, 5, in_flight=in_flight)
-    assert (tmp_path / "x.bin").read_bytes() == encode_batch_shard(tokens / "tokenizer", texts, 0, "uint16")
+    parts = {"a": docs["train"], "empty": [], "b": docs["val"], "c": docs["test"][:3]}
+    counts = encode_splits(packing_encoder(tokens / "tokenizer"), [(t, tmp_path / f"{n}.bin") for n, t in parts.items()],
+                           "uint16", 0, 5, in_flight=in_flight)
+    for (name, texts), (n_docs, n_tokens) in zip(parts.items(), counts):
+        expected = encode_batch_shard(tokens / "tokenizer", texts, 0, "uint16")
+        assert (tmp_path / f"{name}.bin").read_bytes() == expected, name
+        assert (n_docs, 2 * n_tokens) == (len(texts), len(expected)), name
 
 
 def test_an_id_too_large_for_the_dtype_raises_never_wraps(trained, tmp_path):

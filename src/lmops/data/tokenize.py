@@ -3,7 +3,7 @@
 The tokenizer is trained on the train split only (val/test stay unseen), or loaded from an existing
 directory, local or s3://. Every split is then encoded in batches — the Rust encoder parallelises
 within a batch, and a couple of batches are encoded ahead on worker threads — and each batch is
-appended to ``<split>.bin`` as a numpy array, so only a few batches of ids are ever held at once.
+appended to ``<split>.bin`` as packed bytes, so only a few batches of ids are ever held at once.
 The layout is the contract in ``lmops.data.tokens``.
 """
 
@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from contextlib import ExitStack
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +47,7 @@ ENCODE_IN_FLIGHT = 2
 # struct codes of the token dtypes (standard sizes with '<': 2 and 4 bytes)
 STRUCT_ITEM = {"uint16": "H", "uint32": "I"}
 
-__all__ = ["tokenize_dataset", "encode_split", "splits_of", "token_dtype", "key_config", "TokenizerError"]
+__all__ = ["tokenize_dataset", "encode_split", "encode_splits", "splits_of", "token_dtype", "key_config", "TokenizerError"]
 
 
 def _stderr(msg: str) -> None:
@@ -121,10 +122,10 @@ def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: P
     tokens: dict[str, int] = {}
     documents: dict[str, int] = {}
     encode_started = time.perf_counter()
-    for split in splits_of(dataset):
-        texts = iter_texts(dataset_dir, split, dataset)
-        documents[split], tokens[split] = encode_split(encoder, texts, out / f"{split}.bin", dtype, eos_id,
-                                                       cfg.batch_size)
+    splits = splits_of(dataset)
+    parts = [(iter_texts(dataset_dir, split, dataset), out / f"{split}.bin") for split in splits]
+    for split, (n_docs, n_tokens) in zip(splits, encode_splits(encoder, parts, dtype, eos_id, cfg.batch_size)):
+        documents[split], tokens[split] = n_docs, n_tokens
         log(f"[{STAGE}] {split}: {documents[split]} documents, {tokens[split]} tokens")
     encode_seconds = time.perf_counter() - encode_started
     if documents["train"] == 0:
@@ -155,26 +156,36 @@ def splits_of(dataset: Manifest) -> list[str]:
 
 def encode_split(encoder, texts: Iterable[str], path: Path, dtype: str, eos_id: int,
                  batch_size: int, *, in_flight: int = ENCODE_IN_FLIGHT) -> tuple[int, int]:
-    """Encode texts batch by batch into ``path``: each document's ids then EOS. Returns (documents, tokens).
+    """Encode texts batch by batch into ``path``: each document's ids then EOS. Returns (documents, tokens)."""
+    return encode_splits(encoder, [(texts, path)], dtype, eos_id, batch_size, in_flight=in_flight)[0]
+
+
+def encode_splits(encoder, parts: list[tuple[Iterable[str], Path]], dtype: str, eos_id: int,
+                  batch_size: int, *, in_flight: int = ENCODE_IN_FLIGHT) -> list[tuple[int, int]]:
+    """Encode each (texts, path) part into its file as ``encode_split`` does; (documents, tokens) per part.
 
     ``encode_batch_fast`` gives the same ids as ``encode_batch`` without computing character offsets,
-    which packing never needs (tests check the ids are equal). Up to ``in_flight`` batches are encoded
-    on worker threads while this thread reads the next texts and packs and writes finished batches,
-    so at most ``in_flight + 1`` batches are held at once; the file is written in batch order.
+    which packing never needs (tests check the bytes are equal). Up to ``in_flight`` batches are
+    encoded on worker threads while this thread reads the next texts and packs and writes finished
+    batches, so at most ``in_flight + 1`` batches are held at once; each file is written in batch
+    order. One pipeline runs through all parts: a small split (val, test) is then encoded beside its
+    neighbours' batches instead of alone on a drained pipeline.
     """
     item = STRUCT_ITEM[dtype]
-    n_docs = n_tokens = 0
-    with open(path, "wb") as f:
-        for encodings in _encoded(encoder, batched(texts, batch_size), in_flight):
+    counts = [[0, 0] for _ in parts]
+    with ExitStack() as stack:
+        files = [stack.enter_context(open(path, "wb")) for _, path in parts]  # an empty part: an empty file
+        tagged = ((i, batch) for i, (texts, _) in enumerate(parts) for batch in batched(texts, batch_size))
+        for i, encodings in _encoded(encoder, tagged, in_flight):
             packed = _pack(encodings, eos_id, item)
-            f.write(packed)
-            n_docs += len(encodings)
-            n_tokens += len(packed) // struct.calcsize(item)
-    return n_docs, n_tokens
+            files[i].write(packed)
+            counts[i][0] += len(encodings)
+            counts[i][1] += len(packed) // struct.calcsize(item)
+    return [(docs, toks) for docs, toks in counts]
 
 
-def _encoded(encoder, batches: Iterable[list[str]], in_flight: int) -> Iterator[list]:
-    """The encodings of each batch, in order, with up to ``in_flight`` batches being encoded ahead.
+def _encoded(encoder, batches: Iterable[tuple[int, list[str]]], in_flight: int) -> Iterator[tuple[int, list]]:
+    """(tag, encodings) for each (tag, texts) batch, in order, with up to ``in_flight`` encoded ahead.
 
     The Rust encoder releases the GIL, so the Python work around it (JSON parsing of the next texts,
     packing ids) overlaps the encoding instead of leaving the encoder's threads idle between batches;
@@ -182,15 +193,17 @@ def _encoded(encoder, batches: Iterable[list[str]], in_flight: int) -> Iterator[
     left to share out.
     """
     encode = getattr(encoder, "encode_batch_fast", encoder.encode_batch)
-    pending: deque[Future] = deque()
+    pending: deque[tuple[int, Future]] = deque()
     pool = ThreadPoolExecutor(max(1, in_flight), thread_name_prefix="lmops-encode")
     try:
-        for batch in batches:
-            pending.append(pool.submit(encode, batch, add_special_tokens=False))
+        for tag, batch in batches:
+            pending.append((tag, pool.submit(encode, batch, add_special_tokens=False)))
             if len(pending) > in_flight:
-                yield pending.popleft().result()
+                tag, done = pending.popleft()
+                yield tag, done.result()
         while pending:
-            yield pending.popleft().result()
+            tag, done = pending.popleft()
+            yield tag, done.result()
     finally:
         # on an error (or an abandoned generator) nothing queued is started; running batches finish
         pool.shutdown(wait=True, cancel_futures=True)
