@@ -9,9 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from dataset_fixture import HARD_DOCS, TEST_BUILD, make_dataset, split_texts, synthetic_docs
+from dataset_fixture import HARD_DOCS, TEST_BUILD, WORDS, make_dataset, split_texts, synthetic_docs
 
 from lmops.config import SplitConfig, TokenizeConfig
+from lmops.data.dataset import iter_texts, open_dataset, split_shards
 from lmops.data.tokenize import encode_split, encode_splits, token_dtype, tokenize_dataset
 from lmops.data.tokenizer import TokenizerError, batched, open_encoder, packing_encoder, save_trained, train_bpe
 from lmops.data.tokens import load_split, open_tokens
@@ -178,6 +179,30 @@ def test_an_encoding_error_in_a_worker_reaches_the_caller(trained, tmp_path):
     texts = [*docs["train"][:20], None, *docs["train"][20:]]  # the third batch of 8 cannot be encoded
     with pytest.raises(TypeError):
         encode_split(packing_encoder(tokens / "tokenizer"), texts, tmp_path / "x.bin", "uint16", 0, 8)
+
+
+def json_texts(dataset, m, split: str) -> list[str]:
+    """The reference: stdlib json on each line of each shard."""
+    lines = [line for shard in split_shards(m, split) for line in (dataset / shard).read_bytes().split(b"\n")[:-1]]
+    return [json.loads(line)["text"] for line in lines]
+
+
+def test_iter_texts_are_the_json_texts_of_every_line(trained):
+    dataset, _, docs = trained
+    m = open_dataset(dataset)
+    for split in docs:
+        assert list(iter_texts(dataset, split, m)) == json_texts(dataset, m, split), split
+
+
+def test_a_document_longer_than_the_json_block_goes_to_the_line_reader(tmp_path):
+    """pyarrow refuses a line spanning several blocks: from that record on the line reader takes over."""
+    long_doc = " ".join(WORDS) * 40
+    make_dataset(tmp_path / "ds", [*synthetic_docs(40, seed=3), long_doc, *synthetic_docs(40, seed=4)])
+    m = open_dataset(tmp_path / "ds")
+    split = next(s for s, texts in split_texts(tmp_path / "ds").items() if long_doc in texts)
+    expected = json_texts(tmp_path / "ds", m, split)
+    assert 0 < expected.index(long_doc) < len(expected) - 1, "precondition: the fallback starts mid-shard"
+    assert list(iter_texts(tmp_path / "ds", split, m, block_bytes=1024)) == expected
 
 
 def test_open_tokens_detects_a_corrupted_token_shard(trained, tmp_path):
