@@ -3,11 +3,15 @@
     .venv/bin/python bench/tokenize.py [--repeats 5] [--vocab 4096]
 
 Corpus: the sample corpus (lmops.data.sample_corpus), built by the real build stage. Same tokenizer,
-same texts, same batch size. Runs are interleaved (stage, raw, stage, raw, ...) and medians are
-reported, because wall clock on a shared 2-core machine drifts by up to 2x; the ratio within each
+same texts, same batch size. Runs are interleaved (stage, raw x3, then raw x3, stage, ...) and medians
+are reported, because wall clock on a shared 2-core machine drifts by up to 2x; the ratio within each
 interleaved pair is the stable figure. The stage runs with no cache and a loaded tokenizer, so
 "whole stage" is read jsonl + encode + write .bin + hash every file, with no BPE training.
-Target: stage encode tokens/s >= 0.9 x raw encode_batch.
+Target: stage encode tokens/s >= 1.0 x raw encode_batch_fast (the per-pair median ratio). The stage's
+tokens include one EOS per document, which raw encoding does not produce (about 1.5% here).
+The raw runs load a fresh Tokenizer each time (outside the timing), as the stage does every run: a
+Tokenizer kept across runs has its BPE word cache filled by the earlier runs over these very texts,
+about 5% less CPU. That warm figure is reported too ("warm"), not used for the target.
 """
 
 from __future__ import annotations
@@ -88,28 +92,45 @@ def run(work: Path, args: argparse.Namespace, build_wall: float, build_metric: f
     train_run_s = time.perf_counter() - started
     tok_dir = work / "trained" / "tokenizer"
     stage_cfg = cfg.model_copy(update={"tokenizer": str(tok_dir)})
-    raw_tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    fresh_tok = lambda: Tokenizer.from_file(str(tok_dir / "tokenizer.json"))  # noqa: E731
+    warm_tok = fresh_tok()
     tokenize_dataset(stage_cfg, work / "dataset", work / "warm", **QUIET)  # first-time imports, page cache
 
     total_tokens = sum(trained.manifest.counts["tokens"].values())
     total_docs = sum(trained.manifest.counts["documents"].values())
-    rows: dict[str, list[float]] = {k: [] for k in ("stage_encode", "stage_whole", "raw", "raw_fast")}
-    ratios: dict[str, list[float]] = {"stage_encode": [], "stage_whole": [], "raw_fast": []}
+    rows: dict[str, list[float]] = {k: [] for k in ("stage_encode", "stage_whole", "raw", "raw_fast", "raw_fast_warm")}
+    ratios: dict[str, list[float]] = {"stage_encode": [], "stage_whole": [], "raw_fast": [], "raw_fast_warm": []}
+    vs_fast: list[float] = []  # stage encode / encode_batch_fast within each pair
+    vs_warm: list[float] = []  # the same against the Tokenizer kept warm across runs
     for r in range(args.repeats):
-        started = time.perf_counter()
-        res = tokenize_dataset(stage_cfg, work / "dataset", work / f"run{r}", **QUIET)
-        whole = time.perf_counter() - started
+        def stage(r=r):
+            started = time.perf_counter()
+            res = tokenize_dataset(stage_cfg, work / "dataset", work / f"run{r}", **QUIET)
+            return res, time.perf_counter() - started
+
+        runs = {
+            "stage": stage,
+            "fast": lambda: raw_encode(fresh_tok(), texts, cfg.batch_size, "encode_batch_fast"),
+            "raw": lambda: raw_encode(fresh_tok(), texts, cfg.batch_size, "encode_batch"),
+            "warm": lambda: raw_encode(warm_tok, texts, cfg.batch_size, "encode_batch_fast"),
+        }
+        # every other pair in reverse order: the stage and encode_batch_fast stay neighbours, and
+        # neither always runs first (the last run of a pair was measured faster, whatever it was)
+        order = list(runs) if r % 2 == 0 else list(reversed(runs))
+        out = {name: runs[name]() for name in order}
+        (res, whole), (raw_tokens, raw_s), (_, fast_s), (_, warm_s) = out["stage"], out["raw"], out["fast"], out["warm"]
         assert not res.cached
-        raw_tokens, raw_s = raw_encode(raw_tok, texts, cfg.batch_size, "encode_batch")
-        _, fast_s = raw_encode(raw_tok, texts, cfg.batch_size, "encode_batch_fast")
         stage_tokens = sum(res.manifest.counts["tokens"].values())
         assert raw_tokens + total_docs == stage_tokens == total_tokens, "stage = raw ids + one EOS per document"
         rows["stage_encode"].append(stage_tokens / res.manifest.metrics["encode_seconds"])
         rows["stage_whole"].append(stage_tokens / whole)
         rows["raw"].append(raw_tokens / raw_s)
         rows["raw_fast"].append(raw_tokens / fast_s)
+        rows["raw_fast_warm"].append(raw_tokens / warm_s)
         for k in ratios:
             ratios[k].append(rows[k][-1] / rows["raw"][-1])
+        vs_fast.append(rows["stage_encode"][-1] / rows["raw_fast"][-1])
+        vs_warm.append(rows["stage_encode"][-1] / rows["raw_fast_warm"][-1])
         shutil.rmtree(res.path)
 
     med = {k: statistics.median(v) for k, v in rows.items()}
@@ -120,14 +141,16 @@ def run(work: Path, args: argparse.Namespace, build_wall: float, build_metric: f
     for label, key in (
         ("raw Tokenizer.encode_batch (baseline)", "raw"),
         ("raw Tokenizer.encode_batch_fast (no offsets)", "raw_fast"),
+        ("raw encode_batch_fast, warm (Tokenizer reused)", "raw_fast_warm"),
         ("tokenize stage, encode part (read+encode+write)", "stage_encode"),
         ("tokenize stage, whole (load tokenizer, hash, ...)", "stage_whole"),
     ):
         print(f"{label:<50}{med[key]:>18,.0f}{ratio.get(key, 1.0):>16.2f}x")
-    print(f"stage encode / raw encode_batch = {ratio['stage_encode']:.2f} (target >= 0.9: "
-          f"{'met' if ratio['stage_encode'] >= 0.9 else 'NOT met'}); "
-          f"vs encode_batch_fast = {ratio['stage_encode'] / ratio['raw_fast']:.2f}")
-    print("* median of the per-pair ratios (each stage run against the raw run right after it)")
+    fast = statistics.median(vs_fast)
+    print(f"stage encode / raw encode_batch_fast = {fast:.2f} (target >= 1.0: {'met' if fast >= 1.0 else 'NOT met'}; "
+          f"per pair: {' '.join(f'{r:.2f}' for r in vs_fast)}); vs encode_batch = {ratio['stage_encode']:.2f}; "
+          f"vs warm encode_batch_fast = {statistics.median(vs_warm):.2f}")
+    print("* median of the per-pair ratios (each stage run against the raw runs of its pair)")
     print(f"tokenize with BPE training (vocab {args.vocab}): {train_run_s:.1f} s "
           f"(training {trained.manifest.metrics['tokenizer_seconds']:.1f} s)")
     print(f"build stage: {build_wall:.2f} MB/s of raw input, whole call ({build_metric:.2f} MB/s by its manifest metric)")

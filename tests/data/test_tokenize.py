@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from dataset_fixture import HARD_DOCS, TEST_BUILD, make_dataset, split_texts, synthetic_docs
+from dataset_fixture import HARD_DOCS, TEST_BUILD, WORDS, make_dataset, split_texts, synthetic_docs
 
 from lmops.config import SplitConfig, TokenizeConfig
-from lmops.data.tokenize import encode_split, token_dtype, tokenize_dataset
-from lmops.data.tokenizer import TokenizerError, batched, open_encoder, save_trained, train_bpe
+from lmops.data.dataset import iter_texts, open_dataset, split_shards
+from lmops.data.tokenize import encode_split, encode_splits, token_dtype, tokenize_dataset
+from lmops.data.tokenizer import TokenizerError, batched, open_encoder, packing_encoder, save_trained, train_bpe
 from lmops.data.tokens import load_split, open_tokens
 from lmops.manifest import ManifestError, file_table, read_manifest
 from lmops.storage import StorageError, upload_dir
@@ -119,6 +121,88 @@ def test_fast_batch_encoding_gives_the_same_ids_as_encode_batch(trained):
     texts = docs["train"]
     assert [e.ids for e in enc.encode_batch_fast(texts, add_special_tokens=False)] == \
            [e.ids for e in enc.encode_batch(texts, add_special_tokens=False)]
+
+
+def encode_batch_shard(tokenizer_dir, texts: list[str], eos_id: int, dtype: str) -> bytes:
+    """What the stage wrote before it pipelined and dropped the post-processor: the full tokenizer's
+    ``encode_batch`` ids (offsets and post-processor included), each document then EOS, little-endian."""
+    enc = open_encoder(tokenizer_dir)
+    ids = [i for e in enc.encode_batch(texts, add_special_tokens=False) for i in (*e.ids, eos_id)]
+    return np.array(ids, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def test_shards_are_encode_batch_ids_byte_for_byte(trained, tmp_path):
+    """Trained, and loaded with a post-processor that adds tokens when asked: the shards are the
+    ``encode_batch`` ids packed, so the cache and other engines see the same bytes as before."""
+    from tokenizers import processors
+
+    dataset, tokens, docs = trained
+    tok = open_encoder(tokens / "tokenizer")
+    eos = CFG.eos_token
+    tok.post_processor = processors.TemplateProcessing(single=f"{eos} $A {eos}", special_tokens=[(eos, 0)])
+    src = shutil.copytree(tokens / "tokenizer", tmp_path / "with-template")
+    tok.save(str(src / "tokenizer.json"))
+    loaded = tokenize_dataset(CFG.model_copy(update={"tokenizer": str(src)}), dataset, tmp_path / "tok", **QUIET)
+    for out in (tokens, loaded.path):
+        info = open_tokens(out, splits=tuple(docs))
+        for split, texts in docs.items():
+            expected = encode_batch_shard(info.tokenizer_dir, texts, info.eos_id, info.dtype)
+            assert (out / f"{split}.bin").read_bytes() == expected, (out.name, split)
+    saved = open_encoder(loaded.path / "tokenizer")
+    assert saved.encode("x", add_special_tokens=True).ids != saved.encode("x", add_special_tokens=False).ids, \
+        "precondition: the loaded tokenizer keeps a post-processor that adds tokens"
+
+
+@pytest.mark.parametrize("in_flight", [0, 1, 3])
+def test_batches_in_flight_across_splits_change_no_byte(trained, tmp_path, in_flight):
+    """Parts share one pipeline (an empty one between): each file still gets exactly its own batches."""
+    _, tokens, docs = trained
+    parts = {"a": docs["train"], "empty": [], "b": docs["val"], "c": docs["test"][:3]}
+    counts = encode_splits(packing_encoder(tokens / "tokenizer"), [(t, tmp_path / f"{n}.bin") for n, t in parts.items()],
+                           "uint16", 0, 5, in_flight=in_flight)
+    for (name, texts), (n_docs, n_tokens) in zip(parts.items(), counts):
+        expected = encode_batch_shard(tokens / "tokenizer", texts, 0, "uint16")
+        assert (tmp_path / f"{name}.bin").read_bytes() == expected, name
+        assert (n_docs, 2 * n_tokens) == (len(texts), len(expected)), name
+
+
+def test_an_id_too_large_for_the_dtype_raises_never_wraps(trained, tmp_path):
+    import struct
+
+    _, tokens, docs = trained
+    with pytest.raises(struct.error):
+        encode_split(packing_encoder(tokens / "tokenizer"), docs["val"], tmp_path / "x.bin", "uint16", 65_536, 8)
+
+
+def test_an_encoding_error_in_a_worker_reaches_the_caller(trained, tmp_path):
+    _, tokens, docs = trained
+    texts = [*docs["train"][:20], None, *docs["train"][20:]]  # the third batch of 8 cannot be encoded
+    with pytest.raises(TypeError):
+        encode_split(packing_encoder(tokens / "tokenizer"), texts, tmp_path / "x.bin", "uint16", 0, 8)
+
+
+def json_texts(dataset, m, split: str) -> list[str]:
+    """The reference: stdlib json on each line of each shard."""
+    lines = [line for shard in split_shards(m, split) for line in (dataset / shard).read_bytes().split(b"\n")[:-1]]
+    return [json.loads(line)["text"] for line in lines]
+
+
+def test_iter_texts_are_the_json_texts_of_every_line(trained):
+    dataset, _, docs = trained
+    m = open_dataset(dataset)
+    for split in docs:
+        assert list(iter_texts(dataset, split, m)) == json_texts(dataset, m, split), split
+
+
+def test_a_document_longer_than_the_json_block_goes_to_the_line_reader(tmp_path):
+    """pyarrow refuses a line spanning several blocks: from that record on the line reader takes over."""
+    long_doc = " ".join(WORDS) * 40
+    make_dataset(tmp_path / "ds", [*synthetic_docs(40, seed=3), long_doc, *synthetic_docs(40, seed=4)])
+    m = open_dataset(tmp_path / "ds")
+    split = next(s for s, texts in split_texts(tmp_path / "ds").items() if long_doc in texts)
+    expected = json_texts(tmp_path / "ds", m, split)
+    assert 0 < expected.index(long_doc) < len(expected) - 1, "precondition: the fallback starts mid-shard"
+    assert list(iter_texts(tmp_path / "ds", split, m, block_bytes=1024)) == expected
 
 
 def test_open_tokens_detects_a_corrupted_token_shard(trained, tmp_path):
