@@ -18,6 +18,7 @@ from child_exec import as_in_a_terminal
 
 from lmops import kube
 from lmops.cluster import control_plane as cp
+from lmops.cluster import node_network
 
 pytestmark = pytest.mark.cluster
 KUBECTL = str(Path(sys.executable).with_name("kubectl"))
@@ -100,6 +101,9 @@ def test_down_stale_restart_and_ctrl_c_leave_no_process(kube_cluster, tmp_path):
     assert sorted(cp.down(folder, echo=lambda line: None)) == sorted(
         [cp.ETCD, cp.APISERVER, cp.CONTROLLER_MANAGER, cp.SCHEDULER])
     assert processes_of(folder) == [] and cp.status(folder)["state"] == "stopped"
+    # its down left the session's node alone: the machine's bridge and rules are that node's
+    assert {f"network interface {node_network.BRIDGE}", "iptables egress rule"} <= set(node_network.leftovers())
+    assert cp.status(Path(kube_cluster.folder))["state"] == "running"
 
     # Ctrl-C while the API server starts: nothing stays behind
     ctrl_c_during_up(folder, cp.APISERVER, "--no-node")

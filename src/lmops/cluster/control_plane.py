@@ -38,8 +38,8 @@ KUBERAY_STANDIN, KSERVE_STANDIN = "kuberay-standin", "kserve-standin"
 ORDER = (ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER, KUBERAY_STANDIN, KSERVE_STANDIN)
 STANDIN_MODULES = {KUBERAY_STANDIN: "lmops.cluster.kuberay_standin", KSERVE_STANDIN: "lmops.cluster.kserve_standin"}
 # What a one-node cluster without a cloud needs: namespaces, owner references, ServiceAccount tokens,
-# workloads (Deployments, Jobs, ...), Service endpoints (mirrored into the EndpointSlices kube-proxy reads), and the node's lifecycle (its not-ready taint
-# is removed once it is Ready).
+# workloads (Deployments, Jobs, ...), Service endpoints (mirrored into the EndpointSlices kube-proxy
+# reads), and the node's lifecycle (its not-ready taint is removed once it is Ready).
 CONTROLLERS = ("namespace,garbagecollector,serviceaccount,serviceaccount-token,deployment,replicaset,"
                "statefulset,daemonset,job,cronjob,endpoint,endpointslice,endpointslicemirroring,podgc,nodelifecycle")
 ADMIN_USER = "lmops-admin"
@@ -126,11 +126,11 @@ def _start(folder: Path, bins: binaries.Binaries, port: int | None, standins: bo
 
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
     supervise.spawn(folder, ETCD, [str(bins.etcd), "--name", "lmops", "--data-dir", str(folder / "etcd"),
-                          "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-                          "--listen-peer-urls", f"http://127.0.0.1:{ports['etcd_peer']}",
-                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{ports['etcd_peer']}",
-                          "--initial-cluster", f"lmops=http://127.0.0.1:{ports['etcd_peer']}",
-                          "--unsafe-no-fsync"])  # test data: durability is not worth the fsync latency
+                                   "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+                                   "--listen-peer-urls", f"http://127.0.0.1:{ports['etcd_peer']}",
+                                   "--initial-advertise-peer-urls", f"http://127.0.0.1:{ports['etcd_peer']}",
+                                   "--initial-cluster", f"lmops=http://127.0.0.1:{ports['etcd_peer']}",
+                                   "--unsafe-no-fsync"])  # test data: durability is not worth the fsync latency
     supervise.wait(folder, ETCD, lambda: supervise.http_ok(f"{etcd_url}/health"), deadline)
     pki = folder / "pki"
     supervise.spawn(folder, APISERVER, [
@@ -170,13 +170,12 @@ def _start(folder: Path, bins: binaries.Binaries, port: int | None, standins: bo
         # the seconds the API server spends on the large CRDs' schemas
         for name, module in STANDIN_MODULES.items():
             supervise.spawn(folder, name, [sys.executable, "-m", module, "--kubeconfig", str(kubeconfig)],
-                   env={"PYTHONUNBUFFERED": "1"})
+                            env={"PYTHONUNBUFFERED": "1"})
     from lmops.cluster import crds
 
     # the node starts before the CRDs: its registration and readiness overlap their installation
     node_started = node.start(folder, bins, apiserver_port=ports["apiserver"], admin_kubeconfig=kubeconfig,
-                              node_token=node_token, ca_file=cluster.ca_file, client=cluster.client(),
-                              deadline=deadline) if with_node else None
+                              node_token=node_token, client=cluster.client(), deadline=deadline) if with_node else None
     installed = crds.install(cluster.client(), deadline=deadline)
     echo(f"lmops cluster: CRDs installed and served ({time.monotonic() - t0:.1f}s): {', '.join(installed)}")
     # The default ServiceAccount appears once the controller-manager works: the last sign of life.

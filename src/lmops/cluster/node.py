@@ -15,7 +15,6 @@ real (image, command, resources, security context, probes, volumes, Services, DN
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -99,6 +98,20 @@ def owner() -> Path | None:
     return folder if running(folder) else None
 
 
+def _owns_the_machines_node(folder: Path) -> bool:
+    """This cluster's node is (or was, before a crash) the machine's node: the owner file names it, or
+    names nobody alive while this cluster once started a node."""
+    try:
+        recorded = Path(OWNER_FILE.read_text().strip())
+    except OSError:
+        recorded = None
+    if recorded is not None and recorded.resolve() == folder.resolve():
+        return True
+    if recorded is not None and running(recorded):
+        return False
+    return (node_dir(folder) / "started-at").exists()
+
+
 def check_machine_free(folder: Path) -> None:
     """Refuse a second node on this machine, naming the cluster that runs one."""
     other = owner()
@@ -109,7 +122,7 @@ def check_machine_free(folder: Path) -> None:
 
 # ---------------------------------------------------------------- up
 def start(folder: Path, bins: binaries.Binaries, *, apiserver_port: int, admin_kubeconfig: Path,
-          node_token: str, ca_file: str, client, deadline: float) -> float:
+          node_token: str, client, deadline: float) -> float:
     """Start the node's processes (``wait_schedulable`` waits for the node: the caller does other work
     meanwhile); returns when it started."""
     t0 = time.monotonic()
@@ -347,17 +360,18 @@ def stop(folder: Path, kube_proxy: Path | None, echo: Callable[[str], None]) -> 
     from lmops.pipeline import servers
 
     procs = supervise.procs(folder)
+    mine = _owns_the_machines_node(folder)  # decided before its processes stop
     was_running = [n for n in ORDER if servers.read_record(n, procs) is not None]
     for name in (KUBE_PROXY, KUBELET, CLUSTER_DNS, API_RELAY):  # the kubelet first: it restarts containers
         servers.stop(name, procs)
     killed = _kill_containers(socket_path(folder))
     servers.stop(CONTAINERD, procs)
     unmounted = _unmount_under(node_dir(folder))
-    removed = node_network.teardown(node_dir(folder), kube_proxy)
-    _remove_pod_logs(node_dir(folder))
-    with contextlib.suppress(OSError):
-        if Path(OWNER_FILE.read_text().strip()) == folder.resolve():
-            OWNER_FILE.unlink()
+    removed = []
+    if mine:  # the bridge, the rules and the pod logs are the machine's node's: never another cluster's
+        removed = node_network.teardown(node_dir(folder), kube_proxy)
+        _remove_pod_logs(node_dir(folder))
+        OWNER_FILE.unlink(missing_ok=True)
     if killed or unmounted or removed:
         echo(f"lmops cluster: node cleaned up ({killed} container processes, {unmounted} mounts; "
              f"{', '.join(removed) or 'no network left'})")
