@@ -4,14 +4,12 @@ config key, or a skip/drop that is counted in the manifest and listed in its rep
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from build_inputs import all_texts, assert_accounted, build, cfg, prose
-from child_exec import exec_after
 
 from lmops.data.sources import BadRecordError, BuildError
 from lmops.storage import StorageError
@@ -33,22 +31,22 @@ def test_missing_path_names_it(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-# Run before exec: root without CAP_DAC_OVERRIDE/READ_SEARCH in its bounding set (which the exec then applies)
-# obeys file modes.
+# Run first in the child: give up CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (bits 1, 2) in its own effective,
+# permitted and inheritable sets (capset: lowering one's own sets needs no privilege, unlike dropping them from
+# the bounding set, which needs CAP_SETPCAP), so that root too obeys file modes. The build then runs in this
+# same process: an exec as root would get the capabilities back. For a non-root user nothing changes.
 WITHOUT_DAC_OVERRIDE = """
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
-for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-    if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+sets = (ctypes.c_uint32 * 6)()  # {effective, permitted, inheritable} for capabilities 0-31, then 32-63
+if libc.capget(header, sets) != 0:
+    raise OSError(ctypes.get_errno(), "capget")
+for i in range(3):
+    sets[i] &= ~0b110
+if libc.capset(header, sets) != 0:
+    raise OSError(ctypes.get_errno(), "capset")
 """
-
-
-def _has_cap_setpcap() -> bool:
-    """CAP_SETPCAP (bit 8) in the effective set: needed to drop capabilities from the bounding set."""
-    status = Path("/proc/self/status").read_text()
-    eff = next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:"))
-    return bool(int(eff, 16) >> 8 & 1)
 
 
 BUILD_SCRIPT = """
@@ -63,17 +61,13 @@ print(json.dumps(res.manifest.counts))
 def _build_with_locked(src: Path, locked: Path, out: Path) -> dict:
     """Build ``src`` while ``locked`` is chmod 000; returns the manifest counts.
 
-    chmod 000 does not stop root, so as root the build runs in a child process that has given up
-    the capabilities that bypass file permissions: a real permission error either way."""
-    as_root = os.geteuid() == 0
-    if as_root and not _has_cap_setpcap():
-        pytest.skip("running as root without CAP_SETPCAP: cannot shed the capability that bypasses chmod 000")
+    chmod 000 does not stop root, so the build runs in a child process that has first given up the
+    capabilities that bypass file permissions: a real permission error for root and non-root alike."""
     mode = locked.stat().st_mode
     locked.chmod(0)
     try:
-        cmd = [sys.executable, "-c", BUILD_SCRIPT, str(src), str(out)]
-        proc = subprocess.run(exec_after(WITHOUT_DAC_OVERRIDE, cmd) if as_root else cmd,
-                              capture_output=True, text=True, timeout=120)
+        cmd = [sys.executable, "-c", WITHOUT_DAC_OVERRIDE + BUILD_SCRIPT, str(src), str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     finally:
         locked.chmod(mode)
     assert proc.returncode == 0, proc.stderr
