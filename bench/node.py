@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "cluster"))
+sys.path.insert(0, str(REPO / "tests"))  # node_pods: the busybox image and pod helpers of the tests
 
 from node_pods import BB, busybox_pod, load_busybox, wait_phase  # noqa: E402
 

@@ -73,19 +73,20 @@ def descendants(pid: int) -> list[int]:
 def stop_tree(pids: list[int], grace: float = 10) -> list[int]:
     """SIGINT (a chance to clean up, as Ctrl-C gives), then SIGTERM, then SIGKILL; returns what survived."""
     for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5), (signal.SIGKILL, 3)):
-        alive = [p for p in pids if _alive(p)]
-        for p in alive:
+        still = [p for p in pids if alive(p)]
+        for p in still:
             try:
                 os.kill(p, sig)
             except ProcessLookupError:
                 pass
         deadline = time.time() + wait
-        while time.time() < deadline and any(_alive(p) for p in alive):
+        while time.time() < deadline and any(alive(p) for p in still):
             time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if alive(p)]
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from node_pods import wait_phase, why
+
 from lmops import kube
 from lmops.cluster import node_images
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "lmops"
-sys.path.insert(0, str(REPO / "tests" / "cluster"))
-from node_pods import wait_phase, why  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

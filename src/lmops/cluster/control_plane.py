@@ -31,6 +31,7 @@ from typing import Any
 from lmops.cluster import binaries, node, node_network, supervise
 from lmops.cluster.supervise import ClusterError
 from lmops.pipeline import servers
+from lmops.processes import free_port
 
 # Start order; down stops them in reverse.
 ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER = "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"
@@ -120,7 +121,7 @@ def _start(folder: Path, bins: binaries.Binaries, port: int | None, standins: bo
     deadline = t0 + timeout_s
     logs = folder / "logs"
     logs.mkdir(exist_ok=True)
-    ports = {"etcd": supervise.free_port(), "etcd_peer": supervise.free_port(), "apiserver": port or supervise.free_port()}
+    ports = {"etcd": free_port(), "etcd_peer": free_port(), "apiserver": port or free_port()}
     token, node_token, ca_file = _credentials(folder)
     server = f"https://127.0.0.1:{ports['apiserver']}"
 

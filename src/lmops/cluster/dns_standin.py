@@ -64,14 +64,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"cluster-dns: {e}", flush=True)
             time.sleep(POLL_S)
             continue
-        text = "\n".join(records(services, endpoints, args.domain)) + "\n"
+        lines = records(services, endpoints, args.domain)
+        text = "\n".join(lines) + "\n"
         if text != current:
             tmp = hosts.with_name(hosts.name + ".tmp")
             tmp.write_text(text)
             os.replace(tmp, hosts)
             dnsmasq.send_signal(signal.SIGHUP)
             current = text
-            print(f"cluster-dns: {text.count(chr(10)) - (text == chr(10))} names", flush=True)
+            print(f"cluster-dns: {len(lines)} names", flush=True)
         time.sleep(POLL_S)
     sys.exit(f"cluster-dns: dnsmasq exited ({dnsmasq.returncode})")
 

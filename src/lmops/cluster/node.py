@@ -15,10 +15,12 @@ real (image, command, resources, security context, probes, volumes, Services, DN
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ import yaml
 
 from lmops.cluster import binaries, node_network, oci_archive, supervise
 from lmops.cluster.supervise import ClusterError
+from lmops.processes import alive, descendants, free_port
 
 NODE_NAME = "lmops-node"
 CLUSTER_DOMAIN = "cluster.local"
@@ -64,9 +67,8 @@ def running(folder: Path) -> bool:
 # ---------------------------------------------------------------- packages
 def ensure_packages(echo: Callable[[str], None]) -> None:
     """containerd, runc, CNI plugins, iptables, dnsmasq, socat, conntrack from Debian, when missing."""
-    missing = sorted({pkg for cmd, pkg in PACKAGES.items()
-                      if not (os.access(cmd, os.X_OK) if cmd.startswith("/") else shutil.which(cmd)
-                              or shutil.which(cmd, path="/usr/sbin:/sbin"))})
+    path = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"  # (a non-root PATH may lack the sbin folders)
+    missing = sorted({pkg for cmd, pkg in PACKAGES.items() if not shutil.which(cmd, path=path)})
     if not missing:
         return
     echo(f"lmops cluster: installing the node's packages: {' '.join(missing)}")
@@ -146,7 +148,7 @@ def start(folder: Path, bins: binaries.Binaries, *, apiserver_port: int, admin_k
                                         f"TCP:127.0.0.1:{apiserver_port}"])
     _publish_apiserver_endpoint(client, apiserver_port)
 
-    supervise.spawn(folder, CLUSTER_DNS, [_python(), "-m", "lmops.cluster.dns_standin", "--kubeconfig", str(admin_kubeconfig),
+    supervise.spawn(folder, CLUSTER_DNS, [sys.executable, "-m", "lmops.cluster.dns_standin", "--kubeconfig", str(admin_kubeconfig),
                                           "--listen", node_network.NODE_IP, "--domain", CLUSTER_DOMAIN,
                                           "--hosts-file", str(nd / "dns" / "hosts")], env={"PYTHONUNBUFFERED": "1"})
 
@@ -158,7 +160,7 @@ def start(folder: Path, bins: binaries.Binaries, *, apiserver_port: int, admin_k
         "--hostname-override", NODE_NAME, "--node-ip", node_network.NODE_IP,
         "--pod-infra-container-image", PAUSE_IMAGE, "--v=1",
     ])
-    ports = [supervise.free_port() for _ in range(2)]
+    ports = [free_port() for _ in range(2)]
     supervise.spawn(folder, KUBE_PROXY, [
         str(bins.kube_proxy), "--kubeconfig", str(admin_kubeconfig), "--hostname-override", NODE_NAME,
         "--proxy-mode=iptables", "--cluster-cidr", node_network.POD_CIDR,
@@ -181,13 +183,8 @@ def wait_schedulable(folder: Path, client, started: float, echo: Callable[[str],
          f"after its start; pods on {node_network.POD_CIDR})")
 
 
-def _python() -> str:
-    import sys
-
-    return sys.executable
-
-
-def _ctr(sock: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def ctr(sock: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``ctr`` against this node's containerd, in the kubelet's namespace."""
     out = subprocess.run(["ctr", "--address", str(sock), "--namespace", K8S_NAMESPACE, *args],
                          capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
@@ -196,14 +193,14 @@ def _ctr(sock: Path, *args: str, check: bool = True, timeout: float = 300) -> su
 
 
 def _ctr_ok(sock: Path) -> bool:
-    return sock.exists() and _ctr(sock, "version", check=False, timeout=10).returncode == 0
+    return sock.exists() and ctr(sock, "version", check=False, timeout=10).returncode == 0
 
 
 def _load_pause_image(folder: Path, bins: binaries.Binaries, sock: Path) -> None:
-    if PAUSE_IMAGE in _ctr(sock, "images", "ls", "-q").stdout.split():
+    if PAUSE_IMAGE in ctr(sock, "images", "ls", "-q").stdout.split():
         return
     archive = oci_archive.write(node_dir(folder) / "pause.oci.tar", PAUSE_IMAGE, {"/pause": bins.pause}, ["/pause"])
-    _ctr(sock, "images", "import", str(archive))
+    ctr(sock, "images", "import", str(archive))
 
 
 def _publish_apiserver_endpoint(client, port: int) -> None:
@@ -220,14 +217,15 @@ def _containerd_config(folder: Path, sock: Path) -> Path:
     nd = node_dir(folder) / "containerd"
     cni = node_dir(folder) / "cni"
     (cni / "net.d").mkdir(parents=True, exist_ok=True)
-    _write_json(cni / "net.d" / "10-lmops.conflist", {
+    conflist = {
         "cniVersion": "0.4.0", "name": "lmops",
         "plugins": [{"type": "bridge", "bridge": node_network.BRIDGE, "isGateway": True, "ipMasq": False,
                      "hairpinMode": True,
                      "ipam": {"type": "host-local", "dataDir": str(cni / "ipam"),
                               "ranges": [[{"subnet": node_network.POD_CIDR, "gateway": node_network.NODE_IP}]],
                               "routes": [{"dst": "0.0.0.0/0"}]}}],
-    })
+    }
+    (cni / "net.d" / "10-lmops.conflist").write_text(json.dumps(conflist, indent=2) + "\n")
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     text = f"""version = 2
 root = "{nd / 'root'}"
@@ -275,8 +273,8 @@ def _kubelet_config(folder: Path) -> Path:
     resolv.write_text("")  # pods inherit no nameserver of this machine: cluster DNS only
     config = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "address": node_network.NODE_IP, "port": supervise.free_port(), "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1", "healthzPort": supervise.free_port(),
+        "address": node_network.NODE_IP, "port": free_port(), "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1", "healthzPort": free_port(),
         # cgroups v1 through cgroupfs, no QoS hierarchy or allocatable enforcement (no systemd here)
         "cgroupDriver": "cgroupfs", "cgroupsPerQOS": False, "enforceNodeAllocatable": [],
         "failSwapOn": False, "evictionHard": {},
@@ -306,12 +304,6 @@ def _node_kubeconfig(folder: Path, admin_kubeconfig: Path, token: str) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
     return path
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    import json
-
-    path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- status
@@ -380,26 +372,29 @@ def stop(folder: Path, kube_proxy: Path | None, echo: Callable[[str], None]) -> 
 
 def _kill_containers(sock: Path) -> int:
     """SIGKILL every containerd shim of our containerd and every process under it (the containers)."""
-    tree = _process_tree()
-    shims = [pid for pid, (_, cmd) in tree.items() if "containerd-shim" in cmd and str(sock) in cmd]
-    victims: list[int] = []
-    todo = list(shims)
-    while todo:
-        pid = todo.pop()
-        victims.append(pid)
-        todo.extend(child for child, (ppid, _) in tree.items() if ppid == pid)
+    shims = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline") if _is_shim_of(p, sock)]
+    # the containers before their shims: a shim must not reap and restart them
+    victims = [pid for shim in shims for pid in reversed(descendants(shim))] + shims
     sockets = _unix_sockets_of(shims)
-    for pid in reversed(victims):  # children first: a shim must not reap and restart them
+    for pid in victims:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and not _zombie(p) for p in victims):
+    while time.monotonic() < deadline and any(alive(p) for p in victims):
         time.sleep(0.1)
     for path in sockets:  # a killed shim leaves its socket (under /run/containerd/s, not our folder)
         Path(path).unlink(missing_ok=True)
     return len(victims)
+
+
+def _is_shim_of(cmdline: Path, sock: Path) -> bool:
+    try:
+        cmd = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return "containerd-shim" in cmd and str(sock) in cmd
 
 
 def _unix_sockets_of(pids: list[int]) -> list[str]:
@@ -419,25 +414,6 @@ def _unix_sockets_of(pids: list[int]) -> list[str]:
         if len(cols) >= 8 and cols[6] in inodes and cols[7].startswith("/run/containerd/s/"):
             paths.append(cols[7])
     return paths
-
-
-def _process_tree() -> dict[int, tuple[int, str]]:
-    tree = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (proc / "stat").read_text()
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        tree[int(proc.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
-    return tree
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def mounts_under(folder: Path) -> list[str]:

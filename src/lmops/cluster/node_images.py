@@ -34,7 +34,7 @@ class Loaded:
 
 def node_image_id(folder: Path, ref: str) -> str | None:
     """The engine image ID this ref was loaded from, when the node has it (None otherwise)."""
-    out = node._ctr(node.socket_path(folder), "images", "ls", f"name=={ref}", check=False)
+    out = node.ctr(node.socket_path(folder), "images", "ls", f"name=={ref}", check=False)
     for line in out.stdout.splitlines()[1:]:
         cols = line.split()
         if cols and cols[0] == ref:
@@ -60,8 +60,8 @@ def load(folder: Path, ref: str, engine, log: Callable[[str], None] = print) -> 
         engine.run("save", "--format", "oci-archive", "-o", str(archive), ref, timeout=1800)
         log(f"[images] importing {ref} into the node's containerd ({archive.stat().st_size / 2**30:.2f} GiB archive)")
         # the archive's ref annotation carries the full name (podman and docker), which ctr gives the image
-        node._ctr(sock, "images", "import", str(archive), timeout=1800)
+        node.ctr(sock, "images", "import", str(archive), timeout=1800)
     if node_image_id(folder, ref) is None:
         raise ClusterError(f"ctr imported {archive.name} but the node has no image named {ref}")
-    node._ctr(sock, "images", "label", ref, f"{ID_LABEL}={image_id}")
+    node.ctr(sock, "images", "label", ref, f"{ID_LABEL}={image_id}")
     return Loaded(ref, image_id, False, time.monotonic() - t0)

@@ -9,6 +9,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from lmops.cluster.supervise import ClusterError
+
 BRIDGE = "lmops0"
 POD_CIDR = "10.244.0.0/24"
 NODE_IP = "10.244.0.1"  # the bridge's address: the node's InternalIP, the gateway, cluster DNS, API relay
@@ -104,7 +106,5 @@ def _sysctl(key: str, value: str | None = None) -> str:
 def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, capture_output=True, text=True)
     if check and out.returncode != 0:
-        from lmops.cluster.supervise import ClusterError
-
         raise ClusterError(f"`{' '.join(cmd)}` failed: {out.stderr.strip() or out.stdout.strip()}")
     return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -56,12 +55,6 @@ def log_hint(folder: Path, name: str) -> str:
     if "address already in use" in text:
         return f"a port it needs is in use (see {log}); run `lmops cluster up` again to pick free ports"
     return f"last lines of {log}:\n{text}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_ok(url: str, token: str | None = None, ca_file: str | None = None) -> bool:

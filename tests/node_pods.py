@@ -41,10 +41,10 @@ def load_busybox(cluster) -> str:
     """The busybox image in the node's containerd (imported once per node); returns its name."""
     folder = Path(cluster.folder)
     sock = node.socket_path(folder)
-    if BUSYBOX_IMAGE not in node._ctr(sock, "images", "ls", "-q").stdout.split():
+    if BUSYBOX_IMAGE not in node.ctr(sock, "images", "ls", "-q").stdout.split():
         archive = oci_archive.write(node.node_dir(folder) / "busybox.oci.tar", BUSYBOX_IMAGE,
                                     {BB: busybox_binary()}, [BB])
-        node._ctr(sock, "images", "import", str(archive))
+        node.ctr(sock, "images", "import", str(archive))
     return BUSYBOX_IMAGE
 
 
