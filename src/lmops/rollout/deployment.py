@@ -411,9 +411,11 @@ def _derived(s: dict[str, Any], spec: ModelDeploymentSpec | None, obs: Observed 
     desired = desired_service(s)
     if desired is not None and (obs is None or obs.service is None or obs.service.applied != desired):
         actions.append(ApplyService(desired))
-    if spec is not None and obs is not None and _follows_alias(spec) and obs.alias != s.get("aliasVersion"):
+    reverting = spec is not None and s.get("phase") == ROLLING_BACK and _revert_pending(spec, s)
+    if (spec is not None and obs is not None and _follows_alias(spec) and obs.alias != s.get("aliasVersion")
+            and not reverting):  # the revert records its own move (and one made meanwhile, as external)
         actions.append(RecordAliasMove(spec.model.alias, obs.alias, s.get("aliasVersion")))
-    if spec is not None and s.get("phase") == ROLLING_BACK and _revert_pending(spec, s):
+    if reverting:
         last = s["lastRollback"]
         actions.append(RevertAlias(spec.model.alias, last["version"], s["stableVersion"], last["reason"],
                                    last["time"]))
