@@ -14,7 +14,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "lmops"
-GROUND = {"config", "manifest", "storage", "kube", "errors", "processes", "devices", "model", "gates"}
+GROUND = {"config", "manifest", "storage", "kube", "errors", "processes", "devices", "model", "gates", "failpoints"}
 """The shared ground (DESIGN.md): modules every stage may use, which use no stage themselves."""
 STAGES = {"data", "train", "evaluate", "compress", "registry", "serve", "pipeline", "operator", "cluster", "cli"}
 

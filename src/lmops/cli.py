@@ -324,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--health-host", default="127.0.0.1")
     sp.add_argument("--runs-dir", default=".state/operator-runs", help="local executor: one folder per run")
     sp.add_argument("--handlers", help="kopf handlers file (default: operators/handlers.py)")
+    sp.add_argument("--release-finalizers", action="store_true",
+                    help="remove the operator's finalizer (lmops.dev/operator) from every LMTrainingJob and"
+                         " ModelDeployment in the --namespace(s), then exit. The operator holds them so that it"
+                         " sees each deletion; once it is uninstalled for good they would keep those objects, and"
+                         " their namespace, from ever being deleted (the Helm chart's uninstall runs this)")
     sp.set_defaults(fn=cmd_operator)
     from lmops.cluster.commands import add_parser as add_cluster
 

@@ -6,8 +6,9 @@ an operator's traffic edits) are left alone. Credentials come from the pod's ser
 running in a cluster, else from the kubeconfig (``KUBECONFIG`` / ~/.kube/config).
 
 Every refusal becomes a KubeError a user can act on: the server unreachable (and where it was looked
-for), a 403 naming the verb, resource and namespace and what Role must grant it, a 404 of a custom
-kind naming the operator that is missing, a 422 listing the server's field errors.
+for), a 403 naming the verb, resource and namespace and what Role must grant it (only for an RBAC denial:
+a namespace being deleted is named as such), a missing namespace, a 404 of a custom kind naming the
+operator that is missing, a 422 listing the server's field errors.
 """
 
 from __future__ import annotations
@@ -73,6 +74,16 @@ def _refused(e, verb: str, what: str, resource=None, namespace: str | None = Non
     message = body.get("message") or e.reason or ""
     plural = getattr(resource, "name", None) or "?"
     group = getattr(resource, "group", "") or ""
+    reasons = {c.get("reason") for c in (body.get("details") or {}).get("causes") or []}
+    if e.status == 403 and "NamespaceTerminating" in reasons:
+        return KubeError(f"{what}: namespace {namespace} is being deleted (Terminating), so nothing new can be"
+                         f" created in it; wait until it is gone. If it stays Terminating, an object in it has a"
+                         f" finalizer nobody removes (an operator that is not running): `kubectl get"
+                         f" lmtrainingjobs,modeldeployments -n {namespace}`, then start the operator for that"
+                         f" namespace or remove the finalizer ({message})", 403)
+    if e.status == 404 and (body.get("details") or {}).get("kind") == "namespaces":
+        return KubeError(f"{what}: namespace {namespace} does not exist (create it: kubectl create namespace"
+                         f" {namespace}) ({message})", 404)
     if e.status == 403:
         where = f"in namespace {namespace}" if namespace else "cluster-wide"
         kind = "Role" if namespace else "ClusterRole"
@@ -158,7 +169,7 @@ def apply(obj: dict[str, Any], *, field_manager: str = FIELD_MANAGER, force: boo
         out = _call(dyn, "patch", what, resource, ns, dyn.server_side_apply, resource, body=obj, namespace=ns,
                     field_manager=field_manager, force_conflicts=force)
     except ApiException as e:  # 404 on apply: the namespace is missing
-        raise KubeError(f"{what}: apply refused: {e.status} {_body(e).get('message') or e.reason}", e.status) from None
+        raise _refused(e, "patch", what, resource, ns) from None
     return out.to_dict()
 
 
@@ -180,7 +191,7 @@ def create(obj: dict[str, Any], *, field_manager: str = FIELD_MANAGER, client=No
             return False
         raise
     except ApiException as e:  # 404: the namespace is missing
-        raise KubeError(f"{what}: create refused: {e.status} {_body(e).get('message') or e.reason}", e.status) from None
+        raise _refused(e, "create", what, resource, ns) from None
     return True
 
 
@@ -260,6 +271,31 @@ def patch_status(api_version: str, kind: str, name: str, namespace: str | None, 
                      content_type="application/merge-patch+json").to_dict()
     except ApiException:  # 404
         return None
+
+
+def remove_finalizers(api_version: str, kind: str, name: str, namespace: str | None, prefix: str = "lmops.dev/",
+                      client=None) -> bool:
+    """Drop the finalizers starting with ``prefix`` (lmops' own) from one object, leaving others' alone --
+    for objects whose operator is gone for good (uninstalled), which would otherwise never be deleted.
+    False when the object is gone or held none. The patch carries the resourceVersion: a concurrent
+    change makes it fail rather than drop someone's new finalizer."""
+    from kubernetes.client.exceptions import ApiException
+
+    obj = get(api_version, kind, name, namespace, client=client)
+    finalizers = (obj or {}).get("metadata", {}).get("finalizers") or []
+    keep = [f for f in finalizers if not f.startswith(prefix)]
+    if obj is None or keep == finalizers:
+        return False
+    what = f"{kind} {namespace or ''}/{name} finalizers"
+    dyn = _dynamic(client, what)
+    resource = _resource(dyn, api_version, kind, what)
+    body = {"metadata": {"finalizers": keep, "resourceVersion": obj["metadata"]["resourceVersion"]}}
+    try:
+        _call(dyn, "patch", what, resource, namespace, dyn.patch, resource, body=body, name=name,
+              namespace=namespace, content_type="application/merge-patch+json")
+    except ApiException:  # 404
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- watching

@@ -22,9 +22,10 @@ PROBE = ["the registry keeps model versions with tags aliases and lineage",
 
 
 def start_operator(kubeconfig: Path, namespace: str, tracking_uri: str, work: Path, *, poll_s: float = 2.0,
-                   webhook_port: int | None = None) -> Operator:
+                   webhook_port: int | None = None, failpoint: str | None = None) -> Operator:
+    """``failpoint``: the operator SIGKILLs itself there (lmops.failpoints)."""
     return _start(kubeconfig, namespace, tracking_uri, work, poll_s=poll_s, webhook_port=webhook_port,
-                  webhook_secret=SECRET)
+                  webhook_secret=SECRET, env={"LMOPS_FAILPOINT": failpoint} if failpoint else None)
 
 
 def wait_for(what: str, fn, timeout: float, interval: float = 0.3, operator: Operator | None = None, describe=None):

@@ -124,3 +124,26 @@ def ctrl_c_during_up(folder: Path, once_started: str, *args: str, timeout_s: flo
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 130, out
+
+
+def test_refusals_name_their_real_cause(kube_cluster, kube_namespace):
+    """A missing namespace and a namespace being deleted are said as such, not as an RBAC denial."""
+    from lmops import kube
+
+    admin = kube_cluster.client()
+    cm = lambda ns, name: {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}}  # noqa: E731
+    with pytest.raises(kube.KubeError) as e:
+        kube.apply(cm("no-such-namespace", "x"), client=admin)
+    assert e.value.status == 404 and "namespace no-such-namespace does not exist" in str(e.value)
+    held = cm(kube_namespace, "held")
+    held["metadata"]["finalizers"] = ["lmops.dev/test"]  # keeps the namespace Terminating, as a stopped operator's would
+    kube.apply(held, client=admin)
+    kube.delete("v1", "Namespace", kube_namespace, None, client=admin)
+    try:
+        with pytest.raises(kube.KubeError) as e:
+            kube.apply(cm(kube_namespace, "late"), client=admin)
+        message = str(e.value)
+        assert e.value.status == 403 and "is being deleted (Terminating)" in message, message
+        assert "Role" not in message and "finalizer" in message
+    finally:
+        kube.apply({**held, "metadata": {**held["metadata"], "finalizers": []}}, client=admin)

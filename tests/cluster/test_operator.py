@@ -200,6 +200,14 @@ def test_webhook_and_poll_paths_converge(path, operator_env, versions, mlflow_se
         op.stop()
 
 
+def alias_moves(client, model: str) -> list[tuple]:
+    """The champion alias's history in MLflow: (action, previous, version) per move."""
+    import json
+
+    raw = (client.get_registered_model(model).tags or {}).get("lmops.alias.champion.history")
+    return [(e["action"], e["previous"], e["version"]) for e in json.loads(raw or "[]")]
+
+
 def _port_open(port: int) -> bool:
     import socket
 
@@ -209,11 +217,17 @@ def _port_open(port: int) -> bool:
 
 def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env, versions, mlflow_server, tmp_path):
     """The operator is SIGKILLed as soon as each state is seen, and restarted: canary recorded, canary applied,
-    second step, promoted, rollback recorded, rollback done. The end is the uninterrupted end: one promotion,
-    one rollback, history entries unique and in order, alias and traffic right."""
+    second step, promoted, rollback recorded; then at failpoints between the rollback's MLflow writes (alias moved,
+    history written, tags half written, outcome tags half written). The end is the uninterrupted end: one
+    promotion, one rollback, history entries unique and in order, alias and traffic right, and in MLflow every
+    alias move once with its previous holder and every tag of the rollback written."""
+    from mlflow import MlflowClient
+
     cluster, ns, kubeconfig, _ = operator_env
     admin = cluster.client()
     model, v = versions
+    client = MlflowClient(mlflow_server)
+    before = len(alias_moves(client, model))  # the model's versions are shared with the other tests
     set_alias(mlflow_server, model, v["good1"])
     name = "md-kill"
     start = lambda: start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=1)  # noqa: E731
@@ -237,19 +251,45 @@ def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env,
             op = start()
         wait_for("promotion finished", deployed(admin, ns, name, v["good2"]), 120, operator=op)
         set_alias(mlflow_server, model, v["worse"])
-        for label, seen in [("rollback recorded", lambda s: s.get("phase") == "RollingBack"
-                             or (v["worse"], "RolledBack") in outcomes(s)),
-                            ("alias reverted", lambda s: alias(mlflow_server, model) == v["good2"])]:
-            wait_for(label, lambda: seen(status(admin, ns, name)), 240, interval=0.05, operator=op,
-                     describe=lambda: status(admin, ns, name).get("history"))
-            op.kill()
-            kills.append(label)
-            op = start()
+        wait_for("rollback recorded", lambda: status(admin, ns, name).get("phase") == "RollingBack"
+                 or (v["worse"], "RolledBack") in outcomes(status(admin, ns, name)), 240, interval=0.05, operator=op,
+                 describe=lambda: status(admin, ns, name).get("history"))
+        op.kill()
+        kills.append("rollback recorded")
+        # then between the rollback's MLflow writes: the operator dies at each failpoint, and what MLflow holds
+        # at that moment is checked; the restarts write what is missing, once
+        rejected = lambda: client.get_model_version(model, v["worse"]).tags  # noqa: E731
+        for point, held, reverted_tags, outcome_tags in [
+                ("alias.moved", False, 0, 0),             # the alias is back; its history entry not written
+                ("revert.history_written", True, 0, 0),   # the entry is written; the version's tags are not
+                ("tags.partly_written", True, 1, 0),      # one of the two rollback tags
+                ("tags.partly_written", True, 2, 1)]:     # then the outcome tags: the first of five
+            op = start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=1, failpoint=point)
+            wait_for(f"operator killed at {point}", lambda: op.proc.poll() is not None, 120,
+                     describe=lambda: op.text()[-2000:])
+            assert op.proc.returncode == -9, op.text()[-3000:]
+            kills.append(point)
+            assert alias(mlflow_server, model) == v["good2"]
+            assert (("rollback", v["worse"], v["good2"]) in alias_moves(client, model)[before:]) == held, point
+            tags = rejected()
+            assert sum(k in tags for k in ("lmops.alias.champion.rolled_back_at",
+                                           "lmops.alias.champion.rollback_reason")) == reverted_tags, (point, tags)
+            assert sum(k.startswith("lmops.rollout.") and k in tags for k in (
+                "lmops.rollout.outcome", "lmops.rollout.reason", "lmops.rollout.at", "lmops.rollout.deployment",
+                "lmops.rollout.rolledback")) == outcome_tags, (point, tags)
+        op = start()
         wait_for("rollback finished", lambda: status(admin, ns, name).get("phase") == "Stable"
                  and served(admin, ns, name) == (v["good2"], None), 120, operator=op)
         st = status(admin, ns, name)
         assert kills == ["canary recorded", "canary applied", "second step", "promoted", "rollback recorded",
-                         "alias reverted"]
+                         "alias.moved", "revert.history_written", "tags.partly_written", "tags.partly_written"]
+        moves = alias_moves(client, model)[before:]
+        assert len(moves) == 4 and moves[0][2] == v["good1"] and moves[1:] == [("external", v["good1"], v["good2"]),
+                                                            ("external", v["good2"], v["worse"]),
+                                                            ("rollback", v["worse"], v["good2"])], moves
+        tags = rejected()
+        assert tags["lmops.alias.champion.rolled_back_at"] == st["lastRollback"]["time"]
+        assert tags["lmops.rollout.outcome"] == "RolledBack" and tags["lmops.rollout.reason"] == st["lastRollback"]["reason"]
         assert outcomes(st) == [(v["good1"], "Deployed"), (v["good2"], "CanaryStarted"), (v["good2"], "Promoted"),
                                 (v["worse"], "CanaryStarted"), (v["worse"], "RolledBack")]
         seqs = [e["seq"] for e in st["history"]]
@@ -261,48 +301,3 @@ def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env,
         assert sorted(e["reason"] for e in mine) == sorted(o for _, o in outcomes(st))
     finally:
         op.stop()
-
-
-def test_training_job_local_executor_to_succeeded(operator_env, mlflow_server, tmp_path):
-    """`kubectl apply` of an LMTrainingJob (executor local, the micro preset): the operator runs the
-    pipeline and mirrors it; the run's registered version and metrics land in status."""
-    import subprocess
-    import sys
-
-    import os
-
-    import yaml
-
-    from micro_pipeline import MICRO, write_corpus
-    from operator_world import REPO
-
-    cluster, ns, kubeconfig, _ = operator_env
-    admin = cluster.client()
-    job = yaml.safe_load((REPO / "manifests" / "samples" / "lmtrainingjob.yaml").read_text())
-    job["spec"]["config"] = "micro"  # the sample names tiny (what a user runs); the tests' preset is micro
-    job["spec"]["modelName"] = f"lm-{uuid.uuid4().hex[:6]}"
-    job["spec"]["overrides"] = dict(item.split("=", 1) for item in MICRO)
-    job["spec"]["sources"] = [str(write_corpus(tmp_path / "corpus"))]
-    manifest = tmp_path / "job.yaml"
-    manifest.write_text(yaml.safe_dump(job))
-    kubectl = Path(sys.executable).with_name("kubectl")
-    op = start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=2)
-    try:
-        subprocess.run([str(kubectl), "--kubeconfig", cluster.kubeconfig, "-n", ns, "apply", "-f", str(manifest)],
-                       check=True, capture_output=True)
-        get = lambda: (kube.get(API_VERSION, "LMTrainingJob", "tiny-lm", ns, client=admin) or {}).get("status") or {}  # noqa: E731
-        wait_for("run started", lambda: get().get("phase") == "Running", 120, operator=op, describe=get)
-        st = wait_for("run finished", lambda: (lambda s: s if s.get("phase") in ("Succeeded", "Failed") else None)(get()),
-                      900, interval=2, operator=op, describe=get)
-        assert st["phase"] == "Succeeded", st
-        assert st["registeredVersion"] and st["metrics"]["perplexity"] > 1 and st["runId"].startswith(ns)
-        assert {s["name"]: s["state"] for s in st["stages"]}["register"] == "Succeeded"
-        assert st["startTime"] <= st["completionTime"]
-        out = subprocess.run([str(kubectl), "--kubeconfig", cluster.kubeconfig, "-n", ns, "get", "lmtj"],
-                             check=True, capture_output=True, text=True).stdout
-        assert "Succeeded" in out and st["registeredVersion"] in out, out
-    finally:
-        op.stop()
-        # the local servers the run left up for the next one (Ray, its model server)
-        subprocess.run([sys.executable, "-m", "lmops.cli", "stop"], capture_output=True,
-                       env={**os.environ, "LMOPS_STATE_DIR": str(tmp_path / "runs" / "state")})

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from lmops.crd import parse_deployment
-from lmops.rollout import (ApplyService, DesiredService, GateInputs, Notify, Observed, RevertAlias,
-                           ServiceState, decide, desired_service, invalid_spec, needs_gates)
+from lmops.rollout import (ApplyService, DesiredService, GateInputs, Notify, Observed, RecordAliasMove,
+                           RevertAlias, ServiceState, decide, desired_service, invalid_spec, needs_gates)
 from lmops.crd import SpecError
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -42,6 +42,7 @@ class World:
     broken: set = field(default_factory=set)
     gates: dict = field(default_factory=dict)
     notified: dict = field(default_factory=dict)  # seq -> entry, as Events named by seq would be
+    moves: list = field(default_factory=list)  # the alias history: (previous, version), as MLflow's tag keeps it
     applies: int = 0
     now: dt.datetime = T0
 
@@ -64,9 +65,17 @@ class World:
                     self.applies += 1
                     self.ready = self.applied is not None and a.desired.serving == self.applied.serving and self.ready
                 self.applied = a.desired
+            elif isinstance(a, RecordAliasMove):
+                top = self.moves[-1][1] if self.moves else None
+                if top != a.version:  # record_seen_move: only a move the history does not end with
+                    self.moves.append((top if top is not None else a.last_seen, a.version))
+                decision.status["aliasVersion"] = a.version
             elif isinstance(a, RevertAlias):
-                if self.alias == a.from_version:
+                if self.alias in (a.from_version, a.to_version):
+                    if self.alias == a.from_version or self.moves[-1][1] != a.to_version:
+                        self.moves.append((a.from_version, a.to_version))
                     self.alias = a.to_version
+                decision.status["lastRollback"] = {**decision.status["lastRollback"], "aliasReverted": True}
             elif isinstance(a, Notify):
                 self.notified.setdefault(a.entry["seq"], a.entry)
         decision.status["notifiedSeq"] = decision.notified_seq
@@ -170,8 +179,10 @@ def test_bad_canary_is_rolled_back_traffic_and_alias(case, world_kw, rollout, ga
     last = status["history"][-1]
     assert (last["version"], last["outcome"]) == ("2", "RolledBack")
     assert f"gate {gate} failed" in last["reason"] and reason in last["reason"], last["reason"]
-    assert status["rollbackReason"] == last["reason"]
+    assert status["lastRollback"] == {"version": "2", "reason": last["reason"], "time": last["time"],
+                                      "aliasReverted": True}
     assert [e["outcome"] for e in w.notified.values()].count("RolledBack") == 1
+    assert w.moves == [(None, "1"), ("1", "2"), ("2", "1")], "every alias move, with its previous, once"
 
 
 def test_alias_left_on_the_rejected_version_is_not_retried():
@@ -214,7 +225,7 @@ def test_ready_timeout():
     status = d.status
     w.now += dt.timedelta(seconds=31)  # not ready (no tick), past readyTimeoutSeconds
     d = decide(spec(), status, w.observe(spec(), status), 1)
-    assert d.status["phase"] == "RollingBack" and "not ready within 30s" in d.status["rollbackReason"]
+    assert d.status["phase"] == "RollingBack" and "not ready within 30s" in d.status["lastRollback"]["reason"]
 
 
 @pytest.mark.parametrize("new_target,outcome", [("1", [("2", "Aborted")]),
@@ -235,7 +246,9 @@ def test_pinned_version_is_a_canary_and_never_moves_the_alias():
     w = World(alias="1")
     status, _ = run(w, spec(), steps=3)
     w.pinned, w.broken = "2", {"2"}
-    status, ds = run(w, spec(), status, steps=20)
+    pinned = spec().model_dump(by_alias=True, exclude_none=True)
+    pinned = parse_deployment({**pinned, "model": {**pinned["model"], "version": "2"}})
+    status, ds = run(w, pinned, status, steps=20)
     assert status["stableVersion"] == "1" and status["rejectedVersion"] == "2" and w.alias == "1"
     assert not any(isinstance(a, RevertAlias) for d in ds for a in d.actions)
 
@@ -306,7 +319,7 @@ def test_status_patch_removes_and_leaves_out_empty_strings():
     from lmops.rollout.status import status_patch
 
     old = {"phase": "Progressing", "canaryVersion": "2", "conditions": [{"type": "A", "message": "x"}]}
-    new = {"phase": "Stable", "conditions": [{"type": "A", "message": "", "reason": "R"}], "rollbackReason": ""}
+    new = {"phase": "Stable", "conditions": [{"type": "A", "message": "", "reason": "R"}], "canaryVersion": ""}
     assert status_patch(old, new) == {"phase": "Stable", "canaryVersion": None,
                                       "conditions": [{"type": "A", "reason": "R"}]}
 
@@ -316,3 +329,43 @@ def test_error_rate_without_requests_is_recorded_not_judged():
 
     (check,) = evaluate_gates(parse_deployment({"model": {"name": "m"}}), GateInputs())
     assert check.passed and "no requests" in check.message
+
+
+def test_alias_already_back_still_gets_its_records():
+    """Killed after moving the alias back but before its MLflow records: the alias is where it should be,
+    yet RevertAlias is derived again (and writes only what is missing) until the status says it is done."""
+    w, sp, status = scenario({"broken": {"2"}})
+    for _ in range(10):
+        d = decide(sp, status, w.observe(sp, status), 1)
+        if any(isinstance(a, RevertAlias) for a in d.actions):
+            break
+        w.act(d)
+        status = d.status
+        w.tick(1)
+    w.alias = "1"  # the revert's first write happened; the kill came before the rest
+    status = d.status
+    again = decide(sp, status, w.observe(sp, status), 1)
+    assert again.status["phase"] == "RollingBack", "not done while the rollback is not recorded"
+    assert [a for a in again.actions if isinstance(a, RevertAlias)] == \
+        [RevertAlias("champion", "2", "1", status["lastRollback"]["reason"], status["lastRollback"]["time"])]
+    final, _ = run(w, sp, status, steps=5)
+    assert final["phase"] == "Stable" and final["lastRollback"]["aliasReverted"] is True
+
+
+def test_serving_says_what_serves_and_the_last_rollback_stays_with_its_version():
+    w, sp, status = scenario({"gates": {"2": GateInputs(20, 0, 100, 3.0, 2.0)}})
+    seen = set()
+    for _ in range(30):
+        d = decide(sp, status, w.observe(sp, status), 1)
+        seen.add(tuple(sorted(d.status.get("serving", {}).items())))
+        w.act(d)
+        status = d.status
+        w.tick(1)
+    assert (("canary", "v2 10%"), ("stable", "v1")) in seen, seen
+    assert status["serving"] == {"stable": "v1"}
+    rolled_back = status["lastRollback"]
+    w.alias = "3"
+    status, _ = run(w, sp, status, steps=30)
+    assert status["serving"] == {"stable": "v3"} and outcomes(status)[-1] == ("3", "Promoted")
+    assert status["lastRollback"] == rolled_back, "the last rollback keeps its own version and time"
+    assert w.moves[-2:] == [("2", "1"), ("1", "3")]

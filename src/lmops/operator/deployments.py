@@ -19,8 +19,8 @@ from lmops.operator import service
 from lmops.operator.settings import Settings
 from lmops.registry import rollout as registry_rollout
 from lmops.rollout.status import status_patch
-from lmops.rollout import (ApplyService, GateInputs, Notify, Observed, RevertAlias, ServiceState, decide,
-                           invalid_spec, needs_gates)
+from lmops.rollout import (ApplyService, GateInputs, Notify, Observed, RecordAliasMove, RevertAlias, ServiceState,
+                           decide, invalid_spec, needs_gates)
 
 log = logging.getLogger("lmops.operator")
 KIND = "ModelDeployment"
@@ -103,21 +103,32 @@ def _record(meta: dict[str, Any], old: dict[str, Any], new: dict[str, Any], clie
 
 
 def _act(obj: dict[str, Any], spec: ModelDeploymentSpec | None, decision, settings: Settings, client) -> None:
+    """Carry out the derived actions, then record which of them are done (a kill before that repeats
+    them, and each writes only what is missing)."""
     meta = obj["metadata"]
     tracking = (spec.model.tracking_uri if spec else None) or settings.tracking_uri
+    done: dict[str, Any] = {}
     for action in decision.actions:
         if isinstance(action, ApplyService) and spec is not None:
             kube.apply(service.render(obj, spec, action.desired, tracking, settings.image), client=client)
+        elif isinstance(action, RecordAliasMove):
+            if registry_rollout.record_seen(tracking, spec.model.name, action.alias, action.version, action.last_seen):
+                log.info("%s/%s: alias %s moved %s -> %s (recorded in its history)", meta["namespace"], meta["name"],
+                         action.alias, action.last_seen, action.version)
+            done["aliasVersion"] = action.version
         elif isinstance(action, RevertAlias):
-            moved = registry_rollout.revert_alias(tracking, spec.model.name, action.alias, action.from_version,
-                                                  action.to_version, action.reason)
+            back = registry_rollout.revert_alias(tracking, spec.model.name, action.alias, action.from_version,
+                                                 action.to_version, action.reason, action.at)
             log.info("%s/%s: alias %s %s", meta["namespace"], meta["name"], action.alias,
-                     f"moved back {action.from_version} -> {action.to_version}" if moved else "already moved")
+                     f"back on {action.to_version} (from {action.from_version})" if back
+                     else "was moved elsewhere meanwhile: left there")
+            done["lastRollback"] = {**decision.status["lastRollback"], "aliasReverted": True}
         elif isinstance(action, Notify):
             _notify(obj, spec, action.entry, tracking, client)
     if decision.notified_seq != decision.status.get("notifiedSeq", 0):
-        _record(meta, {"notifiedSeq": decision.status.get("notifiedSeq", 0)},
-                {"notifiedSeq": decision.notified_seq}, client)
+        done["notifiedSeq"] = decision.notified_seq
+    if done:
+        _record(meta, {k: decision.status.get(k) for k in done}, done, client)
 
 
 def _notify(obj: dict[str, Any], spec: ModelDeploymentSpec | None, entry: dict[str, Any], tracking, client) -> None:

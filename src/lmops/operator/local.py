@@ -89,13 +89,15 @@ class OperatorProcess:
 
 
 def start_operator(kubeconfig: Path, namespace: str, tracking_uri: str, work: Path, *, poll_s: float = 2.0,
-                   webhook_port: int | None = None, webhook_secret: str | None = None) -> OperatorProcess:
-    """`lmops operator` for one namespace in its own process group, its log in ``work``."""
+                   webhook_port: int | None = None, webhook_secret: str | None = None,
+                   env: dict[str, str] | None = None) -> OperatorProcess:
+    """`lmops operator` for one namespace in its own process group, its log in ``work``; ``env``: more
+    environment (e.g. LMOPS_FAILPOINT for the kill tests)."""
     work.mkdir(parents=True, exist_ok=True)
     log = work / f"operator-{uuid.uuid4().hex[:6]}.log"
     cmd = [sys.executable, "-m", "lmops.cli", "operator", "--namespace", namespace, "--tracking-uri", tracking_uri,
            "--poll-seconds", str(poll_s), "--runs-dir", str(work / "runs")]
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", **(env or {})}
     if webhook_port:
         cmd += ["--webhook-port", str(webhook_port)]
         env[SECRET_ENV] = webhook_secret or ""

@@ -48,9 +48,32 @@ def load_handlers(path: Path = HANDLERS) -> None:
     spec.loader.exec_module(module)  # registers the handlers with kopf's default registry
 
 
+def release_finalizers(namespaces: list[str], client=None) -> list[str]:
+    """Drop the operator's finalizer from every LMTrainingJob and ModelDeployment in ``namespaces``: for an
+    operator uninstalled for good (the chart's pre-delete hook), whose objects could otherwise never be
+    deleted -- nor their namespace, which stays Terminating. Returns "Kind namespace/name" per object."""
+    from lmops import kube
+    from lmops.crd import API_VERSION
+
+    released = []
+    for ns in namespaces:
+        for kind in ("LMTrainingJob", "ModelDeployment"):
+            for obj in kube.list_objects(API_VERSION, kind, ns, client=client)[0]:
+                name = obj["metadata"]["name"]
+                if kube.remove_finalizers(API_VERSION, kind, name, ns, client=client):
+                    released.append(f"{kind} {ns}/{name}")
+    return released
+
+
 def run(args) -> int:
     import kopf
 
+    if args.release_finalizers:
+        if not args.namespace:
+            raise LmopsError("--release-finalizers needs the namespaces (--namespace, repeatable)")
+        released = release_finalizers(args.namespace)
+        print("released the lmops finalizer of: " + (", ".join(released) if released else "nothing"))
+        return 0
     settings = settings_from(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     runtime.configure(settings)

@@ -7,8 +7,10 @@ the first version. A move made outside lmops (the MLflow UI) is noticed at the n
 rollback and recorded as ``external``, so the stack stays true to what was actually served.
 
 Order of writes: the alias moves first, then the history tag. A crash in between leaves an alias
-whose move is missing from the history, which the next call records as ``external`` — never a
-history that claims a move that did not happen.
+whose move is missing from the history: a retry of the same move records it (it happened), any other
+call records it as ``external`` -- never a history that claims a move that did not happen. The
+operator records the moves it sees (``record_seen_move``) as they happen, so the previous holder of
+every move is known, the first set included.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from lmops.failpoints import failpoint
 from lmops.registry.server import get_alias, get_version, refused, validate_alias, validate_name
 from lmops.registry.tracking import RegistryError
 
@@ -88,29 +91,68 @@ class AliasMove:
 
 def move_alias(client, server: str, name: str, alias: str, version: str, *, action: str,
                reason: str | None = None, limit: int = 50, extra: dict[str, Any] | None = None) -> AliasMove:
-    """Point ``alias`` at ``version`` and append the move to the alias history (no gate checks here)."""
+    """Point ``alias`` at ``version`` and append the move to the alias history (no gate checks here).
+
+    Idempotent: when the alias already points at ``version`` but the history does not say so (a move
+    interrupted between its two writes, or one made outside lmops), the move is recorded now, once."""
     validate_name(name)
     validate_alias(alias)
     current = get_alias(client, server, name, alias)
     previous = current.version if current is not None else None
     with refused(f"model {name!r}: reading the history of alias {alias!r}", server):
         history = read_history(client, name, alias)
-    entries = _external_moves(history, previous)
-    if previous == str(version) and not entries:
-        return AliasMove(name, alias, str(version), previous, action, changed=False)
-    with refused(f"model {name!r}: setting alias {alias!r} to version {version}", server):
-        if previous != str(version):
+    top = _top(history)
+    if previous == str(version):
+        if top == str(version):
+            return AliasMove(name, alias, str(version), previous, action, changed=False)
+        entries = [_entry(action, version, top, reason, extra)]  # moved, never recorded: record it now
+    else:
+        entries = _external_moves(history, previous)
+        with refused(f"model {name!r}: setting alias {alias!r} to version {version}", server):
             client.set_registered_model_alias(name, alias, str(version))
-        entries.append({"action": action, "version": str(version), "previous": previous, "at": now_iso(),
-                        "by": _user(), **({"reason": reason} if reason else {}), **(extra or {})})
+        failpoint("alias.moved")
+        entries.append(_entry(action, version, previous, reason, extra))
+    with refused(f"model {name!r}: recording the move of alias {alias!r} to version {version}", server):
         _write_history(client, name, alias, history + entries, limit)
     return AliasMove(name, alias, str(version), previous, action, changed=previous != str(version))
 
 
+def record_seen_move(client, server: str, name: str, alias: str, version: str | None,
+                     last_seen: str | None) -> bool:
+    """Record a move of ``alias`` to ``version`` (None: removed) that someone else made -- MLflow's UI or
+    client -- as seen by the operator, whose ``last_seen`` version is the previous holder when the history
+    knows none (the first set). True when an entry was written; a move already recorded writes nothing."""
+    with refused(f"model {name!r}: reading the history of alias {alias!r}", server):
+        history = read_history(client, name, alias)
+    top = _top(history)
+    if top == (None if version is None else str(version)):
+        return False
+    previous = top if top is not None else last_seen
+    if version is None:
+        entry = {"action": "unset", "version": None, "previous": previous, "at": now_iso(),
+                 "note": "alias removed outside lmops"}
+    else:
+        entry = {"action": "external", "version": str(version), "previous": previous, "at": now_iso(),
+                 "note": "alias moved outside lmops (seen by the operator)"}
+    with refused(f"model {name!r}: recording the move of alias {alias!r} to version {version}", server):
+        _write_history(client, name, alias, history + [entry], 50)
+    return True
+
+
+def _top(history: list[dict[str, Any]]) -> str | None:
+    stack = holder_stack(history)
+    return stack[-1] if stack else None
+
+
+def _entry(action: str, version: str, previous: str | None, reason: str | None,
+           extra: dict[str, Any] | None) -> dict[str, Any]:
+    return {"action": action, "version": str(version), "previous": previous, "at": now_iso(), "by": _user(),
+            **({"reason": reason} if reason else {}), **(extra or {})}
+
+
 def _external_moves(history: list[dict[str, Any]], current: str | None) -> list[dict[str, Any]]:
     """An entry for an alias move made outside lmops, when the current holder differs from the record."""
-    stack = holder_stack(history)
-    top = stack[-1] if stack else None
+    top = _top(history)
     if current == top:
         return []
     if current is None:
@@ -150,9 +192,10 @@ def promote(client, server: str, name: str, version: str, alias: str, *, force: 
                 client.set_model_version_tag(name, str(version), key, value)
     move = move_alias(client, server, name, alias, str(version), action="promote", reason=reason, limit=limit,
                       extra={"forced": True} if forced else None)
-    if move.changed:
+    promoted_at = f"lmops.alias.{alias}.promoted_at"
+    if move.changed or promoted_at not in (mv.tags or {}):  # a retry writes what a crash left out
         with refused(f"model {name!r} version {version}: tagging the promotion", server):
-            client.set_model_version_tag(name, str(version), f"lmops.alias.{alias}.promoted_at", now_iso())
+            client.set_model_version_tag(name, str(version), promoted_at, now_iso())
     return move
 
 

@@ -1,7 +1,12 @@
-"""What the operator reads and writes in the registry during a rollout (idempotent, each call alone).
+"""What the operator reads and writes in the registry during a rollout.
 
-- ``alias_version``: where an alias points now (the poll that is the truth; webhooks only wake it)
-- ``revert_alias``:  move the alias off a rejected version, only if it is still there
+Every write here is idempotent and its values come from the operator's recorded status, so a retry
+after a kill anywhere writes what is missing and nothing twice:
+
+- ``alias_version``:  where an alias points now (the poll that is the truth; webhooks only wake it)
+- ``record_seen``:    a move of the alias that the operator saw, into the alias history
+- ``revert_alias``:   the alias back off a rejected version (unless someone moved it elsewhere), its
+                      history entry, and the rejected version's rollback tags
 - ``record_outcome``: a rollout outcome as tags on the version (same tags for the same history entry)
 """
 
@@ -9,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmops.registry.aliases import move_alias, now_iso
+from lmops.failpoints import failpoint
+from lmops.registry.aliases import move_alias, record_seen_move
 from lmops.registry.server import _model_exists, connect, get_alias, refused
 
 OUTCOME_PREFIX = "lmops.rollout"
@@ -25,30 +31,49 @@ def alias_version(tracking_uri: str | None, name: str, alias: str) -> str | None
     return None if mv is None else str(mv.version)
 
 
-def revert_alias(tracking_uri: str | None, name: str, alias: str, from_version: str, to_version: str,
-                 reason: str) -> bool:
-    """Point ``alias`` back at ``to_version`` if it still points at ``from_version``; True when moved.
+def record_seen(tracking_uri: str | None, name: str, alias: str, version: str | None, last_seen: str | None) -> bool:
+    """The alias history gains the move to ``version`` unless it already ends there; True when written."""
+    server, client = connect(tracking_uri, attempts=2)
+    return record_seen_move(client, server, name, alias, version, last_seen)
 
-    The move is recorded in the alias history (action ``rollback``) like `lmops rollback`'s, and the
-    rejected version is tagged with when and why."""
+
+def revert_alias(tracking_uri: str | None, name: str, alias: str, from_version: str, to_version: str,
+                 reason: str, at: str) -> bool:
+    """Point ``alias`` back at ``to_version`` if it is on ``from_version`` (or already back: then the move's
+    history entry is written if a kill left it out), and tag ``from_version`` with when (``at``, the
+    decision's time) and why. A user who moved the alias elsewhere meanwhile wins: the alias stays,
+    the tags are still written. True when the alias is (now) on ``to_version``."""
     server, client = connect(tracking_uri, attempts=2)
     current = get_alias(client, server, name, alias)
-    if current is None or str(current.version) != str(from_version):
-        return False  # someone moved it meanwhile (or we already did): theirs is the newer intent
-    move_alias(client, server, name, alias, str(to_version), action="rollback", reason=reason)
-    with refused(f"model {name!r} version {from_version}: recording the rollback", server):
-        client.set_model_version_tag(name, str(from_version), f"lmops.alias.{alias}.rolled_back_at", now_iso())
-        client.set_model_version_tag(name, str(from_version), f"lmops.alias.{alias}.rollback_reason", reason[:5000])
-    return True
+    back = current is not None and str(current.version) in (str(from_version), str(to_version))
+    if back:
+        move_alias(client, server, name, alias, str(to_version), action="rollback", reason=reason,
+                   extra={"rejected": str(from_version)})
+    failpoint("revert.history_written")
+    _tag_missing(client, server, name, str(from_version), {f"lmops.alias.{alias}.rolled_back_at": at,
+                                                           f"lmops.alias.{alias}.rollback_reason": reason[:5000]},
+                 "recording the rollback")
+    return back
 
 
 def record_outcome(tracking_uri: str | None, name: str, entry: dict[str, Any], deployment: str) -> None:
     """Tags on the entry's version: ``lmops.rollout.<outcome>`` = reason, plus the last outcome and where."""
     server, client = connect(tracking_uri, attempts=2)
-    version = str(entry["version"])
-    tags = {f"{OUTCOME_PREFIX}.outcome": entry["outcome"], f"{OUTCOME_PREFIX}.reason": entry.get("reason", "")[:5000],
+    reason = entry.get("reason", "")[:5000]
+    tags = {f"{OUTCOME_PREFIX}.outcome": entry["outcome"], f"{OUTCOME_PREFIX}.reason": reason,
             f"{OUTCOME_PREFIX}.at": entry["time"], f"{OUTCOME_PREFIX}.deployment": deployment,
-            f"{OUTCOME_PREFIX}.{entry['outcome'].lower()}": entry.get("reason", "")[:5000]}
-    with refused(f"model {name!r} version {version}: recording rollout outcome {entry['outcome']}", server):
+            f"{OUTCOME_PREFIX}.{entry['outcome'].lower()}": reason}
+    _tag_missing(client, server, name, str(entry["version"]), tags, f"recording rollout outcome {entry['outcome']}")
+
+
+def _tag_missing(client, server: str, name: str, version: str, tags: dict[str, str], what: str) -> None:
+    """Write the tags whose value differs on the version (one read, then only what is missing)."""
+    with refused(f"model {name!r} version {version}: {what}", server):
+        have = client.get_model_version(name, version).tags or {}
+        written = 0
         for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, value)
+            if have.get(key) != value:
+                if written:
+                    failpoint("tags.partly_written")
+                client.set_model_version_tag(name, version, key, value)
+                written += 1

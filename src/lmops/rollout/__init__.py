@@ -12,10 +12,11 @@ action.
 """
 
 from lmops.rollout.deployment import (ApplyService, Decision, DesiredService, GateInputs, Notify, Observed,
-                                      RevertAlias, ServiceState, decide, desired_service, invalid_spec,
-                                      needs_gates)
+                                      RecordAliasMove, RevertAlias, ServiceState, decide, desired_service,
+                                      invalid_spec, needs_gates)
 from lmops.rollout.training import RunState, StartRun, TrainingDecision, decide_training
 
-__all__ = ["ApplyService", "Decision", "DesiredService", "GateInputs", "Notify", "Observed", "RevertAlias",
+__all__ = ["ApplyService", "Decision", "DesiredService", "GateInputs", "Notify", "Observed", "RecordAliasMove",
+           "RevertAlias",
            "RunState", "ServiceState", "StartRun", "TrainingDecision", "decide", "decide_training",
            "desired_service", "invalid_spec", "needs_gates"]

@@ -8,9 +8,11 @@ Phases::
                                  +------ traffic (and alias) back on the stable version ------------+
 
 What the status says is what should be: ``desired_service(status)`` is the InferenceService to apply,
-``RevertAlias`` follows from ``phase: RollingBack`` and ``rejectedVersion``, ``Notify`` from history
+``RevertAlias`` follows from ``phase: RollingBack`` and a ``lastRollback`` whose alias is not yet
+reverted, ``RecordAliasMove`` from an alias that moved since ``aliasVersion``, ``Notify`` from history
 entries past ``notifiedSeq``. So the operator records a decision, then acts; killed in between, it
-derives the same actions from the recorded status, and the transition itself is never repeated.
+derives the same actions from the recorded status (each writes only what is missing), and the
+transition itself is never repeated.
 """
 
 from __future__ import annotations
@@ -99,12 +101,25 @@ class ApplyService:
 @dataclass(frozen=True)
 class RevertAlias:
     """Move the alias from ``from_version`` (the rejected one) back to ``to_version``, only if it is
-    still on ``from_version`` (a user who moved it meanwhile wins)."""
+    still on ``from_version`` (a user who moved it meanwhile wins), and tag the rejected version with
+    the decision's time ``at`` and ``reason``. Done: the operator sets ``lastRollback.aliasReverted``."""
 
     alias: str
     from_version: str
     to_version: str
     reason: str
+    at: str
+
+
+@dataclass(frozen=True)
+class RecordAliasMove:
+    """Write a move of the alias that the operator saw (to ``version``; None: removed) into the alias
+    history, with ``last_seen`` as the previous holder where the history knows none. Done: the operator
+    sets ``aliasVersion`` to ``version``."""
+
+    alias: str
+    version: str | None
+    last_seen: str | None
 
 
 @dataclass(frozen=True)
@@ -162,6 +177,7 @@ def decide(spec: ModelDeploymentSpec, status: dict[str, Any], obs: Observed, gen
     set_condition(s, "SpecValid", True, "Valid", "", obs.now, generation)
     requeue = _transition(spec, s, obs)
     _conditions(s, obs)
+    _serving(s)
     return Decision(s, _derived(s, spec, obs), requeue)
 
 
@@ -290,7 +306,8 @@ def _fail(spec: ModelDeploymentSpec, s: dict[str, Any], obs: Observed, gate: str
     if gate == "ready" and not s.get("gateResults"):
         s["gateResults"] = [{"gate": "ready", "passed": False, "message": message, "at": iso(obs.now)}]
     append_history(s, canary, "RolledBack", reason, obs.now, spec.history_limit)
-    s.update(phase=ROLLING_BACK, rejectedVersion=canary, rollbackReason=reason)
+    s.update(phase=ROLLING_BACK, rejectedVersion=canary,
+             lastRollback={"version": canary, "reason": reason, "time": iso(obs.now)})
     _clear_canary(s)
     return 0.0
 
@@ -298,8 +315,7 @@ def _fail(spec: ModelDeploymentSpec, s: dict[str, Any], obs: Observed, gate: str
 def _finish_rollback(spec: ModelDeploymentSpec, s: dict[str, Any], obs: Observed) -> float | None:
     svc = obs.service
     traffic_back = svc is not None and svc.applied == desired_service(s)
-    alias_back = not (spec.rollback.revert_alias and _follows_alias(spec)) or obs.alias != s.get("rejectedVersion")
-    if traffic_back and alias_back:
+    if traffic_back and not _revert_pending(spec, s):
         s["phase"] = STABLE
         return None
     return RECHECK_S
@@ -307,6 +323,13 @@ def _finish_rollback(spec: ModelDeploymentSpec, s: dict[str, Any], obs: Observed
 
 def _follows_alias(spec: ModelDeploymentSpec) -> bool:
     return spec.model.version is None
+
+
+def _revert_pending(spec: ModelDeploymentSpec, s: dict[str, Any]) -> bool:
+    """The rollback's alias revert (and its MLflow records) is still to be done."""
+    last = s.get("lastRollback") or {}
+    return (spec.rollback.revert_alias and _follows_alias(spec) and bool(last)
+            and not last.get("aliasReverted") and bool(s.get("stableVersion")))
 
 
 def evaluate_gates(spec: ModelDeploymentSpec, g: GateInputs) -> list[GateCheck]:
@@ -364,9 +387,22 @@ def _conditions(s: dict[str, Any], obs: Observed) -> None:
         set_condition(s, "Progressing", True, "Canary", f"version {s['canaryVersion']} at step"
                       f" {s['currentStep'] + 1} ({s['canaryTrafficPercent']}% of traffic)", now)
     elif s.get("phase") == ROLLING_BACK:
-        set_condition(s, "Progressing", True, "RollingBack", s.get("rollbackReason", ""), now)
+        set_condition(s, "Progressing", True, "RollingBack", (s.get("lastRollback") or {}).get("reason", ""), now)
     else:
         set_condition(s, "Progressing", False, "Idle", "", now)
+
+
+def _serving(s: dict[str, Any]) -> None:
+    """``status.serving``: what serves, as `kubectl get modeldeployments` shows it (``v3``, ``v4 20%``)."""
+    serving = {}
+    if s.get("stableVersion"):
+        serving["stable"] = f"v{s['stableVersion']}"
+    if s.get("phase") == PROGRESSING and s.get("canaryVersion"):
+        serving["canary"] = f"v{s['canaryVersion']} {s.get('canaryTrafficPercent', 0)}%"
+    if serving:
+        s["serving"] = serving
+    else:
+        s.pop("serving", None)
 
 
 def _derived(s: dict[str, Any], spec: ModelDeploymentSpec | None, obs: Observed | None) -> list[Any]:
@@ -375,11 +411,14 @@ def _derived(s: dict[str, Any], spec: ModelDeploymentSpec | None, obs: Observed 
     desired = desired_service(s)
     if desired is not None and (obs is None or obs.service is None or obs.service.applied != desired):
         actions.append(ApplyService(desired))
-    if (spec is not None and obs is not None and s.get("phase") == ROLLING_BACK and spec.rollback.revert_alias
-            and _follows_alias(spec) and obs.alias is not None and obs.alias == s.get("rejectedVersion")
-            and s.get("stableVersion")):
-        actions.append(RevertAlias(spec.model.alias, s["rejectedVersion"], s["stableVersion"],
-                                   s.get("rollbackReason", "rolled back")))
+    reverting = spec is not None and s.get("phase") == ROLLING_BACK and _revert_pending(spec, s)
+    if (spec is not None and obs is not None and _follows_alias(spec) and obs.alias != s.get("aliasVersion")
+            and not reverting):  # the revert records its own move (and one made meanwhile, as external)
+        actions.append(RecordAliasMove(spec.model.alias, obs.alias, s.get("aliasVersion")))
+    if reverting:
+        last = s["lastRollback"]
+        actions.append(RevertAlias(spec.model.alias, last["version"], s["stableVersion"], last["reason"],
+                                   last["time"]))
     for entry in s.get("history") or []:
         if entry["seq"] > s.get("notifiedSeq", 0):
             actions.append(Notify(dict(entry)))
