@@ -54,7 +54,7 @@ def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "lmops.cli", "serve", "-c", str(config_path), "--model", model_uri]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **registry_env(cfg)})
     base = f"http://{'127.0.0.1' if serve.host in ('0.0.0.0', '') else serve.host}:{port}"
     urls = protocol_urls(base, serve.model_name)
     try:
@@ -68,6 +68,15 @@ def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
                 "log": str(log_path), "config": str(config_path), "protocols": urls, "smoke": smoke}
     _write_json(out / ENDPOINT_FILE, endpoint)
     return endpoint
+
+
+def registry_env(cfg: Config) -> dict[str, str]:
+    """What the model server needs to resolve a ``models:/`` URI itself: the MLflow server this run was given
+    (``registry.tracking_uri``, which the pipeline's ``mlflow_tracking_uri`` parameter sets), else the
+    environment's. Without it a run given the server only as a parameter deploys a server that cannot find
+    its model."""
+    uri = cfg.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return {"MLFLOW_TRACKING_URI": uri} if uri else {}
 
 
 def _wait_ready(proc: subprocess.Popen, ready_url: str, timeout: float, log_path: Path) -> None:
