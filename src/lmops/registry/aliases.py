@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from lmops.registry import alias_history
 from lmops.registry.server import get_alias, get_version, refused, validate_alias, validate_name
 from lmops.registry.tracking import RegistryError
+from lmops.registry.version_page import gate_reasons
 
 GATE_PASSED = "lmops.gate.passed"
 
@@ -104,6 +106,7 @@ def move_alias(client, server: str, name: str, alias: str, version: str, *, acti
         entries.append({"action": action, "version": str(version), "previous": previous, "at": now_iso(),
                         "by": _user(), **({"reason": reason} if reason else {}), **(extra or {})})
         _write_history(client, name, alias, history + entries, limit)
+        alias_history.publish(client, name)  # the same history as a table on the model's page
     return AliasMove(name, alias, str(version), previous, action, changed=previous != str(version))
 
 
@@ -132,8 +135,7 @@ def promote(client, server: str, name: str, version: str, alias: str, *, force: 
     passed = (mv.tags or {}).get(GATE_PASSED)
     if passed != "true" and not force:
         why = "no gate verdict" if passed is None else f"{GATE_PASSED}={passed}"
-        reasons = (mv.tags or {}).get("lmops.gate.reasons", "")
-        first_fail = next((r for r in reasons.splitlines() if r.startswith("FAIL")), None)
+        first_fail = next((r for r in gate_reasons(mv) if r.startswith("FAIL")), None)
         raise PromotionRefused(
             f"refusing to promote model {name!r} version {version} to {alias!r}: {why}"
             + (f" ({first_fail})" if first_fail else "")
