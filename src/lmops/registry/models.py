@@ -166,7 +166,7 @@ def register_variants(variants: list[Variant], cfg: RegistryConfig, *, config_di
         raise RegistryError(f"model {name!r}: nothing to register (no variants given)")
     if len({v.name for v in variants}) != len(variants):
         raise RegistryError(f"model {name!r}: variant names must be unique, got {[v.name for v in variants]}")
-    common = {"lmops.code_version": code_version(), "lmops.registered_by": "lmops " + __version__}
+    common = {"lmops.code_version": code_version()}
     run_id = pipeline_run_id or os.environ.get("LMOPS_PIPELINE_RUN_ID")
     if run_id:
         common["lmops.pipeline_run_id"] = run_id
