@@ -30,7 +30,7 @@ TASKS = ["resolve-config", "build", "tokenize", "train", "evaluate", "compress",
 
 
 @pytest.fixture(scope="module")
-def uploaded_run(tmp_path_factory, mlflow_server, ray_address):
+def uploaded_run(tmp_path_factory, mlflow_server, ray_address, micro_stage_cache):
     from kfp import components, local
 
     root = tmp_path_factory.mktemp("uploaded-yaml")
@@ -48,7 +48,7 @@ def uploaded_run(tmp_path_factory, mlflow_server, ray_address):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"), raise_on_error=True)
     try:
         pipeline(config="micro", overrides=MICRO, model_name=MODEL, sources=[str(corpus)], launcher="local",
-                 deploy_target="local", mlflow_tracking_uri=mlflow_server, cache_dir=str(root / "cache"))
+                 deploy_target="local", mlflow_tracking_uri=mlflow_server, cache_dir=str(micro_stage_cache))
         yield task_rows(root / "kfp")
     finally:
         servers.stop_all()
@@ -65,7 +65,9 @@ def client(mlflow_server):
 def test_every_task_of_the_uploaded_yaml_succeeds_and_deploy_serves(uploaded_run, mlflow_server):
     rows = uploaded_run
     assert sorted(rows) == sorted(TASKS), rows.keys()
-    assert all(rows[t]["status"] == "ran" for t in TASKS), {t: rows[t]["status"] for t in TASKS}
+    # the stages before register may come from the stage cache test_local_run.py filled (same content)
+    assert all(rows[t]["status"] in ("ran", "cached") for t in TASKS), {t: rows[t]["status"] for t in TASKS}
+    assert rows["register"]["status"] == rows["deploy"]["status"] == "ran"
     assert rows["register"]["model_uri"].startswith(f"models:/{MODEL}/")
     # the model server deploy started was given the run's MLflow server (it resolved models:/ with it)
     endpoint = servers.running()["serve-lmops"]
