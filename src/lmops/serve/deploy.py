@@ -23,7 +23,7 @@ import yaml
 
 from lmops.config import Config
 from lmops.processes import stop_group
-from lmops.serve.endpoint import DeployError, protocol_urls, smoke_test, tail, wait_ready, with_port
+from lmops.serve.endpoint import DeployError, protocol_urls, registry_env, smoke_test, tail, wait_ready, with_port
 
 ENDPOINT_FILE = "endpoint.json"
 
@@ -68,15 +68,6 @@ def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
                 "log": str(log_path), "config": str(config_path), "protocols": urls, "smoke": smoke}
     _write_json(out / ENDPOINT_FILE, endpoint)
     return endpoint
-
-
-def registry_env(cfg: Config) -> dict[str, str]:
-    """What the model server needs to resolve a ``models:/`` URI itself: the MLflow server this run was given
-    (``registry.tracking_uri``, which the pipeline's ``mlflow_tracking_uri`` parameter sets), else the
-    environment's. Without it a run given the server only as a parameter deploys a server that cannot find
-    its model."""
-    uri = cfg.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return {"MLFLOW_TRACKING_URI": uri} if uri else {}
 
 
 def _wait_ready(proc: subprocess.Popen, ready_url: str, timeout: float, log_path: Path) -> None:
@@ -149,7 +140,7 @@ def _with_registry(cfg: Config, model_uri: str):
     credentials (user:password@host): those never go into a manifest."""
     from urllib.parse import urlsplit
 
-    uri = cfg.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = registry_env(cfg).get("MLFLOW_TRACKING_URI")
     if not (model_uri.startswith("models:/") and uri) or "MLFLOW_TRACKING_URI" in cfg.deploy.env \
             or "@" in urlsplit(uri).netloc:
         return cfg.deploy
