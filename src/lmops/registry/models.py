@@ -12,8 +12,9 @@ tags to filter on: variant, gate verdict, the lineage digests, config digest, co
 All or nothing: every input is verified before the server is touched; runs and artifacts are all
 logged before the first version is created; each version is created with all of its tags in one call
 (so a version that exists is complete); and if anything fails, the versions, logged models and runs this
-call made are deleted again (metrics already added to a training run that existed before stay). Re-registering a directory whose content is already a version of the same variant
-reuses that version (content-addressed, like the stages), so a retried pipeline step adds nothing.
+call made are deleted again (metrics already added to a training run that existed before stay).
+Re-registering a directory whose content is already a version of the same variant reuses that version
+(content-addressed, like the stages), so a retried pipeline step adds nothing.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ PYFUNC_CODE = Path(__file__).with_name("hf_pyfunc.py")
 # logged with every version (MLflow code_paths): hf_pyfunc.py loads int8 directories with it
 INT8_LOADER = Path(__file__).resolve().parent.parent / "compress" / "int8_format.py"
 HF_ARTIFACT = "hf_model"  # the artifact key in hf_pyfunc.py
-MODEL_PATH = "model"  # where the MLflow model sits inside its run's artifacts
+MODEL_PATH = "model"  # the MLflow model's folder while it is staged for upload
 REQUIRED_FILES = ("config.json",)
 
 
