@@ -314,11 +314,12 @@ def _log_model(client, cfg: RegistryConfig, run: source_runs.SourceRun, p: _Prep
         client.log_outputs(run.run_id, [LoggedModelOutput(model.model_id, step=0)])
         now = int(time.time() * 1000)
         # the evaluation as metrics of the model (its page) and the run (the run page's metrics)
+        # the test split they were measured on, where eval.json names its tokens (MLflow wants both or neither)
         tokens = v.metrics.get("tokens_digest")
-        client.log_batch(run.run_id, metrics=[
-            Metric(k, x, now, 0, model_id=model.model_id, dataset_name=v.metrics.get("split") or "test",
-                   dataset_digest=tokens[:36] if isinstance(tokens, str) else None)
-            for k, x in _numbers(v.metrics).items()])
+        dataset = ({"dataset_name": str(v.metrics.get("split") or "test"), "dataset_digest": tokens[:36]}
+                   if isinstance(tokens, str) and tokens else {})
+        client.log_batch(run.run_id, metrics=[Metric(k, x, now, 0, model_id=model.model_id, **dataset)
+                                              for k, x in _numbers(v.metrics).items()])
     except BaseException:
         _quietly(lambda: client.delete_logged_model(model.model_id))
         raise
