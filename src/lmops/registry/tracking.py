@@ -69,13 +69,15 @@ def client_for(uri: str):
 
 
 class TrainingRun:
-    """One MLflow run for a training stage: params at the start, metrics by step, artifacts at the end."""
+    """One MLflow run for a training stage: params (a nested config, flattened) at the start, metrics by step,
+    artifacts at the end."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]):
         check_reachable(uri)
         self.uri = uri
         self.client = client_for(uri)
-        self.run_id = self.client.create_run(experiment_id(self.client, experiment), run_name=run_name, tags=tags).info.run_id
+        exp_id = experiment_id(self.client, experiment)
+        self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         log_params(self.client, self.run_id, flat_params(params))
 
     @property
