@@ -5,9 +5,10 @@
 Starts its own local ``mlflow server`` (sqlite + local artifacts, own process group) unless
 ``--tracking-uri`` is given. Per model size:
 - ``register``: ``lmops.registry.register_variants`` of one variant — verify every file against the
-  manifest, health check, run + params + metrics, pyfunc model (HF directory inside), upload, model
-  version with all tags, candidate alias and its history. A fresh model name per repeat, so nothing is
-  reused.
+  manifest, health check, find the training run (recorded once, at the first registration), a logged
+  model of it (pyfunc, HF directory inside) with its metrics, lineage.json, upload, model version with its
+  tags and description, candidate alias, its history and the history table. A fresh model name per
+  repeat, so no version is reused.
 - ``baseline``: ``create_run`` + ``log_artifacts(model_dir)`` + ``set_terminated`` — the least any
   registration must do: get the same bytes onto the server.
 - ``reuse``: registering the same content again (a retried pipeline step), which finds the version.

@@ -160,6 +160,14 @@ def mlflow_server(tmp_path_factory):
         stop_process_group(proc)
 
 
+@pytest.fixture(scope="session")
+def micro_stage_cache(tmp_path_factory) -> Path:
+    """lmops' stage cache shared by the whole-pipeline runs on the micro config (tests/pipeline/test_local_run.py,
+    test_uploaded_yaml.py): the second module finds build to compress cached, as a second `make run` does,
+    instead of training again (minutes on 2 shared cores). Content-addressed: each still runs alone."""
+    return tmp_path_factory.mktemp("micro-stage-cache")
+
+
 # ---------------------------------------------------------------- Kubernetes (`lmops cluster`)
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory):

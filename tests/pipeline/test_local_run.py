@@ -32,9 +32,9 @@ def monkeypatch_module():
 
 
 @pytest.fixture(scope="module")
-def first_run(state, mlflow_server, ray_address):
+def first_run(state, mlflow_server, ray_address, micro_stage_cache):
     root, corpus = state
-    overrides = [*MICRO, f"cache_dir={root / 'cache'}"]
+    overrides = [*MICRO, f"cache_dir={micro_stage_cache}"]
     return run_pipeline("micro", overrides, model_name="lm-pipeline", sources=[str(corpus)],
                         tracking_uri=mlflow_server, ray_address=ray_address)
 
@@ -68,10 +68,10 @@ def test_the_whole_pipeline_runs_and_serves(first_run, mlflow_server):
 
 
 def test_a_second_run_reuses_cached_stages_and_the_server(first_run, state, mlflow_server, ray_address,
-                                                           tmp_path, monkeypatch):
+                                                           tmp_path, monkeypatch, micro_stage_cache):
     root, corpus = state
     old_pid = servers.running()["serve-lmops"]["pid"]
-    overrides = [*MICRO, f"cache_dir={root / 'cache'}"]
+    overrides = [*MICRO, f"cache_dir={micro_stage_cache}"]
     again = run_pipeline("micro", overrides, model_name="lm-pipeline",
                          sources=[str(corpus)], tracking_uri=mlflow_server, ray_address=ray_address)
     status = {r["stage"]: r["status"] for r in again["rows"]}
@@ -91,11 +91,11 @@ def test_a_second_run_reuses_cached_stages_and_the_server(first_run, state, mlfl
     assert not endpoint.get("reused") and servers.running()["serve-lmops"]["pid"] != old_pid
 
 
-def test_the_in_process_runner_runs_the_same_chain(first_run, state, mlflow_server, ray_address):
+def test_the_in_process_runner_runs_the_same_chain(first_run, state, mlflow_server, ray_address, micro_stage_cache):
     """No kfp, no task processes: the same steps, so the same cache keys (every stage before register is
     served by the kfp run's cache) and the same registered version."""
     root, corpus = state
-    overrides = [*MICRO, f"cache_dir={root / 'cache'}"]
+    overrides = [*MICRO, f"cache_dir={micro_stage_cache}"]
     s = run_pipeline("micro", overrides, model_name="lm-pipeline", sources=[str(corpus)], tracking_uri=mlflow_server,
                      ray_address=ray_address, runner="inprocess")
     assert [r["stage"] for r in s["rows"]] == [r["stage"] for r in first_run["rows"]], s["rows"]

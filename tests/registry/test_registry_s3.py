@@ -57,8 +57,10 @@ def test_artifacts_in_s3_and_a_failed_upload_leaves_nothing_behind(chain, s3_ser
 
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for o in page.get("Contents", [])]
-    assert any(k.endswith("/model/artifacts/hf_model/model.safetensors") for k in keys), keys
-    assert any(k.endswith("/model/MLmodel") for k in keys)
+    # the logged model's artifacts (models/<model id>/artifacts/ of the experiment), the run's lineage.json
+    assert any(k.endswith("/artifacts/artifacts/hf_model/model.safetensors") and "/models/m-" in k for k in keys), keys
+    assert any(k.endswith("/artifacts/MLmodel") and "/models/m-" in k for k in keys)
+    assert any(k.endswith("/artifacts/lineage.json") for k in keys)
     got = download_model(f"models:/{name}@candidate", tmp_path / "served", tracking_uri=url)
     assert verify(got).digest == read_manifest(chain.checkpoint).digest
 
@@ -78,11 +80,12 @@ def test_artifacts_in_s3_and_a_failed_upload_leaves_nothing_behind(chain, s3_ser
     assert client.get_model_version_by_alias(name, "candidate").version == "1"
     exp = client.get_experiment_by_name("s3-test")
     live = client.search_runs([exp.experiment_id])  # active runs only
-    assert [r.data.tags["lmops.variant"] for r in live] == ["fp32"]
+    # the training run fp32 was recorded in stays (it holds version 1); the pruned variant's run is gone
+    assert [r.data.tags["lmops.stage"] for r in live] == ["train"]
     from mlflow.entities import ViewType
 
     deleted = client.search_runs([exp.experiment_id], run_view_type=ViewType.DELETED_ONLY)
-    assert [r.data.tags["lmops.variant"] for r in deleted] == ["pruned"]
+    assert [(r.data.tags["lmops.stage"], r.data.tags["lmops.variant"]) for r in deleted] == [("compress", "pruned")]
 
     # a first registration under a new name fails the same way: not even the empty model is left
     other = cfg.model_copy(update={"model_name": f"{name}-new"})

@@ -14,8 +14,9 @@ class RegistryConfig(Section):
     """MLflow server (tracking and model registry); default: $MLFLOW_TRACKING_URI."""
     model_name: str = "lmops-lm"
     """Registered model name: letters, digits, '.', '_' and '-' (it also names Kubernetes objects)."""
-    experiment: str = "lmops-registry"
-    """MLflow experiment that holds the runs the registered versions are logged from."""
+    experiment: str | None = None
+    """MLflow experiment of the versions' source runs: where their training runs are found and compress runs
+    are recorded; default: ``train.experiment`` (where the train stage logs its runs)."""
     candidate_alias: str = "candidate"
     """Alias set on the best passing version of a registration."""
     champion_alias: str = "champion"

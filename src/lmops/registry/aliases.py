@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmops.failpoints import failpoint
+from lmops.registry import alias_history
 from lmops.registry.server import get_alias, get_version, refused, validate_alias, validate_name
 from lmops.registry.tracking import RegistryError
+from lmops.registry.version_page import gate_reasons
 
 GATE_PASSED = "lmops.gate.passed"
 
@@ -163,6 +165,7 @@ def _external_moves(history: list[dict[str, Any]], current: str | None) -> list[
 
 def _write_history(client, name: str, alias: str, history: list[dict[str, Any]], limit: int) -> None:
     client.set_registered_model_tag(name, history_tag(alias), json.dumps(history[-limit:], separators=(",", ":")))
+    alias_history.publish(client, name)  # the same history as a table on the model's page
 
 
 def promote(client, server: str, name: str, version: str, alias: str, *, force: bool = False,
@@ -174,8 +177,7 @@ def promote(client, server: str, name: str, version: str, alias: str, *, force: 
     passed = (mv.tags or {}).get(GATE_PASSED)
     if passed != "true" and not force:
         why = "no gate verdict" if passed is None else f"{GATE_PASSED}={passed}"
-        reasons = (mv.tags or {}).get("lmops.gate.reasons", "")
-        first_fail = next((r for r in reasons.splitlines() if r.startswith("FAIL")), None)
+        first_fail = next((r for r in gate_reasons(mv) if r.startswith("FAIL")), None)
         raise PromotionRefused(
             f"refusing to promote model {name!r} version {version} to {alias!r}: {why}"
             + (f" ({first_fail})" if first_fail else "")

@@ -7,14 +7,22 @@ int8/pruned/student -> checkpoint). The digests always come from the *downstream
 read for its counts, and only when its content digest still matches (a path can be overwritten by a
 later run — then its counts belong to other data and are not reported).
 
-No MLflow here: these functions turn manifests into tags and tags into printable lines.
+A version carries the chain twice: its digests as tags (``lmops.lineage.<role>.digest``, what people filter
+on) and the whole chain as ``lineage.json`` in its source run. The document holds no machine's absolute path:
+local paths are relative to the folder the stage outputs share (``storage``, a ``file://HOST/...`` URI), so
+the record reads the same wherever it is read, and ``lmops lineage`` on that host still finds the folders.
+Versions registered before lineage.json carry the whole chain as tags (``from_tags`` reads those).
+
+No MLflow here: these functions turn manifests into tags and documents, and those into printable lines.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lmops.manifest import Manifest, ManifestError, read_manifest
@@ -24,6 +32,7 @@ MODEL_DIGEST = f"{TAG}.model.digest"
 """Every version ``lmops register`` made has this tag; without it a version has no lineage to show."""
 # stage name -> role in the chain; any other stage (quantize, prune, distill...) is the "variant" link
 ROLES = {"train": "checkpoint", "tokenize": "tokens", "build": "dataset"}
+LINEAGE_FILE = "lineage.json"
 ORDER = ("variant", "checkpoint", "tokens", "dataset", "sources")
 # inputs followed first when a stage has several (a student has a teacher checkpoint and tokens)
 PREFERRED_INPUTS = ("checkpoint", "teacher", "model", "tokens", "dataset")
@@ -159,3 +168,65 @@ def format_counts(counts: dict[str, Any]) -> str:
         elif v is not None:
             parts.append(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}")
     return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- lineage.json and the digest tags
+def digest_tags(links: list[Link]) -> dict[str, str]:
+    """Only the digests of ``to_tags`` (the rest of the chain lives in lineage.json)."""
+    return {k: v for k, v in to_tags(links).items() if k.endswith(".digest")}
+
+
+def to_document(links: list[Link], host: str | None = None) -> dict[str, Any]:
+    """lineage.json: the chain, model first, with local paths relative to the folder they share."""
+    host = host or socket.gethostname()
+    local = [link.path for link in links if link.role != "sources" and _is_local(link.path)]
+    root = os.path.commonpath(local) if local else None
+    chain = []
+    for link in links:
+        entry = {k: v for k, v in vars(link).items() if v not in (None, {}, "")}
+        if link.role == "sources" and link.path:
+            entry["path"] = ",".join(_portable(p, root, host) for p in link.path.split(","))
+        elif _is_local(link.path):
+            entry["path"] = _portable(link.path, root, host)
+        if link.note:
+            entry["note"] = link.note.replace(link.path or "\0", entry.get("path", ""))
+        chain.append(entry)
+    return {"storage": f"file://{host}{root}" if root else None, "chain": chain}
+
+
+def from_document(doc: dict[str, Any], host: str | None = None) -> list[Link]:
+    """The chain of a lineage.json; paths under ``storage`` made local again when read on its host."""
+    storage = doc.get("storage") or ""
+    host = host or socket.gethostname()
+    prefix = f"file://{host}/"
+    root = storage[len(prefix) - 1:] if storage.startswith(prefix) else None
+    links = []
+    for entry in doc.get("chain", []):
+        link = Link(**{k: entry.get(k) for k in ("role", "digest", "path", "stage", "note")},
+                    counts=entry.get("counts") or {})
+        if link.path:
+            link.path = ",".join(_local(p, root, host) for p in link.path.split(","))
+        links.append(link)
+    return links
+
+
+def _is_local(path: str | None) -> bool:
+    return bool(path) and "://" not in path and os.path.isabs(path)
+
+
+def _portable(path: str, root: str | None, host: str) -> str:
+    """A path relative to the shared root when under it, a URI naming the host otherwise (URIs as they are)."""
+    if not _is_local(path):
+        return path
+    if root and (path == root or path.startswith(root.rstrip("/") + "/")):
+        return os.path.relpath(path, root)
+    return f"file://{host}{path}"
+
+
+def _local(path: str, root: str | None, host: str) -> str:
+    """Back to a path this machine can open: relative ones under the root (on its host), file:// of this host."""
+    if path.startswith(f"file://{host}/"):
+        return path[len(f"file://{host}"):]
+    if "://" in path or root is None:
+        return path
+    return str(PurePosixPath(root) / path)

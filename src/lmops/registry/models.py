@@ -1,15 +1,20 @@
 """Registering model directories as MLflow model versions, and fetching them back as directories.
 
-One version per variant (fp32, int8, pruned, student...). Each is logged from its own run as a pyfunc
-model whose artifact ``hf_model`` is the unchanged Hugging Face directory (manifest included), so the
-version loads with ``mlflow.pyfunc.load_model("models:/NAME@ALIAS")`` and downloads back into a
-directory any HF runtime serves.
+One version per variant (fp32, int8, pruned, student...). Each is an MLflow 3 logged model of the run that
+made it (lmops.registry.source_runs: the training run, or a compress run nested under it), so the UI's
+"Source run" of the version and "Registered models" of the run point at each other; its evaluation figures
+are metrics of that logged model and run, its lineage ``lineage.json`` in the run. The model is a pyfunc
+whose artifact ``hf_model`` is the unchanged Hugging Face directory (manifest included), so the version loads
+with ``mlflow.pyfunc.load_model("models:/NAME@ALIAS")`` and downloads back into a directory any HF runtime
+serves. The version's page carries a generated description (lmops.registry.version_page) and a handful of
+tags to filter on: variant, gate verdict, the lineage digests, config digest, code version, pipeline run.
 
 All or nothing: every input is verified before the server is touched; runs and artifacts are all
 logged before the first version is created; each version is created with all of its tags in one call
-(so a version that exists is complete); and if anything fails, the versions and runs this call made
-are deleted again. Re-registering a directory whose content is already a version of the same variant
-reuses that version (content-addressed, like the stages), so a retried pipeline step adds nothing.
+(so a version that exists is complete); and if anything fails, the versions, logged models and runs this
+call made are deleted again (metrics already added to a training run that existed before stay).
+Re-registering a directory whose content is already a version of the same variant reuses that version
+(content-addressed, like the stages), so a retried pipeline step adds nothing.
 """
 
 from __future__ import annotations
@@ -29,19 +34,20 @@ from typing import Any
 from lmops import __version__
 from lmops.config import REPO_ROOT, RegistryConfig, sha256_json
 from lmops.gates import GREATER_IS_BETTER, Verdict
-from lmops.manifest import ManifestError, link_copy, publish_dir, verify
-from lmops.registry import lineage
+from lmops.manifest import Manifest, ManifestError, link_copy, publish_dir, verify
+from lmops.registry import lineage, source_runs
+from lmops.registry.alias_history import INTRO
 from lmops.registry.aliases import GATE_PASSED, move_alias
 from lmops.registry.server import connect, parse_models_uri, refused, resolve, validate_alias, validate_name
 from lmops.registry.tracking import RegistryError
+from lmops.registry.version_page import describe
 
 PYFUNC_CODE = Path(__file__).with_name("hf_pyfunc.py")
 # logged with every version (MLflow code_paths): hf_pyfunc.py loads int8 directories with it
 INT8_LOADER = Path(__file__).resolve().parent.parent / "compress" / "int8_format.py"
 HF_ARTIFACT = "hf_model"  # the artifact key in hf_pyfunc.py
-MODEL_PATH = "model"  # where the MLflow model sits inside its run's artifacts
+MODEL_PATH = "model"  # the MLflow model's folder while it is staged for upload
 REQUIRED_FILES = ("config.json",)
-MAX_TAG = 5000  # keep tags readable in the UI (the server allows 100k)
 
 
 @dataclass
@@ -107,8 +113,13 @@ def default_pip_requirements() -> list[str]:
 @dataclass
 class _Prepared:
     variant: Variant
-    digest: str
+    manifest: Manifest
+    links: list[lineage.Link]
     tags: dict[str, str]
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
 
 
 def _prepare(v: Variant, common: dict[str, str]) -> _Prepared:
@@ -123,14 +134,12 @@ def _prepare(v: Variant, common: dict[str, str]) -> _Prepared:
         if not (model_dir / rel).is_file():
             raise RegistryError(f"refusing to register variant {v.name!r}: {model_dir} has no {rel} (not a HF model directory)")
     links = lineage.chain_from_manifests(model_dir, manifest)
-    tags = {**common, **lineage.to_tags(links), "lmops.variant": v.name, "lmops.model_digest": manifest.digest,
-            "lmops.model_dir": str(model_dir), GATE_PASSED: "true" if v.verdict.passed else "false",
-            "lmops.gate.reasons": "\n".join(v.verdict.reasons)[:MAX_TAG]}
+    # a handful of tags people filter on; the figures, verdicts and paths are metrics, description, lineage.json
+    tags = {**common, **lineage.digest_tags(links), "lmops.variant": v.name, "lmops.model_digest": manifest.digest,
+            GATE_PASSED: "true" if v.verdict.passed else "false"}
     if "lmops.config_digest" not in tags:
         tags["lmops.config_digest"] = sha256_json(manifest.config)
-    for k, value in _numbers(v.metrics).items():
-        tags[f"lmops.metric.{k}"] = repr(value)
-    return _Prepared(v, manifest.digest, tags)
+    return _Prepared(v, manifest, links, tags)
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
@@ -145,8 +154,12 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
 
 # ---------------------------------------------------------------- registration
 def register_variants(variants: list[Variant], cfg: RegistryConfig, *, config_digest: str | None = None,
-                      pipeline_run_id: str | None = None, tracking_uri: str | None = None) -> Registration:
-    """Register one version per variant under ``cfg.model_name``; alias the best passing one as candidate."""
+                      pipeline_run_id: str | None = None, tracking_uri: str | None = None,
+                      experiment: str | None = None) -> Registration:
+    """Register one version per variant under ``cfg.model_name``; alias the best passing one as candidate.
+
+    ``experiment``: where the training runs are found (the train stage's ``train.experiment``) and compress
+    runs are recorded; default ``cfg.experiment``, else ``lmops`` (train.experiment's default)."""
     started = time.perf_counter()
     name = validate_name(cfg.model_name)
     validate_alias(cfg.candidate_alias)
@@ -154,7 +167,7 @@ def register_variants(variants: list[Variant], cfg: RegistryConfig, *, config_di
         raise RegistryError(f"model {name!r}: nothing to register (no variants given)")
     if len({v.name for v in variants}) != len(variants):
         raise RegistryError(f"model {name!r}: variant names must be unique, got {[v.name for v in variants]}")
-    common = {"lmops.code_version": code_version(), "lmops.registered_by": "lmops " + __version__}
+    common = {"lmops.code_version": code_version()}
     run_id = pipeline_run_id or os.environ.get("LMOPS_PIPELINE_RUN_ID")
     if run_id:
         common["lmops.pipeline_run_id"] = run_id
@@ -172,34 +185,48 @@ def register_variants(variants: list[Variant], cfg: RegistryConfig, *, config_di
     with refused(f"model {name!r}: creating the registered model", server):
         created_model = _ensure_model(client, name)
         existing = _existing_versions(client, name)
+    experiment = experiment or cfg.experiment or "lmops"
     made_runs: list[str] = []
+    made_models: list[str] = []
     made_versions: list[str] = []
     try:
         logged = []
         for p in todo:
             reuse = existing.get((p.variant.name, p.digest, p.tags[GATE_PASSED]))
             if reuse is not None:
-                logged.append((p, reuse.run_id, None, reuse.version))
+                logged.append((p, None, reuse))
                 continue
             with refused(f"model {name!r} variant {p.variant.name!r}: logging {p.variant.model_dir}", server):
-                run_id, source = _log_run(client, cfg, name, p)
-            made_runs.append(run_id)
-            logged.append((p, run_id, source, None))
-        for p, run_id, source, version in logged:
-            if version is None:
+                run = _source_run(client, experiment, p)
+                if run.created:
+                    made_runs.append(run.run_id)
+                model_id = _log_model(client, cfg, run, p)
+            made_models.append(model_id)
+            logged.append((p, (run, model_id), None))
+        versions_by_digest = {tags_digest: mv.version for (_, tags_digest, _), mv in existing.items()}
+        for p, made, reuse in logged:
+            if made is not None:
+                run, model_id = made
+                description = describe(
+                    model=name, variant=p.variant.name, metrics=p.variant.metrics, passed=p.variant.verdict.passed,
+                    reasons=p.variant.verdict.reasons, run_name=run.name, parent_run=run.parent_name,
+                    parent_version=_parent_version(p, versions_by_digest), pipeline_run_id=p.tags.get("lmops.pipeline_run_id"))
                 with refused(f"model {name!r} variant {p.variant.name!r}: creating the model version", server):
-                    version = client.create_model_version(name, source, run_id=run_id, tags=p.tags,
-                                                          await_creation_for=60).version
-                made_versions.append(str(version))
-            result.versions.append(RegisteredVersion(p.variant.name, str(version), run_id, p.variant.verdict.passed,
-                                                     reused=source is None, model_digest=p.digest))
+                    reuse = client.create_model_version(name, f"models:/{model_id}", run_id=run.run_id, tags=p.tags,
+                                                        description=description, await_creation_for=60,
+                                                        model_id=model_id)
+                made_versions.append(str(reuse.version))
+            versions_by_digest[p.digest] = str(reuse.version)  # this registration's, for the variants after it
+            result.versions.append(RegisteredVersion(p.variant.name, str(reuse.version), reuse.run_id,
+                                                     p.variant.verdict.passed, reused=made is None,
+                                                     model_digest=p.digest))
         best = _best_passing(result.versions, [p.variant for p in todo], cfg.rank_by)
         if best is not None:
             move_alias(client, server, name, cfg.candidate_alias, best.version, action="register",
                        reason=f"best passing variant {best.variant!r} by {cfg.rank_by}", limit=cfg.history_limit)
             result.candidate = best.version
     except BaseException as e:
-        leftovers = _undo(client, name, made_versions, made_runs, created_model)
+        leftovers = _undo(client, name, made_versions, made_models, made_runs, created_model)
         if leftovers and isinstance(e, RegistryError):
             raise RegistryError(f"{e}; cleaning up also failed, left behind: {', '.join(leftovers)}") from e
         raise
@@ -212,8 +239,7 @@ def _ensure_model(client, name: str) -> bool:
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name, tags={"lmops.managed": "true"},
-                                       description="Language models registered by lmops (one version per variant)")
+        client.create_registered_model(name, tags={"lmops.managed": "true"}, description=INTRO)
         return True
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -235,24 +261,34 @@ def _existing_versions(client, name: str) -> dict[tuple[str, str, str], Any]:
     return out
 
 
-def _log_run(client, cfg: RegistryConfig, name: str, p: _Prepared) -> tuple[str, str]:
-    """A finished run holding the pyfunc model (with the HF directory inside), params and metrics."""
+def _source_run(client, experiment: str, p: _Prepared) -> source_runs.SourceRun:
+    """The training run of a trained checkpoint, else a compress run of the variant."""
+    if p.manifest.stage == "train":
+        return source_runs.training_run(client, experiment, Path(p.variant.model_dir), p.manifest)
+    return source_runs.compress_run(client, experiment, p.variant.name, Path(p.variant.model_dir), p.manifest)
+
+
+def _parent_version(p: _Prepared, versions_by_digest: dict[str, str]) -> str | None:
+    """The registered version of the checkpoint a compressed variant was made from (None for a checkpoint)."""
+    if p.manifest.stage == "train":
+        return None
+    checkpoint = next((link for link in p.links[1:] if link.role == "checkpoint"), None)
+    return versions_by_digest.get(checkpoint.digest) if checkpoint else None
+
+
+def _log_model(client, cfg: RegistryConfig, run: source_runs.SourceRun, p: _Prepared) -> str:
+    """The variant as a logged model of ``run`` (the pyfunc with the HF directory inside), its evaluation as
+    metrics of that model and run, its eval.json and lineage.json as the run's artifacts; returns the model id."""
     import mlflow.pyfunc
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import LoggedModelOutput, Metric
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-    exp = client.get_experiment_by_name(cfg.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
     v = p.variant
-    run = client.create_run(exp_id, run_name=f"register-{name}-{v.name}-{p.digest[:12]}",
-                            tags={k: val for k, val in p.tags.items() if not k.startswith("lmops.metric.")})
-    run_id = run.info.run_id
+    model = client.create_logged_model(run.experiment_id, name=v.name, source_run_id=run.run_id,
+                                       tags={"lmops.variant": v.name, "lmops.model_digest": p.digest},
+                                       model_type="causal-lm")
     try:
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(x), now, 0) for k, x in _numbers(v.metrics).items()],
-                         params=[Param("variant", v.name), Param("model_dir", str(v.model_dir)[:6000]),
-                                 Param("model_digest", p.digest)])
         signature = ModelSignature(
             inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
             params=ParamSchema([ParamSpec("max_new_tokens", "long", 32), ParamSpec("do_sample", "boolean", False),
@@ -268,14 +304,31 @@ def _log_run(client, cfg: RegistryConfig, name: str, p: _Prepared) -> tuple[str,
                                      artifacts={HF_ARTIFACT: str(Path(tmp) / HF_ARTIFACT)},
                                      pip_requirements=cfg.pip_requirements or default_pip_requirements(),
                                      signature=signature, metadata={"lmops.variant": v.name, "lmops.model_digest": p.digest})
-            (Path(tmp) / "eval.json").write_text(json.dumps(v.metrics, indent=2, sort_keys=True, default=str) + "\n")
-            client.log_artifacts(run_id, str(local), MODEL_PATH)
-            client.log_artifact(run_id, str(Path(tmp) / "eval.json"))
-        client.set_terminated(run_id, "FINISHED")
+            client.log_model_artifacts(model.model_id, str(local))
+            (Path(tmp) / "eval.json").write_text(json.dumps(_portable_eval(v.metrics), indent=2, sort_keys=True,
+                                                            default=str) + "\n")
+            (Path(tmp) / lineage.LINEAGE_FILE).write_text(json.dumps(lineage.to_document(p.links), indent=2) + "\n")
+            client.log_artifact(run.run_id, str(Path(tmp) / "eval.json"))
+            client.log_artifact(run.run_id, str(Path(tmp) / lineage.LINEAGE_FILE))
+        client.finalize_logged_model(model.model_id, "READY")
+        client.log_outputs(run.run_id, [LoggedModelOutput(model.model_id, step=0)])
+        now = int(time.time() * 1000)
+        # the evaluation as metrics of the model (its page) and the run (the run page's metrics)
+        # the test split they were measured on, where eval.json names its tokens (MLflow wants both or neither)
+        tokens = v.metrics.get("tokens_digest")
+        dataset = ({"dataset_name": str(v.metrics.get("split") or "test"), "dataset_digest": tokens[:36]}
+                   if isinstance(tokens, str) and tokens else {})
+        client.log_batch(run.run_id, metrics=[Metric(k, x, now, 0, model_id=model.model_id, **dataset)
+                                              for k, x in _numbers(v.metrics).items()])
     except BaseException:
-        _quietly(lambda: client.delete_run(run_id))
+        _quietly(lambda: client.delete_logged_model(model.model_id))
         raise
-    return run_id, f"{run.info.artifact_uri.rstrip('/')}/{MODEL_PATH}"
+    return model.model_id
+
+
+def _portable_eval(metrics: dict[str, Any]) -> dict[str, Any]:
+    """eval.json as uploaded: the model directory it was measured on as its name, not this machine's path."""
+    return {**metrics, "model_dir": Path(metrics["model_dir"]).name} if metrics.get("model_dir") else metrics
 
 
 def _best_passing(versions: list[RegisteredVersion], variants: list[Variant], rank_by: str) -> RegisteredVersion | None:
@@ -289,12 +342,16 @@ def _best_passing(versions: list[RegisteredVersion], variants: list[Variant], ra
     return max(scored, key=lambda t: t[:2])[2] if scored else None
 
 
-def _undo(client, name: str, versions: list[str], runs: list[str], created_model: bool) -> list[str]:
+def _undo(client, name: str, versions: list[str], models: list[str], runs: list[str],
+          created_model: bool) -> list[str]:
     """Delete what this call created; returns what could not be deleted."""
     left = []
     for version in versions:
         if not _quietly(lambda: client.delete_model_version(name, version)):
             left.append(f"model {name!r} version {version}")
+    for model_id in models:
+        if not _quietly(lambda: client.delete_logged_model(model_id)):
+            left.append(f"logged model {model_id}")
     for run_id in runs:
         if not _quietly(lambda: client.delete_run(run_id)):
             left.append(f"run {run_id}")

@@ -20,10 +20,9 @@ from lmops.config import Config
 from lmops.gates import Verdict, check
 from lmops.manifest import ManifestError, verify
 from lmops.registry.models import Registration, Variant, register_variants
-from lmops.registry.server import connect, get_alias, not_found
+from lmops.registry.server import connect, get_alias, not_found, refused
 from lmops.registry.tracking import RegistryError
-
-METRIC_TAG = "lmops.metric."
+from lmops.registry.version_page import version_metrics
 
 
 def read_eval(path: str | Path) -> dict[str, Any]:
@@ -56,7 +55,8 @@ def champion_metrics(cfg: Config, tracking_uri: str | None = None) -> tuple[dict
     mv = get_alias(client, server, rc.model_name, rc.champion_alias)
     if mv is None:
         return None, None
-    metrics = {k[len(METRIC_TAG):]: float(v) for k, v in (mv.tags or {}).items() if k.startswith(METRIC_TAG)}
+    with refused(f"models:/{rc.model_name}@{rc.champion_alias}: reading its metrics", server):
+        metrics = version_metrics(client, mv)
     return metrics, f"models:/{rc.model_name}@{rc.champion_alias} (version {mv.version})"
 
 
@@ -76,7 +76,7 @@ def register_dir(model_dir: str | Path, eval_path: str | Path, cfg: Config, *, v
     if compressed is not None:
         todo += compressed_variants(Path(compressed), verdict)
     reg = register_variants(todo, cfg.registry, config_digest=cfg.digest(), pipeline_run_id=pipeline_run_id,
-                            tracking_uri=tracking_uri)
+                            tracking_uri=tracking_uri, experiment=cfg.registry.experiment or cfg.train.experiment)
     return reg, {"baseline": against, "passed": verdict.passed, "reasons": verdict.reasons}
 
 

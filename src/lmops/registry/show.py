@@ -1,12 +1,16 @@
-"""``lmops lineage``: a registered version's chain, read from its tags, checked against what is on disk."""
+"""``lmops lineage``: a registered version's chain, read from its source run's ``lineage.json`` (versions
+registered before that: from its tags), checked against what is on disk."""
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from lmops.manifest import ManifestError, read_manifest
 from lmops.registry import lineage
-from lmops.registry.server import connect, model_ref, resolve
+from lmops.registry.server import connect, model_ref, refused, resolve
 from lmops.registry.tracking import RegistryError
 
 
@@ -22,7 +26,7 @@ def describe_lineage(model: str, version: str | None = None, *, tracking_uri: st
         where = str(ref) if ref.version else f"{ref} (version {mv.version})"
         raise RegistryError(f"{where}: no lineage tags on this model version ({lineage.MODEL_DIGEST} and the other"
                             f" {lineage.TAG}.* tags are missing; `lmops register` writes them)")
-    links = lineage.from_tags(tags)
+    links = _chain(client, server, mv, where=f"{ref} (version {mv.version})")
     return {
         "uri": str(ref), "server": server, "name": ref.name, "version": mv.version,
         "variant": tags.get("lmops.variant"), "run_id": mv.run_id, "gate_passed": tags.get("lmops.gate.passed"),
@@ -32,10 +36,31 @@ def describe_lineage(model: str, version: str | None = None, *, tracking_uri: st
     }
 
 
+def _chain(client, server: str, mv, where: str) -> list[lineage.Link]:
+    tags = mv.tags or {}
+    if f"{lineage.TAG}.model.stage" in tags:  # registered before lineage.json: the whole chain is in the tags
+        return lineage.from_tags(tags)
+    import mlflow.artifacts
+
+    with refused(f"{where}: reading {lineage.LINEAGE_FILE} of its run {mv.run_id}", server), \
+            tempfile.TemporaryDirectory(prefix="lmops-lineage-") as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=lineage.LINEAGE_FILE,
+                                                   dst_path=tmp, tracking_uri=server)
+        doc = json.loads(Path(path).read_text())
+    links = lineage.from_document(doc)
+    if not links or links[0].digest != tags.get(lineage.MODEL_DIGEST):
+        raise RegistryError(f"{where}: {lineage.LINEAGE_FILE} of run {mv.run_id} is not this version's lineage"
+                            f" (it starts at {links[0].digest[:12] if links else 'nothing'}, the version's model is"
+                            f" {tags.get(lineage.MODEL_DIGEST, '?')[:12]})")
+    return links
+
+
 def on_disk(link: lineage.Link) -> str:
     """Whether the recorded path still holds the recorded content (lineage outlives directories)."""
     if link.role == "sources" or not link.path or "://" in link.path:
         return "not checked"
+    if not Path(link.path).is_absolute():
+        return "not checked (recorded on another machine)"
     try:
         m = read_manifest(link.path)
     except ManifestError:

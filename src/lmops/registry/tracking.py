@@ -69,20 +69,16 @@ def client_for(uri: str):
 
 
 class TrainingRun:
-    """One MLflow run for a training stage: params at the start, metrics by step, artifacts at the end."""
+    """One MLflow run for a training stage: params (a nested config, flattened) at the start, metrics by step,
+    artifacts at the end."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]):
         check_reachable(uri)
         self.uri = uri
         self.client = client_for(uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        exp_id = experiment_id(self.client, experiment)
         self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
-        from mlflow.entities import Param
-
-        flat = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
-        for i in range(0, len(flat), 100):  # the REST API takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=flat[i:i + 100])
+        log_params(self.client, self.run_id, flat_params(params))
 
     @property
     def worker_handle(self) -> dict[str, str]:
@@ -97,6 +93,30 @@ class TrainingRun:
 
     def finish(self, ok: bool) -> None:
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+
+
+def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config section as MLflow params: ``model.n_layer``, ``train.lr``..."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    flat = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(flat), 100):  # the REST API takes at most 100 params per batch
+        client.log_batch(run_id, params=flat[i:i + 100])
+
+
+def experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
 
 
 def log_metrics(client, run_id: str, metrics: dict[str, Any], step: int | None) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from lmops.config import Config
-from lmops.serve.endpoint import protocol_urls, smoke_test, wait_ready, with_port
+from lmops.serve.endpoint import protocol_urls, registry_env, smoke_test, wait_ready, with_port
 
 SERVE_IMAGE_ENV = "LMOPS_SERVE_IMAGE"
 
@@ -45,6 +45,7 @@ def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "LMOPS_CODE_VERSION", "LMOPS_S3_ENDPOINT_URL",
                                       "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
            if os.environ.get(k)}
+    env.update(registry_env(cfg))  # the run's MLflow server, also when given only as a pipeline parameter
     container = client.containers.run(
         os.environ[SERVE_IMAGE_ENV], ["lmops", "serve", "-c", str(config_path), "--model", model_uri],
         name=name, detach=True, user=os.environ.get("LMOPS_SERVE_USER", "1000:1000"), read_only=True,

@@ -23,7 +23,7 @@ import yaml
 
 from lmops.config import Config
 from lmops.processes import stop_group
-from lmops.serve.endpoint import DeployError, protocol_urls, smoke_test, tail, wait_ready, with_port
+from lmops.serve.endpoint import DeployError, protocol_urls, registry_env, smoke_test, tail, wait_ready, with_port
 
 ENDPOINT_FILE = "endpoint.json"
 
@@ -54,7 +54,7 @@ def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "lmops.cli", "serve", "-c", str(config_path), "--model", model_uri]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **registry_env(cfg)})
     base = f"http://{'127.0.0.1' if serve.host in ('0.0.0.0', '') else serve.host}:{port}"
     urls = protocol_urls(base, serve.model_name)
     try:
@@ -140,7 +140,7 @@ def _with_registry(cfg: Config, model_uri: str):
     credentials (user:password@host): those never go into a manifest."""
     from urllib.parse import urlsplit
 
-    uri = cfg.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = registry_env(cfg).get("MLFLOW_TRACKING_URI")
     if not (model_uri.startswith("models:/") and uri) or "MLFLOW_TRACKING_URI" in cfg.deploy.env \
             or "@" in urlsplit(uri).netloc:
         return cfg.deploy

@@ -1,15 +1,16 @@
 """What a local deployment and its container variant share: the port a server will take, the URLs of its
-protocols, waiting until it reports ready, and one smoke request (lmops.serve.deploy starts a process,
-lmops.serve.container a container; both then use these)."""
+protocols, the MLflow server it resolves ``models:/`` URIs with, waiting until it reports ready, and one smoke
+request (lmops.serve.deploy starts a process, lmops.serve.container a container; both then use these)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from lmops.config import ServeConfig
+from lmops.config import Config, ServeConfig
 from lmops.errors import LmopsError
 from lmops.processes import free_port
 
@@ -92,3 +93,12 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def registry_env(cfg: Config) -> dict[str, str]:
+    """What the model server needs to resolve a ``models:/`` URI itself: the MLflow server this run was given
+    (``registry.tracking_uri``, which the pipeline's ``mlflow_tracking_uri`` parameter sets), else the
+    environment's. Without it a run given the server only as a parameter deploys a server that cannot find
+    its model."""
+    uri = cfg.registry.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return {"MLFLOW_TRACKING_URI": uri} if uri else {}

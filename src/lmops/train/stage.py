@@ -47,7 +47,7 @@ def train_stage(cfg: Config, tokens_dir: str | Path, out_dir: str | Path, *, cac
         uri = tracking_uri(cfg.train.mlflow_tracking_uri)
         run = None
         if uri:
-            run = TrainingRun(uri, cfg.train.experiment, run_name, params=_flat_params(config),
+            run = TrainingRun(uri, cfg.train.experiment, run_name, params=config,
                               tags={"lmops.stage": "train", "lmops.tokens_digest": info.manifest.digest,
                                     "lmops.train_key": key})
         try:
@@ -116,16 +116,6 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat_params(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _tree_digest(uri: str) -> str:
