@@ -1,0 +1,258 @@
+"""``build.engine: ray``: the build stage on Ray Data, streaming, with the same output bytes as ``local``.
+
+1. read + clean (one task per source file, its own Tally, merged in file order by the driver): rows of
+   id, text, source, the document's LSH band keys and its split; kept in the object store (spilled to
+   disk beyond it), never in one process;
+2. near-duplicate candidates: the band keys exploded and hash-shuffled by key, each bucket grouped in its
+   partition; the pairs of every bucket with two or more documents come back to the driver, then the
+   signatures of those documents only, to confirm each pair by Jaccard and resolve the clusters
+   (lmops.data.dedup.resolve_near_duplicates: the local engine's rule, component by component);
+3. exact dedup + write: the rows range-shuffled by content hash (Ray Data's sort on id, then source), so
+   equal texts arrive one after the other; the driver keeps the first (smallest source), drops the near
+   duplicates and streams each record into its split's shards (lmops.data.split.ShardWriter), holding at
+   most one shard per split.
+
+The driver's memory is the shard buffers plus the candidate pairs (proportional to the near duplicates,
+not to the corpus); a worker's is one source file's documents or one shuffle partition.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmops.config import BuildConfig
+from lmops.data import engine, listing, sources
+from lmops.data.accounting import Tally
+from lmops.data.build_steps import STAGE, clean_documents, finish, nothing_kept
+from lmops.data.dedup import band_keys, resolve_near_duplicates, signatures
+from lmops.data.split import ShardWriter, assign_split, record_line, split_names
+from lmops.errors import LmopsError
+
+
+def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path, *,
+                    log: Callable[[str], None], passed: Iterable[listing.Passed] = ()) -> dict[str, Any]:
+    """What build.produce_dataset does, on Ray Data; the same files, counts and report."""
+    import ray
+
+    with engine.data_context(cfg.ray):
+        tally = Tally()
+        for p in passed:
+            tally.skip_path(p.uri, p.reason, p.detail, named=p.named)
+        t0 = time.perf_counter()
+        collector = ray.remote(num_cpus=0)(_TallyCollector).remote()
+        items = [{"index": i, "file": pickle.dumps(f)} for i, f in enumerate(files)]
+        docs = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+            _read_files, batch_size=1, batch_format="pyarrow",
+            fn_kwargs={"cfg": cfg.model_dump(mode="json"), "collector": collector})
+        docs = _run(lambda: docs.materialize())
+        for part in ray.get(collector.tallies.remote()):
+            tally.merge(pickle.loads(part))
+        ray.kill(collector)
+        n_docs = docs.count()
+        t_read = time.perf_counter()
+        _progress(log, "read_clean", n_docs, tally.input_bytes, t_read - t0)
+
+        dropped_near: set[str] = set()
+        clusters = 0
+        if cfg.dedup.near and n_docs:
+            dropped_near, clusters = _near_duplicates(docs, cfg)
+        t_near = time.perf_counter()
+        _progress(log, "near_dedup", n_docs, tally.input_bytes, t_near - t_read,
+                  f"{len(dropped_near)} near duplicate(s) in {clusters} cluster(s)")
+
+        writers = {name: ShardWriter(out, name, cfg.shard_max_bytes) for name in split_names(cfg.split)}
+        kept, exact, near = _write_sorted(docs, writers, dropped_near, cfg)
+        t_write = time.perf_counter()
+        _progress(log, "exact_dedup_write", n_docs, tally.input_bytes, t_write - t_near)
+    tally.drop("exact_duplicate", exact)
+    tally.drop("near_duplicate", near)
+    if not kept:
+        raise nothing_kept(len(files), cfg, tally)
+    splits = {name: w.close() for name, w in writers.items()}
+    phases = {"read_clean": t_read - t0, "near_dedup": t_near - t_read, "exact_dedup_write": t_write - t_near}
+    return finish(tally, kept, splits, phases, log, engine="ray", near_duplicate_clusters=clusters)
+
+
+def _progress(log: Callable[[str], None], phase: str, docs: int, nbytes: int, seconds: float, note: str = "") -> None:
+    rate = f"{docs / seconds:.0f} docs/s, {nbytes / 1e6 / seconds:.2f} MB/s" if seconds > 0 else "-"
+    log(f"[{STAGE}] ray: {phase} {seconds:.1f}s ({docs} docs, {rate})" + (f": {note}" if note else ""))
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    """Run a Ray Data action; a user error raised in a task (BuildError: a bad record with bad_records: fail, a
+    file changed while read) comes back as itself, not wrapped in Ray's task and user-code errors."""
+    try:
+        return action()
+    except Exception as e:
+        raise _user_error(e) from None
+
+
+def _batches(ds, **kwargs) -> Iterator[Any]:
+    """ds.iter_batches, with a task's user error raised as itself (as _run does)."""
+    try:
+        yield from ds.iter_batches(**kwargs)
+    except Exception as e:
+        raise _user_error(e) from None
+
+
+def _user_error(e: Exception) -> Exception:
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, LmopsError):
+            return cause
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    return e
+
+
+# ---------------------------------------------------------------- 1. read + clean, one file per task
+class _TallyCollector:
+    """Each file's Tally, by file index (a retried task overwrites its own entry); a Ray actor."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, bytes] = {}
+
+    def add(self, index: int, tally: bytes) -> None:
+        self.parts[index] = tally
+
+    def tallies(self) -> list[bytes]:
+        return [self.parts[i] for i in sorted(self.parts)]
+
+
+def _read_files(batch, *, cfg: dict, collector) -> Any:
+    import pyarrow as pa
+    import ray
+
+    build = BuildConfig.model_validate(cfg)
+    ids, texts, srcs, splits = [], [], [], []
+    for index, blob in zip(batch["index"].to_pylist(), batch["file"].to_pylist()):
+        tally = Tally()
+        for d in clean_documents(sources.iter_documents([pickle.loads(blob)], build, tally), build, tally):
+            ids.append(d.id)
+            texts.append(d.text)
+            srcs.append(d.source)
+            splits.append(assign_split(d.text, build.split))
+        ray.get(collector.add.remote(index, pickle.dumps(tally)))
+    bands = band_keys(signatures(texts, build.dedup), build.dedup) if build.dedup.near and texts else None
+    n_bands = 0 if bands is None else bands.shape[1]
+    flat = pa.array(np.zeros(0, np.uint64) if bands is None else bands.reshape(-1), pa.uint64())
+    return pa.table({
+        "id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.large_string()),
+        "source": pa.array(srcs, pa.string()), "split": pa.array(splits, pa.string()),
+        "bands": pa.ListArray.from_arrays(pa.array(np.arange(len(ids) + 1) * n_bands, pa.int32()), flat),
+    })
+
+
+# ---------------------------------------------------------------- 2. near duplicates
+def _near_duplicates(docs, cfg: BuildConfig) -> tuple[set[str], int]:
+    import ray
+
+    partitions = max(2, docs.num_blocks())
+    pairs_ds = (docs.map_batches(_band_rows, batch_format="pyarrow")
+                .repartition(num_blocks=partitions, keys=["band"])
+                .map_batches(_bucket_pairs, batch_size=None, batch_format="pyarrow"))
+    pairs: set[tuple[str, str]] = set()
+    for batch in _batches(pairs_ds, batch_size=None, batch_format="pyarrow"):
+        pairs.update(zip(batch["a"].to_pylist(), batch["b"].to_pylist()))
+    if not pairs:
+        return set(), 0
+    # in the object store once, fetched by each task (a kwarg would be pickled into every task)
+    wanted = [ray.put({d for p in pairs for d in p})]
+    sig_ds = docs.map_batches(_candidate_signatures, batch_format="pyarrow",
+                              fn_kwargs={"wanted": wanted, "dedup": cfg.dedup.model_dump()})
+    sigs: dict[str, np.ndarray] = {}
+    for batch in _batches(sig_ds, batch_size=None, batch_format="pyarrow"):
+        for doc_id, sig in zip(batch["id"].to_pylist(), batch["sig"].to_pylist()):
+            sigs[doc_id] = np.frombuffer(sig, dtype="<u8")
+    return resolve_near_duplicates(sorted(pairs), sigs, cfg.dedup.threshold)
+
+
+def _band_rows(batch) -> Any:
+    """(band key, id) for every band of every document: what the shuffle groups."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bands = batch["bands"]
+    return pa.table({"band": pc.list_flatten(bands), "id": pc.take(batch["id"], pc.list_parent_indices(bands))})
+
+
+def _bucket_pairs(part) -> Any:
+    """Every pair (a < b) of distinct ids in a bucket of this partition (a bucket lives in one partition).
+
+    Exact copies share every bucket under one id and make no pair; they are exact dedup's to drop.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    grouped = part.group_by("band").aggregate([("id", "count_distinct"), ("id", "distinct")])
+    grouped = grouped.filter(pc.greater(grouped["id_count_distinct"], 1))
+    a, b = [], []
+    for ids in grouped["id_distinct"].to_pylist():
+        ids = sorted(ids)
+        for i, x in enumerate(ids):
+            for y in ids[i + 1:]:
+                a.append(x)
+                b.append(y)
+    return pa.table({"a": pa.array(a, pa.string()), "b": pa.array(b, pa.string())})
+
+
+def _candidate_signatures(batch, *, wanted: list, dedup: dict) -> Any:
+    """The MinHash signatures of the candidate documents of this block, once each (exact copies included once)."""
+    import pyarrow as pa
+    import ray
+
+    wanted = ray.get(wanted[0])
+    from lmops.config import DedupConfig
+
+    seen: dict[str, str] = {}
+    for doc_id, text in zip(batch["id"].to_pylist(), batch["text"].to_pylist()):
+        if doc_id in wanted and doc_id not in seen:
+            seen[doc_id] = text
+    sigs = signatures(list(seen.values()), DedupConfig.model_validate(dedup)) if seen else np.zeros((0, 0))
+    return pa.table({"id": pa.array(list(seen), pa.string()),
+                     "sig": pa.array([row.astype("<u8").tobytes() for row in sigs], pa.binary())})
+
+
+# ---------------------------------------------------------------- 3. exact dedup + write, in id order
+def _write_sorted(docs, writers: dict[str, ShardWriter], dropped_near: set[str],
+                  cfg: BuildConfig) -> tuple[int, int, int]:
+    """Stream the records in (id, source) order into the split writers; (kept, exact, near duplicates dropped).
+
+    The local engine's decisions: exact dedup keeps the copy with the smallest source; near dedup drops every
+    copy of a dropped id, and with exact dedup off also each further copy of a kept one (Jaccard 1 with it).
+    """
+    records = docs.map_batches(_records, batch_format="pyarrow").sort(["id", "source"])
+    kept = exact = near = 0
+    previous = ""
+    for batch in _batches(records, batch_size=4096, batch_format="pyarrow"):
+        for doc_id, split, line, chars in zip(batch["id"].to_pylist(), batch["split"].to_pylist(),
+                                              batch["line"].to_pylist(), batch["chars"].to_pylist()):
+            if doc_id < previous:  # never expected: a shuffle that lost the order would write other bytes
+                raise RuntimeError(f"ray build: records out of id order ({doc_id} after {previous})")
+            repeat, previous = doc_id == previous, doc_id
+            if repeat and cfg.dedup.exact:
+                exact += 1
+            elif doc_id in dropped_near or (repeat and cfg.dedup.near):
+                near += 1
+            else:
+                writers[split].add(line, chars)
+                kept += 1
+    return kept, exact, near
+
+
+def _records(batch) -> Any:
+    import pyarrow as pa
+
+    from lmops.data.dedup import Doc
+
+    lines, chars = [], []
+    for doc_id, text, source in zip(batch["id"].to_pylist(), batch["text"].to_pylist(), batch["source"].to_pylist()):
+        lines.append(record_line(Doc(doc_id, text, source)))
+        chars.append(len(text))
+    return pa.table({"id": batch["id"], "source": batch["source"], "split": batch["split"],
+                     "line": pa.array(lines, pa.large_binary()), "chars": pa.array(chars, pa.int64())})
