@@ -69,7 +69,7 @@ def _messy_corpus(root: Path) -> Path:
     import pyarrow.parquet as pq
 
     root.mkdir()
-    base = [prose(i) for i in range(60)]
+    base = [prose(i, words=120) for i in range(60)]
     near = [t.replace(t.split()[3], "changed", 1) for t in base[:10]]  # one word changed: near duplicates
     write_jsonl(root / "a.jsonl", [{"text": t} for t in base[:30]] + [{"text": "tiny"}, {"other": "x"}, 7])
     (root / "a.jsonl").write_bytes((root / "a.jsonl").read_bytes() + b"{not json\n"

@@ -51,7 +51,7 @@ def data_context(rc: RayDataConfig) -> Iterator[DataContext]:
     line per phase instead, which fits a pipeline log), CPUs capped at ``num_workers``.
     """
     from ray.data import ExecutionResources
-    from ray.data.context import DataContext
+    from ray.data.context import DataContext, ShuffleStrategy
 
     connect()
     previous = DataContext.get_current()
@@ -59,6 +59,7 @@ def data_context(rc: RayDataConfig) -> Iterator[DataContext]:
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED  # tasks on pooled workers, no actors
     if rc.num_workers:
         ctx.execution_options.resource_limits = ExecutionResources(cpu=rc.num_workers)
     DataContext._set_current(ctx)

@@ -1,16 +1,20 @@
 """``build.engine: ray``: the build stage on Ray Data, streaming, with the same output bytes as ``local``.
 
-1. read + clean (one task per source file, its own Tally, merged in file order by the driver): rows of
-   id, text, source, the document's LSH band keys and its split; kept in the object store (spilled to
-   disk beyond it), never in one process;
-2. near-duplicate candidates: the band keys exploded and hash-shuffled by key, each bucket grouped in its
-   partition; the pairs of every bucket with two or more documents come back to the driver, then the
+1. read + clean (one task per source file, with its own Tally, returned as a row and merged in file order
+   by the driver): rows of id, text, source, split and the document's LSH band keys (MinHash signatures
+   per block); kept in the object store (spilled to disk beyond it), never in one process;
+2. near-duplicate candidates: the band keys exploded and shuffled by key (Ray Data's sort: range
+   partitions of the key), each bucket grouped in its block (a bucket cut by a block edge is joined by the
+   driver); the pairs of every bucket with two or more documents come back to the driver, then the
    signatures of those documents only, to confirm each pair by Jaccard and resolve the clusters
    (lmops.data.dedup.resolve_near_duplicates: the local engine's rule, component by component);
-3. exact dedup + write: the rows range-shuffled by content hash (Ray Data's sort on id, then source), so
-   equal texts arrive one after the other; the driver keeps the first (smallest source), drops the near
-   duplicates and streams each record into its split's shards (lmops.data.split.ShardWriter), holding at
-   most one shard per split.
+3. exact dedup + write: the records shuffled by content hash (a sort on id, then source: range partitions
+   of the sha256, so equal texts meet in one partition, one after the other); the driver keeps the first
+   (smallest source), drops the near duplicates and streams each record into its split's shards
+   (lmops.data.split.ShardWriter), holding at most one shard per split.
+
+Shuffles are Ray Data's sort (tasks on the pooled workers); its hash shuffle starts aggregator actors,
+new processes on every run, which cost more than the whole shuffle on a small corpus.
 
 The driver's memory is the shard buffers plus the candidate pairs (proportional to the near duplicates,
 not to the corpus); a worker's is one source file's documents or one shuffle partition.
@@ -45,16 +49,15 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
         for p in passed:
             tally.skip_path(p.uri, p.reason, p.detail, named=p.named)
         t0 = time.perf_counter()
-        collector = ray.remote(num_cpus=0)(_TallyCollector).remote()
         items = [{"index": i, "file": pickle.dumps(f)} for i, f in enumerate(files)]
-        docs = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
-            _read_files, batch_size=1, batch_format="pyarrow",
-            fn_kwargs={"cfg": cfg.model_dump(mode="json"), "collector": collector})
-        docs = _run(lambda: docs.materialize())
-        for part in ray.get(collector.tallies.remote()):
-            tally.merge(pickle.loads(part))
-        ray.kill(collector)
-        n_docs = docs.count()
+        read = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+            _read_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": cfg.model_dump(mode="json")})
+        docs = _run(lambda: read.materialize())
+        parts = [row for b in _batches(docs.map_batches(_tally_rows, batch_format="pyarrow"), batch_size=None,
+                                       batch_format="pyarrow") for row in b.to_pylist()]
+        for row in sorted(parts, key=lambda r: r["index"]):
+            tally.merge(pickle.loads(row["tally"]))
+        n_docs = tally.docs_read - sum(tally.docs_dropped.values())
         t_read = time.perf_counter()
         _progress(log, "read_clean", n_docs, tally.input_bytes, t_read - t0)
 
@@ -111,25 +114,13 @@ def _user_error(e: Exception) -> Exception:
 
 
 # ---------------------------------------------------------------- 1. read + clean, one file per task
-class _TallyCollector:
-    """Each file's Tally, by file index (a retried task overwrites its own entry); a Ray actor."""
-
-    def __init__(self) -> None:
-        self.parts: dict[int, bytes] = {}
-
-    def add(self, index: int, tally: bytes) -> None:
-        self.parts[index] = tally
-
-    def tallies(self) -> list[bytes]:
-        return [self.parts[i] for i in sorted(self.parts)]
-
-
-def _read_files(batch, *, cfg: dict, collector) -> Any:
+def _read_files(batch, *, cfg: dict) -> Any:
+    """The documents of each file of the batch, then one row carrying the file's Tally (its id is empty, so
+    it sorts first and names no document; every later step passes it over)."""
     import pyarrow as pa
-    import ray
 
     build = BuildConfig.model_validate(cfg)
-    ids, texts, srcs, splits = [], [], [], []
+    ids, texts, srcs, splits, tallies = [], [], [], [], []
     for index, blob in zip(batch["index"].to_pylist(), batch["file"].to_pylist()):
         tally = Tally()
         for d in clean_documents(sources.iter_documents([pickle.loads(blob)], build, tally), build, tally):
@@ -137,28 +128,50 @@ def _read_files(batch, *, cfg: dict, collector) -> Any:
             texts.append(d.text)
             srcs.append(d.source)
             splits.append(assign_split(d.text, build.split))
-        ray.get(collector.add.remote(index, pickle.dumps(tally)))
+        tallies.append((index, pickle.dumps(tally)))
     bands = band_keys(signatures(texts, build.dedup), build.dedup) if build.dedup.near and texts else None
     n_bands = 0 if bands is None else bands.shape[1]
     flat = pa.array(np.zeros(0, np.uint64) if bands is None else bands.reshape(-1), pa.uint64())
+    offsets = np.concatenate([np.arange(len(ids) + 1) * n_bands, np.full(len(tallies), len(ids) * n_bands)])
     return pa.table({
-        "id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.large_string()),
-        "source": pa.array(srcs, pa.string()), "split": pa.array(splits, pa.string()),
-        "bands": pa.ListArray.from_arrays(pa.array(np.arange(len(ids) + 1) * n_bands, pa.int32()), flat),
+        "id": pa.array(ids + [""] * len(tallies), pa.string()),
+        "text": pa.array(texts + [""] * len(tallies), pa.large_string()),
+        "source": pa.array(srcs + [""] * len(tallies), pa.string()),
+        "split": pa.array(splits + [""] * len(tallies), pa.string()),
+        "bands": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), flat),
+        "index": pa.array([-1] * len(ids) + [i for i, _ in tallies], pa.int64()),
+        "tally": pa.array([None] * len(ids) + [t for _, t in tallies], pa.binary()),
     })
+
+
+def _tally_rows(batch) -> Any:
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_valid(batch["tally"])).select(["index", "tally"])
+
+
+def _doc_rows(batch) -> Any:
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_null(batch["tally"]))
 
 
 # ---------------------------------------------------------------- 2. near duplicates
 def _near_duplicates(docs, cfg: BuildConfig) -> tuple[set[str], int]:
     import ray
 
-    partitions = max(2, docs.num_blocks())
-    pairs_ds = (docs.map_batches(_band_rows, batch_format="pyarrow")
-                .repartition(num_blocks=partitions, keys=["band"])
+    pairs_ds = (docs.map_batches(_band_rows, batch_format="pyarrow").sort("band")
                 .map_batches(_bucket_pairs, batch_size=None, batch_format="pyarrow"))
     pairs: set[tuple[str, str]] = set()
+    edges: dict[int, set[str]] = {}
     for batch in _batches(pairs_ds, batch_size=None, batch_format="pyarrow"):
-        pairs.update(zip(batch["a"].to_pylist(), batch["b"].to_pylist()))
+        for a, b, band, ids in zip(*(batch[c].to_pylist() for c in ("a", "b", "band", "ids"))):
+            if band is None:
+                pairs.add((a, b))
+            else:
+                edges.setdefault(band, set()).update(ids)
+    for ids in edges.values():
+        pairs.update(_all_pairs(ids))
     if not pairs:
         return set(), 0
     # in the object store once, fetched by each task (a kwarg would be pickled into every task)
@@ -181,24 +194,37 @@ def _band_rows(batch) -> Any:
     return pa.table({"band": pc.list_flatten(bands), "id": pc.take(batch["id"], pc.list_parent_indices(bands))})
 
 
-def _bucket_pairs(part) -> Any:
-    """Every pair (a < b) of distinct ids in a bucket of this partition (a bucket lives in one partition).
+def _bucket_pairs(block) -> Any:
+    """Every pair (a < b) of distinct ids in a bucket of this block of band rows sorted by key; the buckets at
+    the block's two ends may go on in the next or previous block, so they come back whole (band, ids) for
+    the driver to join with their other parts.
 
     Exact copies share every bucket under one id and make no pair; they are exact dedup's to drop.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    grouped = part.group_by("band").aggregate([("id", "count_distinct"), ("id", "distinct")])
-    grouped = grouped.filter(pc.greater(grouped["id_count_distinct"], 1))
-    a, b = [], []
-    for ids in grouped["id_distinct"].to_pylist():
-        ids = sorted(ids)
-        for i, x in enumerate(ids):
-            for y in ids[i + 1:]:
-                a.append(x)
-                b.append(y)
-    return pa.table({"a": pa.array(a, pa.string()), "b": pa.array(b, pa.string())})
+    grouped = block.group_by("band").aggregate([("id", "count_distinct"), ("id", "distinct")])
+    ends = {block["band"][0].as_py(), block["band"][-1].as_py()} if len(block) else set()
+    at_end = pc.is_in(grouped["band"], pa.array(list(ends), pa.uint64()))
+    inner = grouped.filter(pc.and_(pc.invert(at_end), pc.greater(grouped["id_count_distinct"], 1)))
+    pairs = [p for ids in inner["id_distinct"].to_pylist() for p in _all_pairs(ids)]
+    edge = grouped.filter(at_end)
+    n = len(edge)
+    return pa.table({
+        "a": pa.array([a for a, _ in pairs] + [None] * n, pa.string()),
+        "b": pa.array([b for _, b in pairs] + [None] * n, pa.string()),
+        "band": pa.concat_arrays([pa.nulls(len(pairs), pa.uint64()), edge["band"].combine_chunks()]),
+        "ids": pa.concat_arrays([pa.nulls(len(pairs), pa.list_(pa.string())),
+                                 edge["id_distinct"].combine_chunks().cast(pa.list_(pa.string()))]),
+    })
+
+
+def _all_pairs(ids: Iterable[str]) -> Iterator[tuple[str, str]]:
+    ids = sorted(set(ids))
+    for i, x in enumerate(ids):
+        for y in ids[i + 1:]:
+            yield x, y
 
 
 def _candidate_signatures(batch, *, wanted: list, dedup: dict) -> Any:
@@ -250,6 +276,7 @@ def _records(batch) -> Any:
 
     from lmops.data.dedup import Doc
 
+    batch = _doc_rows(batch)
     lines, chars = [], []
     for doc_id, text, source in zip(batch["id"].to_pylist(), batch["text"].to_pylist(), batch["source"].to_pylist()):
         lines.append(record_line(Doc(doc_id, text, source)))
