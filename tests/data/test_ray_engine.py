@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmops.config import BuildConfig, DedupConfig, TokenizeConfig
+from lmops.config import BuildConfig, DedupConfig, RayDataConfig, TokenizeConfig
 from lmops.data import accounting
 from lmops.data.accounting import Tally
 from lmops.data.build import build_dataset
@@ -53,7 +53,7 @@ def test_sample_corpus_same_dataset_and_token_shards(ray_runtime, tmp_path):
     # tokenize the same dataset both ways; a small block size gives the ray engine many ranges per shard
     tok = TokenizeConfig(vocab_size=512, batch_size=64)
     t_local = tokenize_dataset(tok, local.path, tmp_path / "tok-local", log=lambda s: None)
-    t_ray = tokenize_dataset(tok.model_copy(update={"engine": "ray", "ray": {"block_mb": 0.25}}), local.path,
+    t_ray = tokenize_dataset(tok.model_copy(update={"engine": "ray", "ray": RayDataConfig(block_mb=0.25)}), local.path,
                              tmp_path / "tok-ray", log=lambda s: None)
     assert t_ray.manifest.metrics["engine"] == "ray"
     assert t_ray.manifest.files == t_local.manifest.files
@@ -99,7 +99,7 @@ def test_messy_corpus_same_dataset_counts_and_report(ray_runtime, tmp_path, dedu
     local, ray = _both(cfg, tmp_path, "messy")
     _assert_same_dataset(local, ray)
     counts = local.manifest.counts
-    assert counts["documents"]["dropped"]["near_duplicate"] >= 10
+    assert counts["documents"]["dropped"]["near_duplicate"] >= 8
     assert set(counts["files"]["skipped"]) >= {"binary", "corrupt_compressed", "empty", "unknown_format"}
     assert sum(len(s["shards"]) for s in counts["splits"].values()) > 4  # several shards per split
     if dedup.exact:

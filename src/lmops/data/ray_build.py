@@ -52,11 +52,14 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
         items = [{"index": i, "file": pickle.dumps(f)} for i, f in enumerate(files)]
         read = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
             _read_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"cfg": cfg.model_dump(mode="json")})
-        docs = _run(lambda: read.materialize())
-        parts = [row for b in _batches(docs.map_batches(_tally_rows, batch_format="pyarrow"), batch_size=None,
-                                       batch_format="pyarrow") for row in b.to_pylist()]
+        docs = read.materialize()
+        tallies = docs.map_batches(_tally_rows, batch_format="pyarrow")
+        parts = [row for b in tallies.iter_batches(batch_size=None, batch_format="pyarrow") for row in b.to_pylist()]
         for row in sorted(parts, key=lambda r: r["index"]):
-            tally.merge(pickle.loads(row["tally"]))
+            part = pickle.loads(row["tally"])
+            if isinstance(part, Exception):
+                raise part
+            tally.merge(part)
         n_docs = tally.docs_read - sum(tally.docs_dropped.values())
         t_read = time.perf_counter()
         _progress(log, "read_clean", n_docs, tally.input_bytes, t_read - t0)
@@ -87,47 +90,26 @@ def _progress(log: Callable[[str], None], phase: str, docs: int, nbytes: int, se
     log(f"[{STAGE}] ray: {phase} {seconds:.1f}s ({docs} docs, {rate})" + (f": {note}" if note else ""))
 
 
-def _run(action: Callable[[], Any]) -> Any:
-    """Run a Ray Data action; a user error raised in a task (BuildError: a bad record with bad_records: fail, a
-    file changed while read) comes back as itself, not wrapped in Ray's task and user-code errors."""
-    try:
-        return action()
-    except Exception as e:
-        raise _user_error(e) from None
-
-
-def _batches(ds, **kwargs) -> Iterator[Any]:
-    """ds.iter_batches, with a task's user error raised as itself (as _run does)."""
-    try:
-        yield from ds.iter_batches(**kwargs)
-    except Exception as e:
-        raise _user_error(e) from None
-
-
-def _user_error(e: Exception) -> Exception:
-    cause: BaseException | None = e
-    while cause is not None:
-        if isinstance(cause, LmopsError):
-            return cause
-        cause = getattr(cause, "cause", None) or cause.__cause__
-    return e
-
-
 # ---------------------------------------------------------------- 1. read + clean, one file per task
 def _read_files(batch, *, cfg: dict) -> Any:
-    """The documents of each file of the batch, then one row carrying the file's Tally (its id is empty, so
-    it sorts first and names no document; every later step passes it over)."""
+    """The documents of each file of the batch, then one row carrying the file's Tally, or the user error that
+    stopped its reading (the row's id is empty, so it sorts first and names no document; every later step
+    passes it over)."""
     import pyarrow as pa
 
     build = BuildConfig.model_validate(cfg)
     ids, texts, srcs, splits, tallies = [], [], [], [], []
     for index, blob in zip(batch["index"].to_pylist(), batch["file"].to_pylist()):
         tally = Tally()
-        for d in clean_documents(sources.iter_documents([pickle.loads(blob)], build, tally), build, tally):
-            ids.append(d.id)
-            texts.append(d.text)
-            srcs.append(d.source)
-            splits.append(assign_split(d.text, build.split))
+        try:
+            for d in clean_documents(sources.iter_documents([pickle.loads(blob)], build, tally), build, tally):
+                ids.append(d.id)
+                texts.append(d.text)
+                srcs.append(d.source)
+                splits.append(assign_split(d.text, build.split))
+        except LmopsError as e:  # Ray would pass on only its text: the driver raises it, first file first
+            tallies.append((index, pickle.dumps(e)))
+            continue
         tallies.append((index, pickle.dumps(tally)))
     bands = band_keys(signatures(texts, build.dedup), build.dedup) if build.dedup.near and texts else None
     n_bands = 0 if bands is None else bands.shape[1]
@@ -164,7 +146,7 @@ def _near_duplicates(docs, cfg: BuildConfig) -> tuple[set[str], int]:
                 .map_batches(_bucket_pairs, batch_size=None, batch_format="pyarrow"))
     pairs: set[tuple[str, str]] = set()
     edges: dict[int, set[str]] = {}
-    for batch in _batches(pairs_ds, batch_size=None, batch_format="pyarrow"):
+    for batch in pairs_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for a, b, band, ids in zip(*(batch[c].to_pylist() for c in ("a", "b", "band", "ids"))):
             if band is None:
                 pairs.add((a, b))
@@ -179,7 +161,7 @@ def _near_duplicates(docs, cfg: BuildConfig) -> tuple[set[str], int]:
     sig_ds = docs.map_batches(_candidate_signatures, batch_format="pyarrow",
                               fn_kwargs={"wanted": wanted, "dedup": cfg.dedup.model_dump()})
     sigs: dict[str, np.ndarray] = {}
-    for batch in _batches(sig_ds, batch_size=None, batch_format="pyarrow"):
+    for batch in sig_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for doc_id, sig in zip(batch["id"].to_pylist(), batch["sig"].to_pylist()):
             sigs[doc_id] = np.frombuffer(sig, dtype="<u8")
     return resolve_near_duplicates(sorted(pairs), sigs, cfg.dedup.threshold)
@@ -255,7 +237,7 @@ def _write_sorted(docs, writers: dict[str, ShardWriter], dropped_near: set[str],
     records = docs.map_batches(_records, batch_format="pyarrow").sort(["id", "source"])
     kept = exact = near = 0
     previous = ""
-    for batch in _batches(records, batch_size=4096, batch_format="pyarrow"):
+    for batch in records.iter_batches(batch_size=4096, batch_format="pyarrow"):
         for doc_id, split, line, chars in zip(batch["id"].to_pylist(), batch["split"].to_pylist(),
                                               batch["line"].to_pylist(), batch["chars"].to_pylist()):
             if doc_id < previous:  # never expected: a shuffle that lost the order would write other bytes
