@@ -95,18 +95,20 @@ def child(args: argparse.Namespace) -> None:
     res = build_dataset(cfg, args.out, log=lambda s: print(s, file=sys.stderr, flush=True))
     seconds = time.perf_counter() - t
     print(json.dumps({"seconds": seconds, "ray_start": ray_start, "metrics": res.manifest.metrics,
+                      "phases": res.manifest.metrics.get("phase_seconds"),
                       "counts": res.manifest.counts["documents"], "files": res.manifest.files}))
 
 
 def measured(corpus: Path, out: Path, engine: str, workers: int | None) -> dict:
-    """Run one build in a fresh process; peak RSS (MB) of the driver and of the busiest Ray worker."""
+    """Run one build in a fresh process; peak private RSS (MB) of the driver, of the busiest Ray worker and of
+    all processes together (sampled, so at any one moment), and the object store's shared memory apart."""
     import psutil
 
     cmd = [sys.executable, "-P", __file__, "--child", "--engine", engine, "--corpus", str(corpus), "--out", str(out)]
     if workers:
         cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = {"driver": 0.0, "worker": 0.0, "all": 0.0}
+    peak = {"driver": 0.0, "worker": 0.0, "all": 0.0, "shm": 0.0}
     done = threading.Event()
 
     def sample() -> None:
@@ -117,7 +119,10 @@ def measured(corpus: Path, out: Path, engine: str, workers: int | None) -> dict:
                 total = 0.0
                 for p in tree:
                     try:
-                        rss = p.memory_info().rss / 1e6
+                        # resident minus shared: Ray's object store is shared memory that every process
+                        # reading a block maps, and counting it once per process would count it many times
+                        mem = p.memory_info()
+                        rss = (mem.rss - mem.shared) / 1e6
                         name = " ".join(p.cmdline()[:1])
                     except psutil.Error:
                         continue
@@ -127,6 +132,7 @@ def measured(corpus: Path, out: Path, engine: str, workers: int | None) -> dict:
                     elif name.startswith("ray::"):
                         peak["worker"] = max(peak["worker"], rss)
                 peak["all"] = max(peak["all"], total)
+                peak["shm"] = max(peak["shm"], _dev_shm_mb())
             except psutil.Error:
                 pass
             done.wait(0.2)
@@ -141,6 +147,15 @@ def measured(corpus: Path, out: Path, engine: str, workers: int | None) -> dict:
     result = json.loads(stdout.strip().splitlines()[-1])
     result["peak_mb"] = {k: round(v) for k, v in peak.items()}
     return result
+
+
+def _dev_shm_mb() -> float:
+    """Ray's object store lives in /dev/shm (plasma files); its size there, in MB."""
+    try:
+        st = os.statvfs("/dev/shm")
+        return (st.f_blocks - st.f_bfree) * st.f_frsize / 1e6
+    except OSError:
+        return 0.0
 
 
 def near_scores(corpus_info: dict, out: Path, near_dropped: int) -> tuple[float | None, float | None]:
@@ -209,7 +224,7 @@ def main() -> None:
                 row = {"size_mb": round(info["mb"]), "engine": engine, "workers": workers or "-",
                        "seconds": round(r["seconds"], 1), "mb_per_s": round(info["mb"] / r["seconds"], 2),
                        "ray_start_s": round(r["ray_start"], 1), **{f"peak_{k}_mb": v for k, v in r["peak_mb"].items()},
-                       "load": round(os.getloadavg()[0], 1)}
+                       "load": round(os.getloadavg()[0], 1), "phases": r["phases"]}
                 if engine == "ray" and workers == 2:
                     precision, recall = near_scores(info, out, r["counts"]["dropped"].get("near_duplicate", 0))
                     row["near_precision"], row["near_recall"] = precision, recall
