@@ -4,7 +4,9 @@ The tokenizer is trained on the train split only (val/test stay unseen), or load
 directory, local or s3://. Every split is then encoded in batches — the Rust encoder parallelises
 within a batch, and a couple of batches are encoded ahead on worker threads — and each batch is
 appended to ``<split>.bin`` as packed bytes, so only a few batches of ids are ever held at once.
-The layout is the contract in ``lmops.data.tokens``.
+The layout is the contract in ``lmops.data.tokens``. ``engine: ray`` (lmops.data.ray_tokenize) encodes
+on Ray Data workers instead and writes the same bytes; the tokenizer is trained on the same bounded
+sample (``train_sample_mb``) either way.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from lmops.data import dataset as dataset_mod
 from lmops.data import engine, ray_tokenize, tokens
 from lmops.data import tokenizer as tokenizer_mod
 from lmops.data.dataset import iter_texts, open_dataset
-from lmops.data.tokens import STRUCT_ITEM, pack_ids
 from lmops.data.tokenizer import (
     TokenizerError, batched, load_existing, packing_encoder, save_trained, train_bpe, training_sample,
 )
+from lmops.data.tokens import STRUCT_ITEM, pack_ids
 from lmops.manifest import (
     Manifest,
     ManifestError,
