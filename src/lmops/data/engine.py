@@ -7,6 +7,7 @@ its result: the ray stages sort or key every decision by content, not by block o
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +55,11 @@ def data_context(rc: RayDataConfig) -> Iterator[DataContext]:
     from ray.data.context import DataContext, ShuffleStrategy
 
     connect()
+    # Ray Data's INFO lines (an execution plan and a "finished" line per step) would drown the stage's own
+    # phase lines in a pipeline log
+    data_logger = logging.getLogger("ray.data")
+    level = data_logger.level
+    data_logger.setLevel(logging.WARNING)
     previous = DataContext.get_current()
     ctx = previous.copy()
     ctx.execution_options.preserve_order = True
@@ -67,3 +73,4 @@ def data_context(rc: RayDataConfig) -> Iterator[DataContext]:
         yield ctx
     finally:
         DataContext._set_current(previous)
+        data_logger.setLevel(level)
