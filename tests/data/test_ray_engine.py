@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 
 from lmops.config import BuildConfig, DedupConfig, RayDataConfig, TokenizeConfig
-from lmops.data import accounting
+from lmops.data import accounting, engine
 from lmops.data.accounting import Tally
 from lmops.data.build import build_dataset
 from lmops.data.dedup import resolve_near_duplicates
 from lmops.data.sample_corpus import make_sample_corpus
 from lmops.data.sources import BuildError
+from lmops.data.ray_tokenize import line_ranges
 from lmops.data.tokenize import tokenize_dataset
+from lmops.data.tokenizer import training_sample
 from tests.data.build_inputs import prose, write_jsonl
 
 
@@ -145,3 +147,28 @@ def test_tally_merged_per_file_equals_one_tally(monkeypatch):
         merged.merge(parts[uri])
     assert merged.counts(kept=0) == one.counts(kept=0)
     assert one.report_omitted > 0 and one.per_file_omitted > 0
+
+
+def test_auto_engine_is_ray_where_ray_address_is_set(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert [engine.resolve(e) for e in ("local", "ray", "auto")] == ["local", "ray", "local"]
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert engine.resolve("auto") == "ray" and engine.resolve("local") == "local"
+
+
+def test_encode_ranges_cover_the_shard_and_end_at_line_ends(tmp_path):
+    shard = tmp_path / "train-00000.jsonl"
+    lines = [json.dumps({"text": prose(i, words=i % 7 + 1)}) + "\n" for i in range(200)]
+    shard.write_text("".join(lines))
+    data = shard.read_bytes()
+    for block in (1, 100, 1000, len(data), 10 * len(data)):
+        ranges = list(line_ranges(shard, block))
+        assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(data[end - 1:end] == b"\n" for _, end in ranges)
+
+
+def test_tokenizer_sample_is_a_bounded_prefix():
+    texts = ["é" * 100] * 50  # 200 bytes of UTF-8 each
+    assert list(training_sample(iter(texts), None)) == texts
+    assert len(list(training_sample(iter(texts), 0.001))) == 5  # 1000 bytes: the fifth text reaches it
