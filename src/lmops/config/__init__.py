@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from lmops.config.base import DEFAULT_PRESET, PRESETS_DIR, REPO_ROOT, ConfigError, Section, sha256_json
 from lmops.config.compress import CompressConfig, DistillConfig, Int8Config, PruneConfig
-from lmops.config.data import BuildConfig, DedupConfig, SplitConfig, TokenizeConfig
+from lmops.config.data import BuildConfig, DedupConfig, RayDataConfig, SplitConfig, TokenizeConfig
 from lmops.config.evaluate import EvaluateConfig, GateRule
 from lmops.config.image import ImageConfig
 from lmops.config.kuberay import KubeRayConfig
@@ -28,7 +28,7 @@ from lmops.config.yaml_load import safe_load_unique
 __all__ = [
     "DEFAULT_PRESET", "PRESETS_DIR", "REPO_ROOT", "BuildConfig", "CompressConfig", "Config", "ConfigError",
     "DedupConfig", "DeployConfig", "DeployResources", "DistillConfig", "EvaluateConfig", "GateRule", "ImageConfig", "Int8Config",
-    "KubeRayConfig", "ModelConfig", "PipelineConfig", "S3SecretRef", "TaskResources", "PruneConfig", "RegistryConfig", "Section", "ServeConfig", "SplitConfig",
+    "KubeRayConfig", "ModelConfig", "PipelineConfig", "S3SecretRef", "TaskResources", "PruneConfig", "RayDataConfig", "RegistryConfig", "Section", "ServeConfig", "SplitConfig",
     "TokenizeConfig", "TrainConfig", "apply_override", "config_from_dict", "format_validation_error", "load_config",
     "resolve_preset", "sha256_json",
 ]

@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmops.config.base import Section
+from lmops.config.k8s import quantity
+
+
+Engine = Literal["local", "ray", "auto"]
+
+
+# ---------------------------------------------------------------- the engine of stages 1-2
+class RayDataConfig(Section):
+    """How ``engine: ray`` spreads a data stage over Ray Data (none of it changes the output bytes)."""
+
+    num_workers: int | None = Field(None, ge=1)
+    """CPUs Ray Data may use at once (one task per CPU); None = every CPU of the Ray cluster."""
+    block_mb: float = Field(16.0, gt=0, le=4096)
+    """Tokenize: MB of dataset text per encode task. Build reads one source file per task, so its blocks
+    are the files: split very large files to bound a worker's memory."""
+    worker_cpu: str = "2"
+    """launcher: kuberay: CPU request and limit of each data worker pod."""
+    worker_memory: str = "8Gi"
+    """launcher: kuberay: memory request and limit of each data worker pod."""
+    worker_replicas: int = Field(2, ge=0)
+    """launcher: kuberay: data worker pods of the RayJob's cluster."""
+
+    @field_validator("worker_cpu", "worker_memory", mode="before")
+    @classmethod
+    def _quantity(cls, v: Any) -> str:
+        return quantity(v)
 
 
 # ---------------------------------------------------------------- stage 1: build
@@ -62,6 +88,11 @@ class BuildConfig(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     shard_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Size cap of one output .jsonl shard."""
+    engine: Engine = "local"
+    """local: one process (all documents in memory, for corpora up to a few GB); ray: Ray Data, streaming, on
+    the Ray that RAY_ADDRESS names (or a local one); auto: ray when RAY_ADDRESS is set, else local. Both give
+    the same bytes."""
+    ray: RayDataConfig = Field(default_factory=RayDataConfig)
 
     @model_validator(mode="after")
     def _lengths_ordered(self) -> "BuildConfig":
@@ -88,3 +119,10 @@ class TokenizeConfig(Section):
     """Documents per encode_batch call (the Rust encoder parallelises within a batch)."""
     model_max_length: int = Field(1024, ge=1)
     """model_max_length saved with the tokenizer (the train stage may lower it to the model's context)."""
+    train_sample_mb: float | None = Field(1024.0, gt=0)
+    """Train the tokenizer on the train split's first documents up to this many MB of text (dataset order,
+    hence deterministic); None = the whole split. Both engines use the same sample."""
+    engine: Engine = "local"
+    """local: encode in this process; ray: encode on Ray Data workers; auto: ray when RAY_ADDRESS is set.
+    Both write the same bytes."""
+    ray: RayDataConfig = Field(default_factory=RayDataConfig)

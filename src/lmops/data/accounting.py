@@ -31,11 +31,13 @@ class Tally:
     report_omitted: int = 0
     per_file: dict[str, Counter] = field(default_factory=dict)
     per_file_omitted: int = 0
+    problem_calls: Counter = field(default_factory=Counter)  # per uri: what merge() needs to redo the limits
 
     # ------------------------------------------------------------ recording
     def problem(self, uri: str, reason: str, *, line: int | None = None, detail: str | None = None,
                 n: int = 1) -> None:
         """Report a problem at file[:line]: listed (up to REPORT_LIMIT) and counted per file."""
+        self.problem_calls[uri] += 1
         if len(self.report) < REPORT_LIMIT:
             item: dict[str, Any] = {"file": uri if line is None else f"{uri}:{line}", "reason": reason}
             if detail:
@@ -76,6 +78,29 @@ class Tally:
         self.utf8_replaced_files.add(uri)
         self.utf8_replaced_sequences += sequences
         self.problem(uri, "invalid_utf8_replaced", line=line, n=sequences)
+
+    def merge(self, other: "Tally") -> None:
+        """Add the tally of one file read after this one's files (engine: ray tallies each file apart, then merges
+        them in file order): the result equals one tally that had recorded them in turn, limits included."""
+        self.files_seen += other.files_seen
+        self.files_read += other.files_read
+        self.files_skipped.update(other.files_skipped)
+        self.paths_skipped.update(other.paths_skipped)
+        self.input_bytes += other.input_bytes
+        self.docs_read += other.docs_read
+        self.docs_dropped.update(other.docs_dropped)
+        self.utf8_replaced_files |= other.utf8_replaced_files
+        self.utf8_replaced_sequences += other.utf8_replaced_sequences
+        room = max(0, REPORT_LIMIT - len(self.report))
+        self.report.extend(other.report[:room])
+        self.report_omitted += other.report_omitted + len(other.report[room:])
+        # each file's problems come in one run, so a file new here enters per_file iff there is room for it
+        for uri, calls in other.problem_calls.items():
+            self.problem_calls[uri] += calls
+            if uri in self.per_file or len(self.per_file) < PER_FILE_LIMIT:
+                self.per_file.setdefault(uri, Counter()).update(other.per_file.get(uri, {}))
+            else:
+                self.per_file_omitted += calls
 
     # ------------------------------------------------------------ the manifest's view
     def counts(self, kept: int) -> dict[str, Any]:

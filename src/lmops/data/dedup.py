@@ -8,6 +8,7 @@ confirmed by its estimated Jaccard similarity (LSH alone also returns pairs some
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -121,3 +122,69 @@ def near_dedup(docs: list[Doc], cfg: DedupConfig, workers: int | None = None) ->
                 kept.append(docs[i])
             i += 1
     return kept, len(docs) - len(kept)
+
+
+# ---------------------------------------------------------------- near dedup in stages (engine: ray)
+# The same decisions as near_dedup, taken in steps that can run apart: signatures per block, LSH band
+# buckets grouped across the dataset, candidate pairs confirmed by Jaccard, then the rule applied per
+# duplicate cluster. near_dedup keeps a document unless an earlier-kept one (in id order) shares an LSH
+# band with it and reaches the threshold; within each connected component of the confirmed pairs that is
+# decided by walking the component in id order, so it does not depend on blocks, workers or their order.
+def band_keys(sigs: np.ndarray, cfg: DedupConfig) -> np.ndarray:
+    """One uint64 per (document, LSH band): a hash of the band's number and its hash values.
+
+    Two documents share a key where datasketch's index puts them in one bucket (same band, equal values);
+    64 bits keep the shuffled rows small, and a chance collision only adds a candidate that the Jaccard
+    check then judges (it cannot add a pair below the threshold).
+    """
+    ranges = _lsh_index(cfg).hashranges
+    out = np.empty((len(sigs), len(ranges)), dtype=np.uint64)
+    for i, row in enumerate(np.ascontiguousarray(sigs, dtype="<u8")):
+        for b, (start, end) in enumerate(ranges):
+            digest = hashlib.blake2b(row[start:end].tobytes(), digest_size=8, person=b"lmops-band%d" % b).digest()
+            out[i, b] = int.from_bytes(digest, "little")
+    return out
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """datasketch's estimate (MinHash.jaccard): the share of equal hash values."""
+    return np.float64(np.count_nonzero(a == b)) / np.float64(len(a))
+
+
+def resolve_near_duplicates(pairs: Iterable[tuple[str, str]], sigs: dict[str, np.ndarray],
+                            threshold: float) -> tuple[set[str], int]:
+    """Ids to drop among candidate pairs (documents that share a band), and the number of duplicate clusters.
+
+    A pair is an edge when its estimated Jaccard reaches ``threshold``; each connected component is walked in
+    id order, keeping a document unless an edge joins it to one already kept: near_dedup's rule exactly.
+    """
+    edges: dict[str, set[str]] = {}
+    for a, b in pairs:
+        if a != b and jaccard(sigs[a], sigs[b]) >= threshold:
+            edges.setdefault(a, set()).add(b)
+            edges.setdefault(b, set()).add(a)
+    parent = {n: n for n in edges}
+
+    def root(n: str) -> str:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for a, nbrs in edges.items():
+        for b in nbrs:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    components: dict[str, list[str]] = {}
+    for n in edges:
+        components.setdefault(root(n), []).append(n)
+    dropped: set[str] = set()
+    for members in components.values():
+        kept: set[str] = set()
+        for n in sorted(members):
+            if edges[n] & kept:
+                dropped.add(n)
+            else:
+                kept.add(n)
+    return dropped, len(components)

@@ -39,28 +39,42 @@ def record_line(doc: Doc) -> bytes:
     return (json.dumps({"id": doc.id, "text": doc.text, "source": doc.source}, ensure_ascii=False) + "\n").encode()
 
 
+class ShardWriter:
+    """``<split>-NNNNN.jsonl`` shards of at most ``max_bytes``, written as records arrive (in id order); a single
+    larger record gets a shard of its own rather than being cut. Both engines write through it."""
+
+    def __init__(self, out: Path, split: str, max_bytes: int):
+        self.out, self.split, self.max_bytes = out, split, max_bytes
+        self.shards: list[str] = []
+        self.docs = self.chars = self.bytes = 0
+        self._buf: list[bytes] = []
+        self._size = 0
+
+    def add(self, line: bytes, chars: int) -> None:
+        if self._buf and self._size + len(line) > self.max_bytes:
+            self._flush()
+        self._buf.append(line)
+        self._size += len(line)
+        self.bytes += len(line)
+        self.chars += chars
+        self.docs += 1
+
+    def _flush(self) -> None:
+        name = f"{self.split}-{len(self.shards):05d}.jsonl"
+        (self.out / name).write_bytes(b"".join(self._buf))
+        self.shards.append(name)
+        self._buf, self._size = [], 0
+
+    def close(self) -> dict[str, Any]:
+        """Write the last shard; the split's counts: docs, chars, bytes, shards."""
+        if self._buf:
+            self._flush()
+        return {"docs": self.docs, "chars": self.chars, "bytes": self.bytes, "shards": self.shards}
+
+
 def write_shards(out: Path, split: str, docs: list[Doc], max_bytes: int) -> dict[str, Any]:
-    """Write ``<split>-NNNNN.jsonl`` shards of at most ``max_bytes`` (a single larger record gets a shard
-    of its own rather than being cut). Returns the split's counts: docs, chars, bytes, shards."""
-    shards: list[str] = []
-    total = chars = 0
-    buf: list[bytes] = []
-    size = 0
-
-    def flush() -> None:
-        name = f"{split}-{len(shards):05d}.jsonl"
-        (out / name).write_bytes(b"".join(buf))
-        shards.append(name)
-
+    """Write one split's documents, sorted by id, as shards. Returns the split's counts."""
+    writer = ShardWriter(out, split, max_bytes)
     for doc in sorted(docs, key=lambda d: d.id):
-        line = record_line(doc)
-        if buf and size + len(line) > max_bytes:
-            flush()
-            buf, size = [], 0
-        buf.append(line)
-        size += len(line)
-        total += len(line)
-        chars += len(doc.text)
-    if buf:
-        flush()
-    return {"docs": len(docs), "chars": chars, "bytes": total, "shards": shards}
+        writer.add(record_line(doc), len(doc.text))
+    return writer.close()

@@ -4,7 +4,9 @@ The tokenizer is trained on the train split only (val/test stay unseen), or load
 directory, local or s3://. Every split is then encoded in batches — the Rust encoder parallelises
 within a batch, and a couple of batches are encoded ahead on worker threads — and each batch is
 appended to ``<split>.bin`` as packed bytes, so only a few batches of ids are ever held at once.
-The layout is the contract in ``lmops.data.tokens``.
+The layout is the contract in ``lmops.data.tokens``. ``engine: ray`` (lmops.data.ray_tokenize) encodes
+on Ray Data workers instead and writes the same bytes; the tokenizer is trained on the same bounded
+sample (``train_sample_mb``) either way.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ from typing import Any
 from lmops import storage
 from lmops.config import TokenizeConfig
 from lmops.data import dataset as dataset_mod
+from lmops.data import engine, ray_tokenize, tokens
 from lmops.data import tokenizer as tokenizer_mod
 from lmops.data.dataset import iter_texts, open_dataset
-from lmops.data.tokenizer import TokenizerError, batched, load_existing, packing_encoder, save_trained, train_bpe
+from lmops.data.tokenizer import (
+    TokenizerError, batched, load_existing, packing_encoder, save_trained, train_bpe, training_sample,
+)
+from lmops.data.tokens import STRUCT_ITEM, pack_ids
 from lmops.manifest import (
     Manifest,
     ManifestError,
@@ -45,8 +51,6 @@ UINT16_MAX_VOCAB = 65535  # the contract in lmops.data.tokens: uint16 when vocab
 # Batches encoded ahead of the one being packed. On 2 cores with one to spare, 2 beat 0 and 1; on a
 # saturated machine every depth measured alike (the overlap needs an idle core to pay).
 ENCODE_IN_FLIGHT = 2
-# struct codes of the token dtypes (standard sizes with '<': 2 and 4 bytes)
-STRUCT_ITEM = {"uint16": "H", "uint32": "I"}
 
 __all__ = ["tokenize_dataset", "encode_split", "encode_splits", "splits_of", "token_dtype", "key_config", "TokenizerError"]
 
@@ -90,14 +94,14 @@ def tokenize_dataset(
 def key_config(cfg: TokenizeConfig) -> dict[str, Any]:
     """The config section as it enters the cache key and the manifest.
 
-    Left out: ``tokenizer`` (a path; its content digest is an input instead) and ``batch_size``
-    (it changes speed, never the output bytes).
+    Left out: ``tokenizer`` (a path; its content digest is an input instead), ``batch_size``, ``engine`` and
+    ``ray`` (they change speed, never the output bytes).
     """
-    return cfg.model_dump(mode="json", exclude={"tokenizer", "batch_size"})
+    return cfg.model_dump(mode="json", exclude={"tokenizer", "batch_size", "engine", "ray"})
 
 
 def _code() -> str:
-    return code_digest(__file__, tokenizer_mod.__file__, dataset_mod.__file__)
+    return code_digest(__file__, tokenizer_mod.__file__, dataset_mod.__file__, tokens.__file__, ray_tokenize.__file__)
 
 
 def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: Path,
@@ -106,8 +110,9 @@ def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: P
     dataset = open_dataset(dataset_dir)  # sha256 of every shard: a corrupted one fails here, named
     tok_dir = out / TOKENIZER_DIR
     if source is None:
-        log(f"[{STAGE}] training byte-level BPE (vocab {cfg.vocab_size}) on {dataset_dir} train split")
-        texts = iter_texts(dataset_dir, "train", dataset)
+        log(f"[{STAGE}] training byte-level BPE (vocab {cfg.vocab_size}) on {dataset_dir} train split"
+            + (f" (its first {cfg.train_sample_mb:g} MB)" if cfg.train_sample_mb else ""))
+        texts = training_sample(iter_texts(dataset_dir, "train", dataset), cfg.train_sample_mb)
         save_trained(train_bpe(batched(texts, cfg.batch_size), cfg), cfg, tok_dir)
     else:
         log(f"[{STAGE}] loading tokenizer {cfg.tokenizer}")
@@ -124,8 +129,12 @@ def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: P
     documents: dict[str, int] = {}
     encode_started = time.perf_counter()
     splits = splits_of(dataset)
-    parts = [(iter_texts(dataset_dir, split, dataset), out / f"{split}.bin") for split in splits]
-    for split, (n_docs, n_tokens) in zip(splits, encode_splits(encoder, parts, dtype, eos_id, cfg.batch_size)):
+    if engine.resolve(cfg.engine) == "ray":
+        encoded = ray_tokenize.encode_splits(tok_dir, dataset_dir, dataset, splits, out, dtype, eos_id, cfg, log)
+    else:
+        parts = [(iter_texts(dataset_dir, split, dataset), out / f"{split}.bin") for split in splits]
+        encoded = encode_splits(encoder, parts, dtype, eos_id, cfg.batch_size)
+    for split, (n_docs, n_tokens) in zip(splits, encoded):
         documents[split], tokens[split] = n_docs, n_tokens
         log(f"[{STAGE}] {split}: {documents[split]} documents, {tokens[split]} tokens")
     encode_seconds = time.perf_counter() - encode_started
@@ -145,6 +154,7 @@ def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: P
             "encode_seconds": round(encode_seconds, 3),
             "tokens_per_s": round(total / encode_seconds, 1) if encode_seconds > 0 else None,
             "batch_size": cfg.batch_size,
+            "engine": engine.resolve(cfg.engine),
         },
     }
 
@@ -178,7 +188,7 @@ def encode_splits(encoder, parts: list[tuple[Iterable[str], Path]], dtype: str, 
         files = [stack.enter_context(open(path, "wb")) for _, path in parts]  # an empty part: an empty file
         tagged = ((i, batch) for i, (texts, _) in enumerate(parts) for batch in batched(texts, batch_size))
         for i, encodings in _encoded(encoder, tagged, in_flight):
-            packed = _pack(encodings, eos_id, item)
+            packed = pack_ids(encodings, eos_id, item)
             files[i].write(packed)
             counts[i][0] += len(encodings)
             counts[i][1] += len(packed) // struct.calcsize(item)
@@ -208,17 +218,3 @@ def _encoded(encoder, batches: Iterable[tuple[int, list[str]]], in_flight: int) 
     finally:
         # on an error (or an abandoned generator) nothing queued is started; running batches finish
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _pack(encodings: list, eos_id: int, item: str) -> bytes:
-    """One batch's ids, each document followed by EOS, little-endian, one ``item`` (struct code) each.
-
-    struct.pack of one flat list was the cheapest way measured (3x np.array of the list; per-document
-    arrays and np.fromiter over a chain were slower), and it runs on the thread the encoder waits on.
-    An id that does not fit ``item`` raises struct.error, never wraps around.
-    """
-    flat: list[int] = []
-    for enc in encodings:
-        flat += enc.ids
-        flat.append(eos_id)
-    return struct.pack(f"<{len(flat)}{item}", *flat)

@@ -149,9 +149,33 @@ def packing_encoder(tokenizer_dir: Path) -> Tokenizer:
     5-10% of encoding time here. tests/data/test_tokenize.py checks the packed bytes equal the
     full tokenizer's ``encode_batch`` ids, with a post-processor that would add tokens.
     """
-    tok = open_encoder(tokenizer_dir)
+    return _for_packing(open_encoder(tokenizer_dir))
+
+
+def packing_encoder_from_json(tokenizer_json: str) -> Tokenizer:
+    """``packing_encoder`` from the text of a tokenizer.json (what engine: ray sends its workers)."""
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.encode_special_tokens = True
+    return _for_packing(tok)
+
+
+def _for_packing(tok: Tokenizer) -> Tokenizer:
     tok.post_processor = None
     return tok
+
+
+def training_sample(texts: Iterable[str], limit_mb: float | None) -> Iterator[str]:
+    """The first texts up to ``limit_mb`` MB of UTF-8 (the text that crosses the limit included): a bounded,
+    deterministic sample of a split read in dataset order. None: every text."""
+    if limit_mb is None:
+        yield from texts
+        return
+    limit, seen = limit_mb * 1e6, 0
+    for text in texts:
+        yield text
+        seen += len(text.encode("utf-8"))
+        if seen >= limit:
+            return
 
 
 def batched(texts: Iterable[str], size: int) -> Iterator[list[str]]:

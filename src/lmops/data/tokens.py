@@ -9,6 +9,7 @@ vocabulary fits, else ``uint32``. ``manifest.json`` ``counts``: ``vocab_size``, 
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,3 +56,22 @@ def load_split(info: TokenInfo, split: str) -> np.memmap:
     if len(data) != info.tokens.get(split):
         raise ManifestError(f"{path}: {len(data)} tokens, manifest says {info.tokens.get(split)}")
     return data
+
+
+# ---------------------------------------------------------------- writing (the tokenize stage, both engines)
+# struct codes of the token dtypes (standard sizes with '<': 2 and 4 bytes)
+STRUCT_ITEM = {"uint16": "H", "uint32": "I"}
+
+
+def pack_ids(encodings: list, eos_id: int, item: str) -> bytes:
+    """One batch's ids, each document followed by EOS, little-endian, one ``item`` (struct code) each.
+
+    struct.pack of one flat list was the cheapest way measured (3x np.array of the list; per-document
+    arrays and np.fromiter over a chain were slower), and it runs on the thread the encoder waits on.
+    An id that does not fit ``item`` raises struct.error, never wraps around.
+    """
+    flat: list[int] = []
+    for enc in encodings:
+        flat += enc.ids
+        flat.append(eos_id)
+    return struct.pack(f"<{len(flat)}{item}", *flat)
