@@ -28,9 +28,10 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
 
 from lmops.config import ServeConfig
+from lmops.serve import admission
 from lmops.serve.batcher import MicroBatcher
 from lmops.serve.generate import GenRequest, GenResult, generate_batch
-from lmops.serve.loader import LoadedModel, ModelLoadError, load_model_dir, resolve_model_uri
+from lmops.serve.loader import LoadedModel, ModelLoadError, dir_digest, load_model_dir, resolve_model_uri
 from lmops.serve.params import BadRequest, GenParams, check_prompt_count, parse_params, to_gen_request
 
 log = logging.getLogger("lmops.serve")
@@ -64,6 +65,7 @@ class LmopsModel(Model):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.loaded: LoadedModel | None = None
+        self.version = ""  # digest of the loaded directory (lmops.serve.response_cache's ETags name it)
         self.load_error: str | None = None
         self.batcher = MicroBatcher(self._run_batch, cfg.max_batch_size, cfg.max_wait_ms)
 
@@ -74,6 +76,7 @@ class LmopsModel(Model):
         try:
             path = resolve_model_uri(self.model_uri, self.cfg.cache_dir)
             self.loaded = load_model_dir(path, self.device)
+            self.version = dir_digest(path)
             self._warm_up()
         except Exception as e:  # any failure leaves the model not ready, with the reason in the log
             self.load_error = f"{type(e).__name__}: {e}" if not isinstance(e, ModelLoadError) else str(e)
@@ -163,7 +166,7 @@ class LmopsModel(Model):
 
     async def predict(self, payload: Prepared, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> tuple[Prepared, list[GenResult]]:
-        results = await asyncio.gather(*(self.batcher.submit(r) for r in payload.requests))
+        results = await asyncio.gather(*(self.complete(r) for r in payload.requests))
         return payload, list(results)
 
     async def postprocess(self, result, headers: dict[str, str] | None = None,
@@ -181,7 +184,7 @@ class LmopsModel(Model):
 
     # ------------------------------------------------------------ used by the OpenAI routes
     async def complete(self, req: GenRequest) -> GenResult:
-        return await self.batcher.submit(req)
+        return _charged(await self.batcher.submit(req))
 
     async def stream(self, req: GenRequest) -> AsyncIterator[str | GenResult]:
         """Yield text pieces as tokens are generated, then the final GenResult.
@@ -207,13 +210,18 @@ class LmopsModel(Model):
                 if len(text) > len(sent) and not text.endswith("\ufffd"):  # wait for a whole character
                     yield text[len(sent):]
                     sent = text
-            result = task.result()
+            result = _charged(task.result())
             if len(result.text) > len(sent):
                 yield result.text[len(sent):]
             yield result
         finally:
             if not task.done():
                 task.cancel()
+
+
+def _charged(r: GenResult) -> GenResult:
+    admission.charge(r.prompt_tokens + len(r.token_ids))  # the caller's tokens-per-minute budget
+    return r
 
 
 def _as_dict(r: GenResult) -> dict:
