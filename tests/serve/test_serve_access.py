@@ -4,48 +4,15 @@ client, KServe v1 and v2 over REST (requests) and v2 over gRPC (kserve's client)
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 
 import pytest
 import requests
 
-from conftest import free_port, start_server, stop_server
+from conftest import ENV_KEY, FILE_KEYS, QUEUE, RPM, bearer
 
 openai = pytest.importorskip("openai")
-
-# each test spends its own keys' buckets (8 requests per minute per key), so the tests do not share limits
-FILE_KEYS = ["sk-auth-0", "sk-unloaded-1", "sk-loaded-2", "sk-queue-3"]
-ENV_KEY = "sk-from-env-4"
-RPM = 8
-QUEUE = 8
-
-
-@pytest.fixture(scope="module")
-def guarded(tiny_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("guarded")
-    key_file = tmp / "keys.txt"
-    key_file.write_text("# one key per line\n" + "\n".join(FILE_KEYS) + "\n\n")
-    port = free_port()
-    os.environ["LMOPS_API_KEYS"] = ENV_KEY  # read by the server process it starts
-    try:
-        srv = start_server(tiny_dir, tmp / "server.log", f"serve.api_key_file={key_file}", f"serve.grpc_port={port}",
-                           f"serve.rate_limit_requests_per_minute={RPM}", f"serve.max_queued_requests={QUEUE}",
-                           "serve.max_new_tokens=200", "serve.default_max_new_tokens=8", "serve.max_batch_size=16",
-                           "serve.max_prompts_per_request=16", "serve.response_cache_size=0")
-    finally:
-        del os.environ["LMOPS_API_KEYS"]
-    srv.grpc = f"127.0.0.1:{port}"
-    yield srv
-    assert stop_server(srv) == 0
-    for key in [*FILE_KEYS, ENV_KEY]:
-        assert key not in srv.log(), "an API key reached the server's log"
-
-
-def bearer(key: str) -> dict:
-    return {"Authorization": f"Bearer {key}"}
-
 
 def v1(srv, **kw):
     return requests.post(srv.url(f"/v1/models/{srv.name}:predict"), json={"instances": [{"prompt": "Hello"}]},
@@ -132,7 +99,7 @@ def burst(srv, key: str, n: int, max_tokens: int = 48) -> list[tuple[int, float,
             t0 = time.perf_counter()
             r = s.post(srv.url("/v1/completions"), headers=bearer(key), timeout=120,
                        json={"model": srv.name, "prompt": "The quick brown fox", "max_tokens": max_tokens,
-                             "temperature": 0})
+                             "temperature": 0.5})  # sampled: the response cache must not answer
             out[i] = (r.status_code, time.perf_counter() - t0, dict(r.headers))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
