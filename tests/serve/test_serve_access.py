@@ -146,3 +146,12 @@ def test_past_the_admission_queue_503_with_retry_after_at_once(guarded):
     assert len(ok) + len(shed) == 2 * RPM and len(ok) >= QUEUE // 2 and shed, sorted(s for s, _, _ in results)
     assert all(h["retry-after"] == "1" for _, h in shed)
     assert max(t for t, _ in shed) < min(ok), "a shed request waited for generation"
+
+
+def test_the_operators_quality_probe_sends_the_key(guarded):
+    from lmops.observe.quality import ProbeError, bits_per_byte
+
+    texts = ["The quick brown fox jumps over the lazy dog."]
+    assert bits_per_byte(guarded.base, guarded.name, texts, api_key=FILE_KEYS[0]) > 0
+    with pytest.raises(ProbeError, match="401"):
+        bits_per_byte(guarded.base, guarded.name, texts)

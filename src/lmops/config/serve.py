@@ -89,7 +89,7 @@ class ServeConfig(Section):
         return self
 
 
-_CREDENTIAL_WORDS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "CREDENTIAL", "SESSION_KEY")
+_CREDENTIAL_WORDS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "CREDENTIAL", "SESSION_KEY", "API_KEY")
 
 
 class DeployResources(Section):
@@ -155,6 +155,11 @@ class DeployConfig(Section):
     """ServiceAccount whose annotated Secret holds the S3 credentials (KServe's storage initializer reads it)."""
     s3_secret: str | None = None
     """Secret exposed to the lmops container with envFrom (AWS_* keys) for models:/ or direct s3:// reads."""
+    api_key_secret: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Secret holding the server's API keys (comma-separated) under ``api_key_secret_key``: the container's
+    $LMOPS_API_KEYS comes from it (a secretKeyRef, never a literal). None = no keys (runtime=lmops only)."""
+    api_key_secret_key: str = Field("api-keys", pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key inside ``api_key_secret``."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra plain environment variables; credentials are refused here (use service_account / s3_secret), and so
     are the names lmops sets itself (the container's env is a list keyed by name: a repeat is refused)."""
@@ -195,6 +200,8 @@ class DeployConfig(Section):
         if secret_like:
             raise ValueError(f"env {secret_like} look like credentials; never inline them in a manifest: use"
                              " deploy.service_account (S3 for the storage initializer) or deploy.s3_secret")
+        if self.api_key_secret and self.runtime != "lmops":
+            raise ValueError("deploy.api_key_secret needs runtime=lmops (KServe's Hugging Face runtime has no API keys)")
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
         return self

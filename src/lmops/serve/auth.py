@@ -51,6 +51,16 @@ def load_keys(cfg: ServeConfig, environ: dict[str, str] | None = None) -> list[s
     return keys
 
 
+def client_key(cfg: ServeConfig, environ: dict[str, str] | None = None) -> str | None:
+    """The key lmops' own clients (deploy's smoke request, the example) send: the first configured one."""
+    keys = load_keys(cfg, environ)
+    return keys[0] if keys else None
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def _digest(key: str | bytes) -> bytes:
     return hashlib.sha256(key if isinstance(key, bytes) else key.encode("utf-8", "surrogatepass")).digest()
 
