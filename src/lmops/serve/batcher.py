@@ -48,8 +48,8 @@ RunBatch = Callable[[list[GenRequest], TokenCallback | None], list[GenResult]]
 class _Job:
     request: GenRequest
     future: asyncio.Future
-    # per-token callback for streaming (called in the worker thread); None for plain requests
-    on_token: Callable[[int], None] | None = None
+    # per-token callback for streaming (token, its log-probs or None; called in the worker thread)
+    on_token: Callable[[int, object], None] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
     delivered: int = 0  # tokens already passed to on_token (a retry must not send them twice)
 
@@ -64,7 +64,7 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmops-generate")
         self.last_batch_size = 0
 
-    async def submit(self, request: GenRequest, on_token: Callable[[int], None] | None = None) -> GenResult:
+    async def submit(self, request: GenRequest, on_token: Callable[[int, object], None] | None = None) -> GenResult:
         self._ensure_running()
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(request, fut, on_token))
@@ -106,12 +106,12 @@ class MicroBatcher:
     async def _generate(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> list[GenResult]:
         rows = [0] * len(batch)  # tokens seen per row in this run (a retry regenerates from the start)
 
-        def on_token(row: int, tok: int) -> None:
+        def on_token(row: int, tok: int, logprobs) -> None:
             job = batch[row]
             rows[row] += 1
             if job.on_token is not None and rows[row] > job.delivered:
                 job.delivered += 1
-                job.on_token(tok)
+                job.on_token(tok, logprobs)
 
         streaming = any(j.on_token is not None for j in batch)
         return await loop.run_in_executor(

@@ -32,6 +32,7 @@ from lmops.serve import admission
 from lmops.serve.batcher import MicroBatcher
 from lmops.serve.generate import GenRequest, GenResult, generate_batch
 from lmops.serve.loader import LoadedModel, ModelLoadError, dir_digest, load_model_dir, resolve_model_uri
+from lmops.serve.scoring import TokenLogprobs
 from lmops.serve.params import BadRequest, GenParams, check_prompt_count, parse_params, to_gen_request
 
 log = logging.getLogger("lmops.serve")
@@ -102,6 +103,11 @@ class LmopsModel(Model):
         super().stop()
 
     # ------------------------------------------------------------ request handling
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a prompt may hold: the rows of the input embedding (what the model can look up)."""
+        return int(self.loaded.model.get_input_embeddings().num_embeddings)
+
     def gen_request(self, params: GenParams, where: str, **extra) -> GenRequest:
         return to_gen_request(params, self.loaded.tokenizer, self.cfg, self.loaded.max_positions, where, **extra)
 
@@ -186,16 +192,19 @@ class LmopsModel(Model):
     async def complete(self, req: GenRequest) -> GenResult:
         return _charged(await self.batcher.submit(req))
 
-    async def stream(self, req: GenRequest) -> AsyncIterator[str | GenResult]:
-        """Yield text pieces as tokens are generated, then the final GenResult.
+    async def stream(self, req: GenRequest) -> AsyncIterator[tuple[str, TokenLogprobs | None] | GenResult]:
+        """Yield (text piece, the log-probs of the tokens it covers) as tokens are generated, then the GenResult.
 
         Pieces are the growth of the decoded text, so multi-byte characters split across tokens
-        arrive whole; text past a stop string is never sent.
+        arrive whole; text past a stop string is never sent. Log-probs (when the request asks for them)
+        travel with the piece that completes their tokens' text.
         """
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        task = asyncio.ensure_future(self.batcher.submit(req, lambda t: loop.call_soon_threadsafe(queue.put_nowait, t)))
+        queue: asyncio.Queue[tuple[int, TokenLogprobs | None]] = asyncio.Queue()
+        task = asyncio.ensure_future(self.batcher.submit(
+            req, lambda t, lp: loop.call_soon_threadsafe(queue.put_nowait, (t, lp))))
         tok, ids, sent = self.loaded.tokenizer, [], ""
+        pending = TokenLogprobs() if req.logprobs is not None else None
         try:
             while not (task.done() and queue.empty()):
                 getter = asyncio.ensure_future(queue.get())
@@ -203,16 +212,20 @@ class LmopsModel(Model):
                 if not getter.done():
                     getter.cancel()
                     continue
-                ids.append(getter.result())
+                token, lp = getter.result()
+                ids.append(token)
+                if pending is not None and lp is not None:
+                    pending.extend(lp)
                 text = tok.decode(ids, skip_special_tokens=True)
                 cut = min((text.find(s) for s in req.stop if s and s in text), default=-1)
                 text = text[:cut] if cut >= 0 else text
                 if len(text) > len(sent) and not text.endswith("\ufffd"):  # wait for a whole character
-                    yield text[len(sent):]
+                    yield text[len(sent):], pending
                     sent = text
+                    pending = TokenLogprobs() if pending is not None else None
             result = _charged(task.result())
-            if len(result.text) > len(sent):
-                yield result.text[len(sent):]
+            if len(result.text) > len(sent) or (pending is not None and pending.token_ids):
+                yield result.text[len(sent):], pending
             yield result
         finally:
             if not task.done():
