@@ -3,9 +3,13 @@
     .venv/bin/python bench/serve.py [--model DIR [--int8-model DIR]] [--repeats 30] [--new-tokens 16]
 
 1. Overhead: one v1 HTTP request (`lmops serve` on 127.0.0.1) against `generate_batch` called in
-   process on the same weights, same prompt, greedy, same token count (checked). Runs are interleaved
-   (in-process, HTTP, in-process, ...) and the median of the per-pair differences is reported, because
-   wall clock on shared cores drifts. Target: <= 3 ms.
+   process on the same weights, same prompt, greedy, same token count (checked). Two servers: a plain one
+   (no keys, no limits, response cache off) and a production one (an API key sent as Bearer, request and
+   token rate limits, the response cache on, asked for a fresh answer with Cache-Control: no-cache so that
+   every request generates). Runs are interleaved (in-process, plain, production, in-process, ...) and the
+   median of the per-pair differences is reported, because wall clock on shared cores drifts. Target:
+   <= 3 ms both ways. Then the production server's cache-hit latency: the same request without
+   no-cache, answered from the LRU (checked by its x-lmops-cache header).
 2. Throughput: requests/s with 1, 4 and 16 concurrent clients (threads, one keep-alive session each);
    every run sends at least --min-requests requests, the 1-client baseline included. Target: >= 4x at 16
    vs 1.
@@ -85,9 +89,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path, log: Path, max_wait_ms: float | None):
+    def __init__(self, model: Path, log: Path, max_wait_ms: float | None, extra: tuple[str, ...] = (),
+                 headers: dict[str, str] | None = None):
         self.port = free_port()
-        sets = ["serve.threads=1", "serve.max_batch_size=16"]
+        self.headers = headers or {}
+        # the cache off unless asked for: the benchmarks repeat one greedy request, which it would answer
+        sets = ["serve.threads=1", "serve.max_batch_size=16", "serve.response_cache_size=0", *extra]
         if max_wait_ms is not None:
             sets.append(f"serve.max_wait_ms={max_wait_ms}")
         cmd = [sys.executable, "-m", "lmops.cli", "serve", "--model", str(model), "--port", str(self.port),
@@ -137,33 +144,60 @@ def in_process(model_dir: Path, repeats: int, new_tokens: int) -> tuple[float, i
     return statistics.median(times) * 1000, tokens.pop()
 
 
-def overhead(server: Server, model_dir: Path, repeats: int, new_tokens: int) -> dict:
+def overhead(servers: list[Server], model_dir: Path, repeats: int, new_tokens: int) -> list[dict]:
+    """Per server: the medians of in-process and HTTP time, of their paired differences, and of the server's
+    own time per request; every server is measured in the same interleaved loop."""
     from lmops.serve.generate import GenRequest, generate_batch
     from lmops.serve.loader import load_model_dir
 
     lm = load_model_dir(model_dir)
     req = GenRequest(lm.tokenizer.encode(PROMPT, add_special_tokens=False), new_tokens)
-    session = requests.Session()
-    for _ in range(3):  # warm both paths
+    sessions = []
+    for server in servers:
+        s = requests.Session()
+        s.headers.update(server.headers)
+        sessions.append(s)
+    for _ in range(3):  # warm every path
         generate_batch(lm.model, lm.tokenizer, [req])
-        session.post(server.url, json=body(new_tokens)).raise_for_status()
-    local, http = [], []
+        for s, server in zip(sessions, servers):
+            s.post(server.url, json=body(new_tokens)).raise_for_status()
+    local, http = [], [[] for _ in servers]
     for _ in range(repeats):
         t0 = time.perf_counter()
         res = generate_batch(lm.model, lm.tokenizer, [req])
         local.append(time.perf_counter() - t0)
+        for k, (s, server) in enumerate(zip(sessions, servers)):
+            t0 = time.perf_counter()
+            r = s.post(server.url, json=body(new_tokens))
+            http[k].append(time.perf_counter() - t0)
+            served = r.json()["predictions"][0]["completion_tokens"]
+            if not served == len(res[0].token_ids) == new_tokens or "x-lmops-cache" in r.headers:
+                raise SystemExit(f"server {k}: token counts differ (server {served}, in process "
+                                 f"{len(res[0].token_ids)}, asked {new_tokens}) or the answer came from its cache")
+    out = []
+    for server, times in zip(servers, http):
+        diffs = [(h - l) * 1000 for h, l in zip(times, local)]
+        # where the overhead goes: the server's own time per request (its access log: ASGI entry to last
+        # byte) against the client's wall clock; the rest is the client library, the socket and scheduling
+        served = [float(m) for m in re.findall(r"POST /v1/models/bench:predict 200 ([\d.]+) ms", server.log.read_text())]
+        out.append({"local_ms": statistics.median(local) * 1000, "http_ms": statistics.median(times) * 1000,
+                    "overhead_ms": statistics.median(diffs), "server_ms": statistics.median(served[-repeats:])})
+    return out
+
+
+def cache_hits(server: Server, repeats: int, new_tokens: int) -> float:
+    """Median ms of a repeated deterministic request answered from the server's response cache."""
+    s = requests.Session()
+    s.headers.update({k: v for k, v in server.headers.items() if k.lower() != "cache-control"})
+    s.post(server.url, json=body(new_tokens)).raise_for_status()  # stored (or already there)
+    times = []
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        r = session.post(server.url, json=body(new_tokens))
-        http.append(time.perf_counter() - t0)
-        served = r.json()["predictions"][0]["completion_tokens"]
-        if not served == len(res[0].token_ids) == new_tokens:
-            raise SystemExit(f"token counts differ: server {served}, in process {len(res[0].token_ids)}, asked {new_tokens}")
-    diffs = [(h - l) * 1000 for h, l in zip(http, local)]
-    # where the overhead goes: the server's own time per request (its access log: ASGI entry to last
-    # byte) against the client's wall clock; the rest is the client library, the socket and scheduling
-    served = [float(m) for m in re.findall(r"POST /v1/models/bench:predict 200 ([\d.]+) ms", server.log.read_text())]
-    return {"local_ms": statistics.median(local) * 1000, "http_ms": statistics.median(http) * 1000,
-            "overhead_ms": statistics.median(diffs), "server_ms": statistics.median(served[-repeats:])}
+        r = s.post(server.url, json=body(new_tokens))
+        times.append(time.perf_counter() - t0)
+        if r.headers.get("x-lmops-cache") != "hit":
+            raise SystemExit(f"expected a cache hit, got {r.status_code} {dict(r.headers)}")
+    return statistics.median(times) * 1000
 
 
 def throughput(server: Server, clients: int, per_client: int, new_tokens: int) -> float:
@@ -223,12 +257,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lmops-bench-serve-") as tmp:
         tmp = Path(tmp)
         model_dir = args.model or make_model(tmp / "tiny", "tiny")
+        (tmp / "keys").write_text("bench-key\n")
         server = Server(model_dir, tmp / "server.log", args.max_wait_ms)
+        guarded = Server(model_dir, tmp / "server-guarded.log", args.max_wait_ms,
+                         (f"serve.api_key_file={tmp / 'keys'}", "serve.rate_limit_requests_per_minute=1000000",
+                          "serve.rate_limit_tokens_per_minute=1000000000", "serve.response_cache_size=256"),
+                         {"Authorization": "Bearer bench-key", "Cache-Control": "no-cache"})
         try:
-            o = overhead(server, model_dir, args.repeats, args.new_tokens)
+            o, og = overhead([server, guarded], model_dir, args.repeats, args.new_tokens)
+            hit_ms = cache_hits(guarded, args.repeats, args.new_tokens)
+            guarded.stop()
             tput = {c: throughput(server, c, max(1, -(-args.min_requests // c)), args.new_tokens) for c in (1, 4, 16)}
         finally:
             server.stop()
+            if guarded.proc.poll() is None:
+                guarded.stop()
 
         # int8 against the fp32 it was made from
         fp32_dir = args.model if args.int8_model else make_model(tmp / "small", "small")
@@ -259,6 +302,13 @@ def main() -> None:
     print(f"{'  of which inside the server (access log)':<44} {o['server_ms']:>8.2f}ms")
     print(f"{'HTTP overhead (median of paired diffs)':<44} {o['overhead_ms']:>8.2f}ms  <= 3 ms "
           f"{'OK' if o['overhead_ms'] <= 3 else 'MISSED'}")
+    print(f"{'with key + rate limits + cache (no-cache), HTTP':<44} {og['http_ms']:>8.2f}ms")
+    print(f"{'  of which inside the server (access log)':<44} {og['server_ms']:>8.2f}ms")
+    print(f"{'  HTTP overhead (median of paired diffs)':<44} {og['overhead_ms']:>8.2f}ms  <= 3 ms "
+          f"{'OK' if og['overhead_ms'] <= 3 else 'MISSED'}")
+    print(f"{'  keys + limits + cache cost (on - off)':<44} {og['overhead_ms'] - o['overhead_ms']:>8.2f}ms")
+    print(f"{'response cache hit, median':<44} {hit_ms:>8.2f}ms  ({o['local_ms'] / hit_ms:.1f}x faster than "
+          "generating in process)")
     for c, v in tput.items():
         print(f"{f'throughput, {c} concurrent clients':<44} {v:>7.1f}/s")
     ratio = tput[16] / tput[1]

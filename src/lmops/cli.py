@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lmops.images.commands import add_parser as add_images
 
     add_images(sub)
+    from lmops.registry.prune_command import add_parser as add_registry
+
+    add_registry(sub)
     sp = sub.add_parser("sample-corpus", help="make the offline sample corpus (stdlib docstrings)")
     sp.add_argument("--dest", default=str(SAMPLE_CORPUS))
     sp.add_argument("--json", action="store_true")

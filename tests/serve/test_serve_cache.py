@@ -37,6 +37,9 @@ def test_deterministic_answers_carry_a_strong_etag_and_304_skips_generation(serv
     other = requests.post(server.url("/v1/completions"), json={**body, "max_tokens": 4}, headers={"If-None-Match": tag},
                           timeout=60)
     assert other.status_code == 200 and other.headers["etag"] != tag and generated(server) == before + 4
+    fresh = requests.post(server.url("/v1/completions"), json=body, headers={"Cache-Control": "no-cache"}, timeout=60)
+    assert "x-lmops-cache" not in fresh.headers and fresh.headers["etag"] == tag and generated(server) == before + 9
+    assert fresh.json()["choices"] == first.json()["choices"]  # greedy: the same answer, generated again
 
 
 def test_seeded_and_kserve_requests_are_cached_sampled_ones_are_not(server):

@@ -68,7 +68,7 @@ class LmopsModel(Model):
         self.loaded: LoadedModel | None = None
         self.version = ""  # digest of the loaded directory (lmops.serve.response_cache's ETags name it)
         self.load_error: str | None = None
-        self.batcher = MicroBatcher(self._run_batch, cfg.max_batch_size, cfg.max_wait_ms)
+        self.batcher = MicroBatcher(self._run_batch, cfg.max_batch_size, cfg.max_wait_ms, name)
 
     # ------------------------------------------------------------ load
     def load(self) -> bool:

@@ -51,6 +51,8 @@ class GenParams(BaseModel):
 def parse_params(raw: Any, where: str) -> GenParams:
     if not isinstance(raw, dict):
         raise BadRequest(f"{where}: expected an object with a \"prompt\", got {type(raw).__name__}")
+    if isinstance(raw.get("prompt"), str):  # before pydantic, whose message for a lone surrogate says less
+        check_unicode(raw["prompt"], f"{where}: prompt")
     try:
         return GenParams.model_validate(raw)
     except ValidationError as e:

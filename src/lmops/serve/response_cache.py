@@ -10,6 +10,7 @@ share entries). A new model version gives new ETags, so a stale 304 or cache hit
 - ``If-None-Match`` naming the ETag: 304 Not Modified at once, nothing generated.
 - a repeat of a recent deterministic request: the stored answer (same body, ids included, as an HTTP
   cache would replay it) with ``x-lmops-cache: hit``, nothing generated. Only 200 answers are stored.
+  A request with ``Cache-Control: no-cache`` is generated afresh (and its answer stored).
 - anything else that generates (sampled or streamed): ``Cache-Control: no-store``.
 - model listings and v2 metadata (GET): an ETag over (version, the answer's bytes), and 304 on a match.
 The LRU holds ``serve.response_cache_size`` answers; hits and misses are Prometheus counters.
@@ -114,7 +115,9 @@ class ResponseCache:
         if matches(header(scope, b"if-none-match"), tag):
             HITS.inc()
             return await _send(send, 304, [(b"etag", tag.encode())], b"")
-        stored = self._entries.get(tag)
+        # a client's "Cache-Control: no-cache" asks for a fresh answer (RFC 9111 5.2.1.4): generate, then store
+        fresh = b"no-cache" in (header(scope, b"cache-control") or b"").lower()
+        stored = None if fresh else self._entries.get(tag)
         if stored is not None:
             HITS.inc()
             self._entries.move_to_end(tag)
