@@ -132,7 +132,7 @@ def _delete(client, server: str, p: PrunePlan) -> None:
             if v.run_id and v.run_id not in runs_left:
                 runs_left.add(v.run_id)  # a run shared by two retired versions is deleted once
                 run = client.get_run(v.run_id)
-                get_artifact_repository(run.info.artifact_uri).delete_artifacts()
+                get_artifact_repository(run.info.artifact_uri, tracking_uri=server).delete_artifacts()
                 client.delete_run(v.run_id)
 
 
