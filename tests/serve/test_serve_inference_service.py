@@ -138,8 +138,11 @@ def test_checks_refuse_what_the_api_server_or_a_restricted_namespace_would():
 
 
 def test_api_keys_come_from_a_secret_reference_never_a_literal():
-    m = render_inference_service(DeployConfig(api_key_secret="lmops-api-keys"), ServeConfig(), "models:/m/1")
+    m = render_inference_service(DeployConfig(api_key_secret="lmops-api-keys"),
+                                 ServeConfig(rate_limit_requests_per_minute=60), "models:/m/1")
     (c,) = m["spec"]["predictor"]["containers"]
+    assert "serve.rate_limit_requests_per_minute=60" in c["args"] and "serve.max_queued_requests=256" in c["args"]
+    assert not any("tokens_per_minute" in a for a in c["args"])
     assert {"name": "LMOPS_API_KEYS", "valueFrom": {"secretKeyRef": {"name": "lmops-api-keys", "key": "api-keys"}}} \
         in c["env"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/v1/models/lmops-lm"  # KServe v1 readiness needs no key

@@ -6,9 +6,9 @@ Two predictors for the same directory:
   /mnt/models for it; a ``models:/`` URI is resolved by the container itself through MLflow.
 - ``huggingface``: KServe's Hugging Face runtime (``modelFormat: huggingface``) on the same
   directory, needing no image of ours.
-S3 credentials and API keys are only ever referenced: the ServiceAccount KServe's storage initializer reads, or a
-Secret exposed with envFrom; API keys (lmops.serve.auth) come from a secretKeyRef. The readiness probe
-uses KServe v1's readiness route, which needs no key. DeployConfig refuses credential-looking env entries.
+S3 credentials and API keys are only ever referenced: the ServiceAccount KServe's storage initializer
+reads, or a Secret exposed with envFrom; API keys (lmops.serve.auth) come from a secretKeyRef. The
+readiness probe uses KServe v1's readiness route, which needs no key. DeployConfig refuses credential-looking env entries.
 Every predictor pod passes the restricted Pod Security Standard (lmops.security.context) with a read-only
 root filesystem; a GPU predictor gets the cuda image variant, the GPU toleration and deploy.node_selector.
 """
@@ -111,7 +111,12 @@ def _lmops_container(cfg: DeployConfig, serve: ServeConfig, model_uri: str, stor
                  "--set", f"serve.max_prompt_tokens={serve.max_prompt_tokens}",
                  "--set", f"serve.max_batch_size={serve.max_batch_size}",
                  "--set", f"serve.max_wait_ms={serve.max_wait_ms}",
-                 "--set", f"serve.cache_dir={CACHE_DIR}/serve"],
+                 "--set", f"serve.cache_dir={CACHE_DIR}/serve",
+                 # admission and caching (lmops.serve.admission, response_cache): the same in the pod
+                 "--set", f"serve.max_queued_requests={serve.max_queued_requests}",
+                 "--set", f"serve.response_cache_size={serve.response_cache_size}",
+                 *[a for k in ("rate_limit_requests_per_minute", "rate_limit_tokens_per_minute")
+                   if getattr(serve, k) is not None for a in ("--set", f"serve.{k}={getattr(serve, k)}")]],
         "ports": [{"containerPort": PORT, "protocol": "TCP"}],
         "resources": _resources(cfg),
         "readinessProbe": {"httpGet": {"path": f"/v1/models/{cfg.name}", "port": PORT}, "periodSeconds": 5},
