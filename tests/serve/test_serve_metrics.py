@@ -77,7 +77,7 @@ def test_alerts_dashboard_and_gates_query_metrics_that_exist(server):
     families = scrape(server)
     exported = {f.name + suffix for f in families.values() for suffix in SUFFIXES.get(f.type, ("",))}
     queries = chart_queries()
-    named = {m for q in queries for m in re.findall(r"\b(?:lmops_[a-z_]+|vllm:[a-z_:]+)", q)}
+    named = {m for q in queries for m in re.findall(r"\b(?:lmops_[a-z0-9_]+|vllm:[a-z0-9_:]+)", q)}
     assert named and named <= exported, sorted(named - exported)
     # the operator's canary gates read the same series the alerts do
     assert {gate_metrics.REQUESTS + "_total", gate_metrics.LATENCY + "_bucket"} <= named <= exported
