@@ -200,6 +200,30 @@ def cache_hits(server: Server, repeats: int, new_tokens: int) -> float:
     return statistics.median(times) * 1000
 
 
+def controls_cost(n: int = 20000) -> float:
+    """Microseconds of CPU per request for the production controls alone, in process: the key check (all keys
+    hashed and compared), admission with both buckets and its release, and the cache key (parse, canonical
+    JSON, digest) — what the on/off difference above measures through the noise of a shared machine."""
+    import json
+
+    from lmops.config import ServeConfig
+    from lmops.serve.admission import Admission
+    from lmops.serve.auth import ApiKeys
+    from lmops.serve.response_cache import deterministic, etag
+
+    keys = ApiKeys(["bench-key", "another-key"])
+    gate = Admission(ServeConfig(rate_limit_requests_per_minute=10**9, rate_limit_tokens_per_minute=10**9))
+    raw = json.dumps(body(16)).encode()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        who = keys.identify(b"Bearer bench-key")
+        gate.admit(who).release()
+        parsed = json.loads(raw)
+        if deterministic("v1", parsed):
+            etag("0123456789abcdef", "/v1/models/bench:predict", json.dumps(parsed, sort_keys=True, separators=(",", ":")))
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 def throughput(server: Server, clients: int, per_client: int, new_tokens: int) -> float:
     errors: list[str] = []
 
@@ -238,6 +262,30 @@ def server_latency(server: Server, repeats: int, new_tokens: int) -> tuple[float
     return statistics.median(times) * 1000, tokens.pop()
 
 
+def int8_against_fp32(args, tmp: Path) -> tuple[Path, dict]:
+    """Part 3: server and in-process latency of the int8 model and the fp32 it was made from."""
+    fp32_dir = args.model if args.int8_model else make_model(tmp / "small", "small")
+    int8_dir = args.int8_model
+    if int8_dir is None:
+        from lmops.compress.quantize import quantize_dir
+        from lmops.config import Int8Config
+
+        int8_dir = tmp / "small-int8"
+        quantize_dir(fp32_dir, int8_dir, Int8Config())
+    latency = {}
+    for name, d in (("fp32", fp32_dir), ("int8", int8_dir)):
+        srv = Server(d, tmp / f"server-{name}.log", args.max_wait_ms)
+        try:
+            latency[name] = server_latency(srv, args.repeats, args.new_tokens)
+        finally:
+            srv.stop()
+        latency[name + " in process"] = in_process(d, args.repeats, args.new_tokens)
+    counts = {k: v[1] for k, v in latency.items()}
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"fp32 and int8 generated different numbers of tokens: {counts}")
+    return fp32_dir, latency
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="HF model directory (default: tiny / small preset random models made here)")
@@ -246,6 +294,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--min-requests", type=int, default=48, help="requests per throughput run (all clients together)")
     ap.add_argument("--max-wait-ms", type=float, default=None, help="serve.max_wait_ms (default: the config's)")
+    ap.add_argument("--overhead-only", action="store_true", help="part 1 only (no throughput, no int8)")
     args = ap.parse_args()
     if args.int8_model and not args.model:
         ap.error("--int8-model needs --model, the fp32 directory it was made from (a comparison with any other "
@@ -267,33 +316,16 @@ def main() -> None:
             o, og = overhead([server, guarded], model_dir, args.repeats, args.new_tokens)
             hit_ms = cache_hits(guarded, args.repeats, args.new_tokens)
             guarded.stop()
-            tput = {c: throughput(server, c, max(1, -(-args.min_requests // c)), args.new_tokens) for c in (1, 4, 16)}
+            tput = {} if args.overhead_only else {
+                c: throughput(server, c, max(1, -(-args.min_requests // c)), args.new_tokens) for c in (1, 4, 16)}
         finally:
             server.stop()
             if guarded.proc.poll() is None:
                 guarded.stop()
 
-        # int8 against the fp32 it was made from
-        fp32_dir = args.model if args.int8_model else make_model(tmp / "small", "small")
-        int8_dir = args.int8_model
-        if int8_dir is None:
-            from lmops.compress.quantize import quantize_dir
-            from lmops.config import Int8Config
-
-            int8_dir = tmp / "small-int8"
-            quantize_dir(fp32_dir, int8_dir, Int8Config())
-        latency = {}
-        for name, d in (("fp32", fp32_dir), ("int8", int8_dir)):
-            srv = Server(d, tmp / f"server-{name}.log", args.max_wait_ms)
-            try:
-                latency[name] = server_latency(srv, args.repeats, args.new_tokens)
-            finally:
-                srv.stop()
-            latency[name + " in process"] = in_process(d, args.repeats, args.new_tokens)
-        counts = {k: v[1] for k, v in latency.items()}
-        if len(set(counts.values())) != 1:
-            raise SystemExit(f"fp32 and int8 generated different numbers of tokens: {counts}")
-
+        if not args.overhead_only:
+            fp32_dir, latency = int8_against_fp32(args, tmp)
+        cost_us = controls_cost()
     print(f"\n1-2: {model_dir if args.model else 'tiny-preset random Llama (2x64)'}; {args.new_tokens} new tokens, "
           f"greedy, 1 torch thread")
     print(f"{'measure':<44} {'value':>10}  target")
@@ -307,14 +339,17 @@ def main() -> None:
     print(f"{'  HTTP overhead (median of paired diffs)':<44} {og['overhead_ms']:>8.2f}ms  <= 3 ms "
           f"{'OK' if og['overhead_ms'] <= 3 else 'MISSED'}")
     print(f"{'  keys + limits + cache cost (on - off)':<44} {og['overhead_ms'] - o['overhead_ms']:>8.2f}ms")
+    print(f"{'  keys + limits + cache key, CPU in process':<44} {cost_us:>8.1f}us per request")
     print(f"{'response cache hit, median':<44} {hit_ms:>8.2f}ms  ({o['local_ms'] / hit_ms:.1f}x faster than "
           "generating in process)")
+    if args.overhead_only:
+        return
     for c, v in tput.items():
         print(f"{f'throughput, {c} concurrent clients':<44} {v:>7.1f}/s")
     ratio = tput[16] / tput[1]
     print(f"{'throughput ratio 16 vs 1 clients':<44} {ratio:>8.2f}x  >= 4x {'OK' if ratio >= 4 else 'MISSED'}")
     print(f"\n3: {fp32_dir if args.int8_model else 'small-preset random Llama (6x384, vocab 8192)'} and its int8; "
-          f"{counts['fp32']} tokens on every side")
+          f"{latency['fp32'][1]} tokens on every side")
     for k, (ms, _) in latency.items():
         print(f"{k + ' latency, median':<44} {ms:>8.2f}ms")
     r_server = latency["int8"][0] / latency["fp32"][0]
