@@ -32,8 +32,8 @@ from lmops.serve import admission
 from lmops.serve.batcher import MicroBatcher
 from lmops.serve.generate import GenRequest, GenResult, generate_batch
 from lmops.serve.loader import LoadedModel, ModelLoadError, dir_digest, load_model_dir, resolve_model_uri
-from lmops.serve.scoring import TokenLogprobs
 from lmops.serve.params import BadRequest, GenParams, check_prompt_count, parse_params, to_gen_request
+from lmops.serve.scoring import TokenLogprobs
 
 log = logging.getLogger("lmops.serve")
 
