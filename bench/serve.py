@@ -3,9 +3,13 @@
     .venv/bin/python bench/serve.py [--model DIR [--int8-model DIR]] [--repeats 30] [--new-tokens 16]
 
 1. Overhead: one v1 HTTP request (`lmops serve` on 127.0.0.1) against `generate_batch` called in
-   process on the same weights, same prompt, greedy, same token count (checked). Runs are interleaved
-   (in-process, HTTP, in-process, ...) and the median of the per-pair differences is reported, because
-   wall clock on shared cores drifts. Target: <= 3 ms.
+   process on the same weights, same prompt, greedy, same token count (checked). Two servers: a plain one
+   (no keys, no limits, response cache off) and a production one (an API key sent as Bearer, request and
+   token rate limits, the response cache on, asked for a fresh answer with Cache-Control: no-cache so that
+   every request generates). Runs are interleaved (in-process, plain, production, in-process, ...) and the
+   median of the per-pair differences is reported, because wall clock on shared cores drifts. Target:
+   <= 3 ms both ways. Then the production server's cache-hit latency: the same request without
+   no-cache, answered from the LRU (checked by its x-lmops-cache header).
 2. Throughput: requests/s with 1, 4 and 16 concurrent clients (threads, one keep-alive session each);
    every run sends at least --min-requests requests, the 1-client baseline included. Target: >= 4x at 16
    vs 1.
@@ -85,9 +89,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model: Path, log: Path, max_wait_ms: float | None):
+    def __init__(self, model: Path, log: Path, max_wait_ms: float | None, extra: tuple[str, ...] = (),
+                 headers: dict[str, str] | None = None):
         self.port = free_port()
-        sets = ["serve.threads=1", "serve.max_batch_size=16"]
+        self.headers = headers or {}
+        # the cache off unless asked for: the benchmarks repeat one greedy request, which it would answer
+        sets = ["serve.threads=1", "serve.max_batch_size=16", "serve.response_cache_size=0", *extra]
         if max_wait_ms is not None:
             sets.append(f"serve.max_wait_ms={max_wait_ms}")
         cmd = [sys.executable, "-m", "lmops.cli", "serve", "--model", str(model), "--port", str(self.port),
@@ -137,33 +144,84 @@ def in_process(model_dir: Path, repeats: int, new_tokens: int) -> tuple[float, i
     return statistics.median(times) * 1000, tokens.pop()
 
 
-def overhead(server: Server, model_dir: Path, repeats: int, new_tokens: int) -> dict:
+def overhead(servers: list[Server], model_dir: Path, repeats: int, new_tokens: int) -> list[dict]:
+    """Per server: the medians of in-process and HTTP time, of their paired differences, and of the server's
+    own time per request; every server is measured in the same interleaved loop."""
     from lmops.serve.generate import GenRequest, generate_batch
     from lmops.serve.loader import load_model_dir
 
     lm = load_model_dir(model_dir)
     req = GenRequest(lm.tokenizer.encode(PROMPT, add_special_tokens=False), new_tokens)
-    session = requests.Session()
-    for _ in range(3):  # warm both paths
+    sessions = []
+    for server in servers:
+        s = requests.Session()
+        s.headers.update(server.headers)
+        sessions.append(s)
+    for _ in range(3):  # warm every path
         generate_batch(lm.model, lm.tokenizer, [req])
-        session.post(server.url, json=body(new_tokens)).raise_for_status()
-    local, http = [], []
+        for s, server in zip(sessions, servers):
+            s.post(server.url, json=body(new_tokens)).raise_for_status()
+    local, http = [], [[] for _ in servers]
     for _ in range(repeats):
         t0 = time.perf_counter()
         res = generate_batch(lm.model, lm.tokenizer, [req])
         local.append(time.perf_counter() - t0)
+        for k, (s, server) in enumerate(zip(sessions, servers)):
+            t0 = time.perf_counter()
+            r = s.post(server.url, json=body(new_tokens))
+            http[k].append(time.perf_counter() - t0)
+            served = r.json()["predictions"][0]["completion_tokens"]
+            if not served == len(res[0].token_ids) == new_tokens or "x-lmops-cache" in r.headers:
+                raise SystemExit(f"server {k}: token counts differ (server {served}, in process "
+                                 f"{len(res[0].token_ids)}, asked {new_tokens}) or the answer came from its cache")
+    out = []
+    for server, times in zip(servers, http):
+        diffs = [(h - l) * 1000 for h, l in zip(times, local)]
+        # where the overhead goes: the server's own time per request (its access log: ASGI entry to last
+        # byte) against the client's wall clock; the rest is the client library, the socket and scheduling
+        served = [float(m) for m in re.findall(r"POST /v1/models/bench:predict 200 ([\d.]+) ms", server.log.read_text())]
+        out.append({"local_ms": statistics.median(local) * 1000, "http_ms": statistics.median(times) * 1000,
+                    "overhead_ms": statistics.median(diffs), "server_ms": statistics.median(served[-repeats:])})
+    return out
+
+
+def cache_hits(server: Server, repeats: int, new_tokens: int) -> float:
+    """Median ms of a repeated deterministic request answered from the server's response cache."""
+    s = requests.Session()
+    s.headers.update({k: v for k, v in server.headers.items() if k.lower() != "cache-control"})
+    s.post(server.url, json=body(new_tokens)).raise_for_status()  # stored (or already there)
+    times = []
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        r = session.post(server.url, json=body(new_tokens))
-        http.append(time.perf_counter() - t0)
-        served = r.json()["predictions"][0]["completion_tokens"]
-        if not served == len(res[0].token_ids) == new_tokens:
-            raise SystemExit(f"token counts differ: server {served}, in process {len(res[0].token_ids)}, asked {new_tokens}")
-    diffs = [(h - l) * 1000 for h, l in zip(http, local)]
-    # where the overhead goes: the server's own time per request (its access log: ASGI entry to last
-    # byte) against the client's wall clock; the rest is the client library, the socket and scheduling
-    served = [float(m) for m in re.findall(r"POST /v1/models/bench:predict 200 ([\d.]+) ms", server.log.read_text())]
-    return {"local_ms": statistics.median(local) * 1000, "http_ms": statistics.median(http) * 1000,
-            "overhead_ms": statistics.median(diffs), "server_ms": statistics.median(served[-repeats:])}
+        r = s.post(server.url, json=body(new_tokens))
+        times.append(time.perf_counter() - t0)
+        if r.headers.get("x-lmops-cache") != "hit":
+            raise SystemExit(f"expected a cache hit, got {r.status_code} {dict(r.headers)}")
+    return statistics.median(times) * 1000
+
+
+def controls_cost(n: int = 20000) -> float:
+    """Microseconds of CPU per request for the production controls alone, in process: the key check (all keys
+    hashed and compared), admission with both buckets and its release, and the cache key (parse, canonical
+    JSON, digest) — what the on/off difference above measures through the noise of a shared machine."""
+    import json
+
+    from lmops.config import ServeConfig
+    from lmops.serve.admission import Admission
+    from lmops.serve.auth import ApiKeys
+    from lmops.serve.response_cache import deterministic, etag
+
+    keys = ApiKeys(["bench-key", "another-key"])
+    gate = Admission(ServeConfig(rate_limit_requests_per_minute=10**9, rate_limit_tokens_per_minute=10**9))
+    raw = json.dumps(body(16)).encode()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        who = keys.identify(b"Bearer bench-key")
+        gate.admit(who).release()
+        parsed = json.loads(raw)
+        if deterministic("v1", parsed):
+            etag("0123456789abcdef", "/v1/models/bench:predict", json.dumps(parsed, sort_keys=True, separators=(",", ":")))
+    return (time.perf_counter() - t0) / n * 1e6
 
 
 def throughput(server: Server, clients: int, per_client: int, new_tokens: int) -> float:
@@ -204,6 +262,30 @@ def server_latency(server: Server, repeats: int, new_tokens: int) -> tuple[float
     return statistics.median(times) * 1000, tokens.pop()
 
 
+def int8_against_fp32(args, tmp: Path) -> tuple[Path, dict]:
+    """Part 3: server and in-process latency of the int8 model and the fp32 it was made from."""
+    fp32_dir = args.model if args.int8_model else make_model(tmp / "small", "small")
+    int8_dir = args.int8_model
+    if int8_dir is None:
+        from lmops.compress.quantize import quantize_dir
+        from lmops.config import Int8Config
+
+        int8_dir = tmp / "small-int8"
+        quantize_dir(fp32_dir, int8_dir, Int8Config())
+    latency = {}
+    for name, d in (("fp32", fp32_dir), ("int8", int8_dir)):
+        srv = Server(d, tmp / f"server-{name}.log", args.max_wait_ms)
+        try:
+            latency[name] = server_latency(srv, args.repeats, args.new_tokens)
+        finally:
+            srv.stop()
+        latency[name + " in process"] = in_process(d, args.repeats, args.new_tokens)
+    counts = {k: v[1] for k, v in latency.items()}
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"fp32 and int8 generated different numbers of tokens: {counts}")
+    return fp32_dir, latency
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="HF model directory (default: tiny / small preset random models made here)")
@@ -212,6 +294,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--min-requests", type=int, default=48, help="requests per throughput run (all clients together)")
     ap.add_argument("--max-wait-ms", type=float, default=None, help="serve.max_wait_ms (default: the config's)")
+    ap.add_argument("--overhead-only", action="store_true", help="part 1 only (no throughput, no int8)")
     args = ap.parse_args()
     if args.int8_model and not args.model:
         ap.error("--int8-model needs --model, the fp32 directory it was made from (a comparison with any other "
@@ -223,34 +306,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lmops-bench-serve-") as tmp:
         tmp = Path(tmp)
         model_dir = args.model or make_model(tmp / "tiny", "tiny")
+        (tmp / "keys").write_text("bench-key\n")
         server = Server(model_dir, tmp / "server.log", args.max_wait_ms)
+        guarded = Server(model_dir, tmp / "server-guarded.log", args.max_wait_ms,
+                         (f"serve.api_key_file={tmp / 'keys'}", "serve.rate_limit_requests_per_minute=1000000",
+                          "serve.rate_limit_tokens_per_minute=1000000000", "serve.response_cache_size=256"),
+                         {"Authorization": "Bearer bench-key", "Cache-Control": "no-cache"})
         try:
-            o = overhead(server, model_dir, args.repeats, args.new_tokens)
-            tput = {c: throughput(server, c, max(1, -(-args.min_requests // c)), args.new_tokens) for c in (1, 4, 16)}
+            o, og = overhead([server, guarded], model_dir, args.repeats, args.new_tokens)
+            hit_ms = cache_hits(guarded, args.repeats, args.new_tokens)
+            guarded.stop()
+            tput = {} if args.overhead_only else {
+                c: throughput(server, c, max(1, -(-args.min_requests // c)), args.new_tokens) for c in (1, 4, 16)}
         finally:
             server.stop()
+            if guarded.proc.poll() is None:
+                guarded.stop()
 
-        # int8 against the fp32 it was made from
-        fp32_dir = args.model if args.int8_model else make_model(tmp / "small", "small")
-        int8_dir = args.int8_model
-        if int8_dir is None:
-            from lmops.compress.quantize import quantize_dir
-            from lmops.config import Int8Config
-
-            int8_dir = tmp / "small-int8"
-            quantize_dir(fp32_dir, int8_dir, Int8Config())
-        latency = {}
-        for name, d in (("fp32", fp32_dir), ("int8", int8_dir)):
-            srv = Server(d, tmp / f"server-{name}.log", args.max_wait_ms)
-            try:
-                latency[name] = server_latency(srv, args.repeats, args.new_tokens)
-            finally:
-                srv.stop()
-            latency[name + " in process"] = in_process(d, args.repeats, args.new_tokens)
-        counts = {k: v[1] for k, v in latency.items()}
-        if len(set(counts.values())) != 1:
-            raise SystemExit(f"fp32 and int8 generated different numbers of tokens: {counts}")
-
+        if not args.overhead_only:
+            fp32_dir, latency = int8_against_fp32(args, tmp)
+        cost_us = controls_cost()
     print(f"\n1-2: {model_dir if args.model else 'tiny-preset random Llama (2x64)'}; {args.new_tokens} new tokens, "
           f"greedy, 1 torch thread")
     print(f"{'measure':<44} {'value':>10}  target")
@@ -259,12 +334,22 @@ def main() -> None:
     print(f"{'  of which inside the server (access log)':<44} {o['server_ms']:>8.2f}ms")
     print(f"{'HTTP overhead (median of paired diffs)':<44} {o['overhead_ms']:>8.2f}ms  <= 3 ms "
           f"{'OK' if o['overhead_ms'] <= 3 else 'MISSED'}")
+    print(f"{'with key + rate limits + cache (no-cache), HTTP':<44} {og['http_ms']:>8.2f}ms")
+    print(f"{'  of which inside the server (access log)':<44} {og['server_ms']:>8.2f}ms")
+    print(f"{'  HTTP overhead (median of paired diffs)':<44} {og['overhead_ms']:>8.2f}ms  <= 3 ms "
+          f"{'OK' if og['overhead_ms'] <= 3 else 'MISSED'}")
+    print(f"{'  keys + limits + cache cost (on - off)':<44} {og['overhead_ms'] - o['overhead_ms']:>8.2f}ms")
+    print(f"{'  keys + limits + cache key, CPU in process':<44} {cost_us:>8.1f}us per request")
+    print(f"{'response cache hit, median':<44} {hit_ms:>8.2f}ms  ({o['local_ms'] / hit_ms:.1f}x faster than "
+          "generating in process)")
+    if args.overhead_only:
+        return
     for c, v in tput.items():
         print(f"{f'throughput, {c} concurrent clients':<44} {v:>7.1f}/s")
     ratio = tput[16] / tput[1]
     print(f"{'throughput ratio 16 vs 1 clients':<44} {ratio:>8.2f}x  >= 4x {'OK' if ratio >= 4 else 'MISSED'}")
     print(f"\n3: {fp32_dir if args.int8_model else 'small-preset random Llama (6x384, vocab 8192)'} and its int8; "
-          f"{counts['fp32']} tokens on every side")
+          f"{latency['fp32'][1]} tokens on every side")
     for k, (ms, _) in latency.items():
         print(f"{k + ' latency, median':<44} {ms:>8.2f}ms")
     r_server = latency["int8"][0] / latency["fp32"][0]

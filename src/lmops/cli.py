@@ -125,7 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> dict:
 
     cfg = _config(args)
     updates = {k: v for k, v in (("host", args.host), ("port", args.port), ("model_name", args.name),
-                                 ("grpc_port", args.grpc_port)) if v is not None}
+                                 ("grpc_port", args.grpc_port), ("api_key_file", args.api_key_file))
+               if v is not None}
     serve_cfg = cfg.serve.model_copy(update=updates)
     model = args.model or cfg.deploy.model
     if not model:
@@ -282,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, help="REST port (default: serve.port)")
     sp.add_argument("--name", help="model name in the URLs (default: serve.model_name)")
     sp.add_argument("--grpc-port", type=int, help="KServe v2 gRPC port on the same host (default: serve.grpc_port, off)")
+    sp.add_argument("--api-key-file", help="API keys, one per line: inference routes then need Authorization: Bearer"
+                    " KEY (default: serve.api_key_file; $LMOPS_API_KEYS adds comma-separated keys)")
     sp = stage("deploy", cmd_deploy, "stage 7: start a local server or apply an InferenceService")
     sp.add_argument("--model", help="model URI (default: deploy.model)")
     sp.add_argument("--target", choices=["local", "kubernetes"], help="default: deploy.target")
@@ -336,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lmops.images.commands import add_parser as add_images
 
     add_images(sub)
+    from lmops.registry.prune_command import add_parser as add_registry
+
+    add_registry(sub)
     sp = sub.add_parser("sample-corpus", help="make the offline sample corpus (stdlib docstrings)")
     sp.add_argument("--dest", default=str(SAMPLE_CORPUS))
     sp.add_argument("--json", action="store_true")

@@ -36,7 +36,7 @@ def test_lint_clean():
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("values", [{}, {"mlflow": {"enabled": True, "trackingUri": "http://mlflow:5000"}},
-                                    {"webhook": {"enabled": False}}])
+                                    {"webhook": {"enabled": False}}, {"serving": {"apiKeySecret": "lmops-api-keys"}}])
 def test_rendered_chart_is_strictly_valid(values, version):
     docs = render(values)
     assert {d["kind"] for d in docs} >= {"ServiceAccount", "Role", "RoleBinding", "Deployment"}
@@ -107,7 +107,21 @@ def test_chart_image_values_follow_the_image_setting():
     assert env["LMOPS_IMAGE_TAG"] == "v2" and env["LMOPS_IMAGE_PULL_POLICY"] == "Always"
 
 
+def test_api_key_secret_reaches_the_operator_as_a_reference():
+    for values, expected in (({}, None), ({"serving": {"apiKeySecret": "lmops-api-keys"}}, "lmops-api-keys")):
+        docs = render(values)
+        (c,) = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env.get("LMOPS_SERVING_API_KEY_SECRET", {}).get("value") == expected
+        if expected:
+            assert env["LMOPS_API_KEYS"] == {"name": "LMOPS_API_KEYS", "valueFrom": {"secretKeyRef": {
+                "name": expected, "key": "api-keys"}}}
+        else:
+            assert "LMOPS_API_KEYS" not in env
+
+
 @pytest.mark.parametrize("values,where", [({"webhook": {"enabled": "yes"}}, "enabled"),
+                                          ({"serving": {"apiKeySecret": "Not A Name"}}, "apiKeySecret"),
                                           ({"operator": {"pollSeconds": 0}}, "pollSeconds"),
                                           ({"mlflow": {"trackingUri": "mlflow:5000"}}, "trackingUri"),
                                           ({"imagee": {}}, "imagee")])

@@ -89,3 +89,19 @@ def test_operator_image_setting_from_the_charts_environment(monkeypatch):
     monkeypatch.setenv("LMOPS_IMAGE_REPOSITORY", "Not A Repo")
     with pytest.raises(LmopsError, match=r"(?s)\$LMOPS_IMAGE_\*: .*repository"):
         image_from_env()
+
+
+def test_api_key_secret_setting_reaches_the_predictor_and_the_probes(monkeypatch):
+    import argparse
+
+    from lmops.operator.run import settings_from
+
+    pred = render(MD, spec(), DesiredService("1"), None, None, "lmops-api-keys")["spec"]["predictor"]
+    assert {"name": "LMOPS_API_KEYS", "valueFrom": {"secretKeyRef": {"name": "lmops-api-keys", "key": "api-keys"}}} \
+        in pred["containers"][0]["env"]
+    monkeypatch.setenv("LMOPS_SERVING_API_KEY_SECRET", "lmops-api-keys")
+    monkeypatch.setenv("LMOPS_API_KEYS", "sk-first,sk-second")
+    args = argparse.Namespace(webhook_port=None, tracking_uri=None, poll_seconds=10, runs_dir="/tmp/runs",
+                              webhook_host="127.0.0.1", namespace=None)
+    s = settings_from(args)
+    assert (s.api_key_secret, s.probe_api_key) == ("lmops-api-keys", "sk-first")

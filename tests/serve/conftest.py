@@ -56,20 +56,21 @@ class Server:
 
 
 def start_server(model: str | Path, log_path: Path, *sets: str, name: str = "tiny", ready_timeout: float = 60,
-                 attempts: int = 3) -> Server:
+                 attempts: int = 3, env: dict[str, str] | None = None) -> Server:
     # a free port can be taken by another process between choosing it and binding it: try another
     for attempt in range(attempts):
         try:
-            return _start_server(model, log_path, sets, name, ready_timeout)
+            return _start_server(model, log_path, sets, name, ready_timeout, env or {})
         except RuntimeError as e:
             if "address already in use" not in str(e) or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
 
 
-def _start_server(model: str | Path, log_path: Path, sets: tuple[str, ...], name: str, ready_timeout: float) -> Server:
+def _start_server(model: str | Path, log_path: Path, sets: tuple[str, ...], name: str, ready_timeout: float,
+                  extra_env: dict[str, str]) -> Server:
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra_env}
     cmd = [sys.executable, "-m", "lmops.cli", "serve", "--model", str(model), "--port", str(port), "--name", name,
            "--set", "serve.threads=1", *[a for s in sets for a in ("--set", s)]]
     with open(log_path, "wb") as log:
@@ -111,3 +112,36 @@ def server(tiny_dir, tmp_path_factory):
     yield srv
     code = stop_server(srv)
     assert code == 0, f"server exited with {code} on SIGTERM:\n{srv.log()[-2000:]}"
+
+
+# each test spends its own keys' buckets (8 requests per minute per key), so the tests do not share limits
+FILE_KEYS = ["sk-auth-0", "sk-unloaded-1", "sk-loaded-2", "sk-queue-3", "sk-cache-5"]
+ENV_KEY = "sk-from-env-4"
+RPM = 8
+QUEUE = 8
+CACHE = 2
+
+
+@pytest.fixture(scope="session")
+def guarded(tmp_path_factory):
+    """A server with API keys, rate limits, a small admission queue and a small response cache, serving
+    another model than ``server`` (seed 1): its ETags must differ for the same request."""
+    tmp = tmp_path_factory.mktemp("guarded")
+    model = make_model_dir(tmp / "other", seed=1, layers=2)
+    key_file = tmp / "keys.txt"
+    key_file.write_text("# one key per line\n" + "\n".join(FILE_KEYS) + "\n\n")
+    port = free_port()
+    srv = start_server(model, tmp / "server.log", f"serve.api_key_file={key_file}", f"serve.grpc_port={port}",
+                       f"serve.rate_limit_requests_per_minute={RPM}", f"serve.max_queued_requests={QUEUE}",
+                       "serve.max_new_tokens=200", "serve.default_max_new_tokens=8", "serve.max_batch_size=16",
+                       "serve.max_prompts_per_request=16", f"serve.response_cache_size={CACHE}",
+                       env={"LMOPS_API_KEYS": ENV_KEY})
+    srv.grpc = f"127.0.0.1:{port}"
+    yield srv
+    assert stop_server(srv) == 0
+    for key in [*FILE_KEYS, ENV_KEY]:
+        assert key not in srv.log(), "an API key reached the server's log"
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}

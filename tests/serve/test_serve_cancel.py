@@ -24,7 +24,8 @@ LONG = 3000
 def slow_server(tmp_path_factory):
     model = make_model_dir(tmp_path_factory.mktemp("slow") / "model", layers=4, hidden=256, max_positions=4096)
     srv = start_server(model, tmp_path_factory.mktemp("slow-srv") / "server.log",
-                       f"serve.max_new_tokens={LONG}", "serve.max_wait_ms=1")
+                       f"serve.max_new_tokens={LONG}", "serve.max_wait_ms=1",
+                       "serve.response_cache_size=0")  # every "next" request must generate its 4 tokens
     yield srv
     stop_server(srv)
 

@@ -135,3 +135,21 @@ def test_checks_refuse_what_the_api_server_or_a_restricted_namespace_would():
         problems = "\n".join(rendered_problems(broken))
         assert expected in problems, problems
     assert any("env[" in p for p in crd_schema.problems(twice))
+
+
+def test_api_keys_come_from_a_secret_reference_never_a_literal():
+    m = render_inference_service(DeployConfig(api_key_secret="lmops-api-keys"),
+                                 ServeConfig(rate_limit_requests_per_minute=60), "models:/m/1")
+    (c,) = m["spec"]["predictor"]["containers"]
+    assert "serve.rate_limit_requests_per_minute=60" in c["args"] and "serve.max_queued_requests=256" in c["args"]
+    assert not any("tokens_per_minute" in a for a in c["args"])
+    assert {"name": "LMOPS_API_KEYS", "valueFrom": {"secretKeyRef": {"name": "lmops-api-keys", "key": "api-keys"}}} \
+        in c["env"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v1/models/lmops-lm"  # KServe v1 readiness needs no key
+    assert rendered_problems(m) == []
+    with pytest.raises(ConfigError, match="LMOPS_API_KEYS"):
+        config_from_dict({"deploy": {"env": {"LMOPS_API_KEYS": "sk-literal"}}})
+    with pytest.raises(ConfigError, match="credentials"):
+        config_from_dict({"deploy": {"env": {"MY_API_KEY": "sk-literal"}}})
+    with pytest.raises(ConfigError, match="runtime=lmops"):
+        config_from_dict({"deploy": {"runtime": "huggingface", "api_key_secret": "k"}})

@@ -61,6 +61,25 @@ class ServeConfig(Section):
     """Prompt of the warm-up generation that must succeed before the server reports ready."""
     cache_dir: str = ".state/serve-cache"
     """Where s3:// and models:/ model directories are downloaded before loading."""
+    # Production controls, applied the same on every protocol (OpenAI, KServe v1, v2 REST and v2 gRPC):
+    # lmops.serve.auth, lmops.serve.admission and lmops.serve.response_cache read them.
+    api_key_file: str | None = None
+    """File of API keys, one per line (blank lines and #-comments ignored), as vLLM's --api-key; the keys in
+    $LMOPS_API_KEYS (comma-separated) are added. With any key, every inference route needs
+    ``Authorization: Bearer KEY`` (gRPC: ``authorization`` metadata); health, readiness and /metrics stay open.
+    Never put a key itself in a config: on Kubernetes it comes from a Secret (deploy.api_key_secret)."""
+    rate_limit_requests_per_minute: int | None = Field(None, ge=1)
+    """Requests per minute per API key (per client address without keys): a token bucket holding a minute's
+    worth, refilled continuously; past it a 429 with Retry-After. None = no limit."""
+    rate_limit_tokens_per_minute: int | None = Field(None, ge=1)
+    """Prompt + generated tokens per minute per key or client, charged when a generation finishes; a client
+    in debt gets 429 with Retry-After until the bucket refills. None = no limit."""
+    max_queued_requests: int = Field(256, ge=1)
+    """Most inference requests admitted at once (running or waiting for the batcher); one more is answered
+    503 with Retry-After at once instead of waiting without bound."""
+    response_cache_size: int = Field(256, ge=0)
+    """Deterministic responses (greedy, or a fixed seed) kept in an LRU and answered again without the model;
+    every such response carries a strong ETag and If-None-Match gives 304. 0 = no cache (ETags stay)."""
 
     @model_validator(mode="after")
     def _default_within_limit(self) -> "ServeConfig":
@@ -70,7 +89,7 @@ class ServeConfig(Section):
         return self
 
 
-_CREDENTIAL_WORDS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "CREDENTIAL", "SESSION_KEY")
+_CREDENTIAL_WORDS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "CREDENTIAL", "SESSION_KEY", "API_KEY")
 
 
 class DeployResources(Section):
@@ -136,6 +155,11 @@ class DeployConfig(Section):
     """ServiceAccount whose annotated Secret holds the S3 credentials (KServe's storage initializer reads it)."""
     s3_secret: str | None = None
     """Secret exposed to the lmops container with envFrom (AWS_* keys) for models:/ or direct s3:// reads."""
+    api_key_secret: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Secret holding the server's API keys (comma-separated) under ``api_key_secret_key``: the container's
+    $LMOPS_API_KEYS comes from it (a secretKeyRef, never a literal). None = no keys (runtime=lmops only)."""
+    api_key_secret_key: str = Field("api-keys", pattern=r"^[-._a-zA-Z0-9]+$")
+    """The key inside ``api_key_secret``."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra plain environment variables; credentials are refused here (use service_account / s3_secret), and so
     are the names lmops sets itself (the container's env is a list keyed by name: a repeat is refused)."""
@@ -176,6 +200,8 @@ class DeployConfig(Section):
         if secret_like:
             raise ValueError(f"env {secret_like} look like credentials; never inline them in a manifest: use"
                              " deploy.service_account (S3 for the storage initializer) or deploy.s3_secret")
+        if self.api_key_secret and self.runtime != "lmops":
+            raise ValueError("deploy.api_key_secret needs runtime=lmops (KServe's Hugging Face runtime has no API keys)")
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
         return self

@@ -43,7 +43,8 @@ def split_texts(raw: str) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-def score(base_url: str, model: str, text: str, timeout: float = 30.0, session=None) -> tuple[float, int]:
+def score(base_url: str, model: str, text: str, timeout: float = 30.0, session=None,
+          api_key: str | None = None) -> tuple[float, int]:
     """(negative log-likelihood in bits of the scored tokens, the UTF-8 bytes they cover)."""
     import requests
 
@@ -52,7 +53,8 @@ def score(base_url: str, model: str, text: str, timeout: float = 30.0, session=N
     last = None
     for route in ROUTES:  # KServe's prefix first, the bare OpenAI path as vLLM serves it second
         try:
-            r = http.post(base_url.rstrip("/") + route, json=body, timeout=timeout)
+            r = http.post(base_url.rstrip("/") + route, json=body, timeout=timeout,
+                          headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
         except requests.RequestException as e:
             raise ProbeError(f"{base_url}: cannot reach the completions endpoint: {e}") from None
         if r.status_code == 404 and "model" not in r.text.lower():
@@ -80,8 +82,10 @@ def _nll_bits(base_url: str, text: str, answer: dict) -> tuple[float, int]:
     return -sum(scored) / math.log(2), max(n_bytes, 0)
 
 
-def bits_per_byte(base_url: str, model: str, texts: list[str], timeout: float = 30.0) -> float:
-    """Bits per byte over the whole probe set (bytes-weighted, like one long document)."""
+def bits_per_byte(base_url: str, model: str, texts: list[str], timeout: float = 30.0,
+                  api_key: str | None = None) -> float:
+    """Bits per byte over the whole probe set (bytes-weighted, like one long document); ``api_key`` is sent as
+    ``Authorization: Bearer`` to servers that need one (lmops.serve.auth)."""
     import requests
 
     if not texts:
@@ -89,7 +93,7 @@ def bits_per_byte(base_url: str, model: str, texts: list[str], timeout: float = 
     bits = n_bytes = 0
     with requests.Session() as session:
         for text in texts:
-            b, n = score(base_url, model, text, timeout, session)
+            b, n = score(base_url, model, text, timeout, session, api_key)
             bits += b
             n_bytes += n
     if n_bytes == 0:

@@ -73,8 +73,8 @@ def measure(spec: ModelDeploymentSpec, meta: dict[str, Any], svc: ServiceState, 
         texts = probe_texts(probe.texts, _config_map(ref, meta["namespace"], client), ref.key if ref else "probe.txt",
                             probe.uri)
         # the served model's name is the InferenceService's (lmops serve --name)
-        canary = bits_per_byte(svc.canary_url, meta["name"], texts, settings.probe_timeout_s)
-        stable = bits_per_byte(svc.stable_url, meta["name"], texts, settings.probe_timeout_s)
+        canary = bits_per_byte(svc.canary_url, meta["name"], texts, settings.probe_timeout_s, settings.probe_api_key)
+        stable = bits_per_byte(svc.stable_url, meta["name"], texts, settings.probe_timeout_s, settings.probe_api_key)
     except ProbeError as e:
         return GateInputs(requests_, errors, p95, probe_error=str(e))
     # the probe's own requests went to the canary: read its metrics again so they count
@@ -110,7 +110,8 @@ def _act(obj: dict[str, Any], spec: ModelDeploymentSpec | None, decision, settin
     done: dict[str, Any] = {}
     for action in decision.actions:
         if isinstance(action, ApplyService) and spec is not None:
-            kube.apply(service.render(obj, spec, action.desired, tracking, settings.image), client=client)
+            kube.apply(service.render(obj, spec, action.desired, tracking, settings.image, settings.api_key_secret),
+                       client=client)
         elif isinstance(action, RecordAliasMove):
             if registry_rollout.record_seen(tracking, spec.model.name, action.alias, action.version, action.last_seen):
                 log.info("%s/%s: alias %s moved %s -> %s (recorded in its history)", meta["namespace"], meta["name"],

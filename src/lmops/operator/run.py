@@ -8,10 +8,11 @@ import logging
 import os
 from pathlib import Path
 
-from lmops.config import REPO_ROOT, ImageConfig
+from lmops.config import REPO_ROOT, ImageConfig, ServeConfig
 from lmops.errors import LmopsError
 from lmops.operator import runtime
 from lmops.operator.settings import Settings
+from lmops.serve.auth import client_key
 
 HANDLERS = REPO_ROOT / "operators" / "handlers.py"
 SECRET_ENV = "LMOPS_WEBHOOK_SECRET"
@@ -25,7 +26,9 @@ def settings_from(args) -> Settings:
                          " or leave the receiver off and rely on the poll")
     return Settings(tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"), poll_s=args.poll_seconds,
                     runs_dir=Path(args.runs_dir), webhook_host=args.webhook_host, webhook_port=port,
-                    webhook_secret=secret, namespaces=list(args.namespace or []), image=image_from_env())
+                    webhook_secret=secret, namespaces=list(args.namespace or []), image=image_from_env(),
+                    api_key_secret=os.environ.get("LMOPS_SERVING_API_KEY_SECRET") or None,
+                    probe_api_key=client_key(ServeConfig()))
 
 
 def image_from_env() -> ImageConfig:

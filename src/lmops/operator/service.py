@@ -25,7 +25,7 @@ TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
 
 
 def render(md: dict[str, Any], spec: ModelDeploymentSpec, desired: DesiredService, tracking_uri: str | None,
-           image: ImageConfig | None = None) -> dict[str, Any]:
+           image: ImageConfig | None = None, api_key_secret: str | None = None) -> dict[str, Any]:
     meta = md["metadata"]
     sv = spec.serving
     env = dict(sv.env)
@@ -35,7 +35,7 @@ def render(md: dict[str, Any], spec: ModelDeploymentSpec, desired: DesiredServic
                        image=sv.image, service_account=sv.service_account_name, env=env,
                        resources={"cpu": sv.cpu, "memory": sv.memory, "gpus": sv.gpus},
                        min_replicas=sv.min_replicas, max_replicas=sv.max_replicas,
-                       canary_traffic_percent=desired.canary_percent,
+                       canary_traffic_percent=desired.canary_percent, api_key_secret=api_key_secret,
                        tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in sv.tolerations] or None)
     isvc = render_inference_service(cfg, ServeConfig(), f"models:/{spec.model.name}/{desired.serving}",
                                     labels={"lmops.dev/deployment": meta["name"]}, image=image)

@@ -25,6 +25,11 @@ class Settings:
     """None: no webhook receiver (poll only)."""
     webhook_secret: str | None = None
     namespaces: list[str] = field(default_factory=list)
+    api_key_secret: str | None = None
+    """Secret the InferenceServices read their API keys from (key ``api-keys``; $LMOPS_SERVING_API_KEY_SECRET,
+    the chart's serving.apiKeySecret); None = model servers without keys."""
+    probe_api_key: str | None = None
+    """The key the canary gates' quality probes send (the first of $LMOPS_API_KEYS, from the same Secret)."""
     image: ImageConfig = field(default_factory=ImageConfig)
     """The lmops images the InferenceServices run (a ModelDeployment's serving.image overrides it); the chart
     passes its own image setting ($LMOPS_IMAGE_REPOSITORY, $LMOPS_IMAGE_TAG, $LMOPS_IMAGE_PULL_POLICY)."""

@@ -24,6 +24,7 @@ from typing import Any
 from lmops.config import Config, sha256_json
 from lmops.config.serve import ExampleConfig
 from lmops.processes import group_alive, stop_group
+from lmops.serve.auth import bearer, client_key
 
 MLFLOW = "mlflow"
 RAY = "ray"
@@ -116,7 +117,7 @@ def deploy_and_record(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
                             "pgid": endpoint["pgid"], "model_uri": model_uri, "serving_key": key,
                             "endpoint": str(out / "endpoint.json")})
     endpoint["example"] = example_generation(endpoint["protocols"]["openai_completions"], endpoint["model_name"],
-                                             cfg.deploy.example)
+                                             cfg.deploy.example, client_key(cfg.serve))
     (out / "endpoint.json").write_text(json.dumps(endpoint, indent=2))
     return endpoint
 
@@ -150,11 +151,11 @@ def reusable_server(name: str, key: str | None) -> dict[str, Any] | None:
     return {**endpoint, "reused": True}
 
 
-def example_generation(url: str, model_name: str, example: ExampleConfig) -> dict[str, Any]:
+def example_generation(url: str, model_name: str, example: ExampleConfig, api_key: str | None = None) -> dict[str, Any]:
     """One sampled completion over HTTP: proof the endpoint serves the model, and something to look at."""
     import requests
 
-    r = requests.post(url, json={"model": model_name, "prompt": example.prompt, "max_tokens": example.max_tokens,
+    r = requests.post(url, headers=bearer(api_key), json={"model": model_name, "prompt": example.prompt, "max_tokens": example.max_tokens,
                                  "temperature": example.temperature, "top_p": example.top_p,
                                  "seed": example.seed}, timeout=60)
     r.raise_for_status()

@@ -24,6 +24,7 @@ from typing import Callable
 from prometheus_client import Counter, Histogram
 
 from lmops.errors import LmopsError
+from lmops.serve import vllm_metrics
 from lmops.serve.generate import GenRequest, GenResult, TokenCallback
 
 log = logging.getLogger("lmops.serve")
@@ -37,6 +38,29 @@ RETRIED_BATCHES = Counter("lmops_retried_batches", "Batches that failed and were
 FAILED = Counter("lmops_failed_requests", "Requests whose generation failed even when run alone")
 
 
+class _Metrics:
+    """vLLM's per-request metrics (lmops.serve.vllm_metrics) for one served model."""
+
+    def __init__(self, model_name: str):
+        self.first_token = vllm_metrics.TIME_TO_FIRST_TOKEN.labels(model_name)
+        self.per_token = vllm_metrics.TIME_PER_OUTPUT_TOKEN.labels(model_name)
+        self.e2e = vllm_metrics.E2E_LATENCY.labels(model_name)
+        self.prompt_tokens = vllm_metrics.PROMPT_TOKENS.labels(model_name)
+        self.generation_tokens = vllm_metrics.GENERATION_TOKENS.labels(model_name)
+        self.running = vllm_metrics.RUNNING.labels(model_name)
+        self.waiting = vllm_metrics.WAITING.labels(model_name)
+        self._success = {reason: vllm_metrics.SUCCESS.labels(model_name, reason) for reason in ("stop", "length")}
+
+    def finished(self, batch: list, results: list[GenResult]) -> None:
+        now = time.perf_counter()
+        for job, r in zip(batch, results):
+            self.e2e.observe(now - job.enqueued)
+            self.prompt_tokens.inc(r.prompt_tokens)
+            self.generation_tokens.inc(len(r.token_ids))
+            if r.finish_reason in self._success:
+                self._success[r.finish_reason].inc()
+
+
 class GenerationFailed(LmopsError, RuntimeError):
     """Generation of this request failed on its own (the server logged why; the client gets a 500)."""
 
@@ -48,15 +72,17 @@ RunBatch = Callable[[list[GenRequest], TokenCallback | None], list[GenResult]]
 class _Job:
     request: GenRequest
     future: asyncio.Future
-    # per-token callback for streaming (called in the worker thread); None for plain requests
-    on_token: Callable[[int], None] | None = None
+    # per-token callback for streaming (token, its log-probs or None; called in the worker thread)
+    on_token: Callable[[int, object], None] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
     delivered: int = 0  # tokens already passed to on_token (a retry must not send them twice)
+    last_token_at: float | None = None  # for vLLM's time-to-first-token and inter-token histograms
 
 
 class MicroBatcher:
-    def __init__(self, run: RunBatch, max_batch_size: int, max_wait_ms: float):
+    def __init__(self, run: RunBatch, max_batch_size: int, max_wait_ms: float, model_name: str = "lmops"):
         self._run = run
+        self._m = _Metrics(model_name)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self._queue: asyncio.Queue[_Job] | None = None
@@ -64,10 +90,11 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmops-generate")
         self.last_batch_size = 0
 
-    async def submit(self, request: GenRequest, on_token: Callable[[int], None] | None = None) -> GenResult:
+    async def submit(self, request: GenRequest, on_token: Callable[[int, object], None] | None = None) -> GenResult:
         self._ensure_running()
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(request, fut, on_token))
+        self._m.waiting.set(self._queue.qsize())
         try:
             return await fut
         except asyncio.CancelledError:
@@ -100,22 +127,34 @@ class MicroBatcher:
                 except asyncio.TimeoutError:
                     break
             batch = [j for j in batch if not j.future.done()]  # drop requests whose client went away
+            self._m.waiting.set(self._queue.qsize())
             if batch:
-                await self._run_batch(loop, batch)
+                self._m.running.set(len(batch))
+                try:
+                    await self._run_batch(loop, batch)
+                finally:
+                    self._m.running.set(0)
 
     async def _generate(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> list[GenResult]:
         rows = [0] * len(batch)  # tokens seen per row in this run (a retry regenerates from the start)
 
-        def on_token(row: int, tok: int) -> None:
+        m = self._m
+
+        def on_token(row: int, tok: int, logprobs) -> None:
             job = batch[row]
             rows[row] += 1
+            now = time.perf_counter()
+            if job.last_token_at is None:
+                m.first_token.observe(now - job.enqueued)
+            else:
+                m.per_token.observe(now - job.last_token_at)
+            job.last_token_at = now
             if job.on_token is not None and rows[row] > job.delivered:
                 job.delivered += 1
-                job.on_token(tok)
+                job.on_token(tok, logprobs)
 
-        streaming = any(j.on_token is not None for j in batch)
-        return await loop.run_in_executor(
-            self._executor, self._run, [j.request for j in batch], on_token if streaming else None)
+        # always passed (not only for streams): the per-token times feed vLLM's latency histograms
+        return await loop.run_in_executor(self._executor, self._run, [j.request for j in batch], on_token)
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
         t0 = time.perf_counter()
@@ -138,6 +177,7 @@ class MicroBatcher:
         BATCH_SIZE.observe(len(batch))
         BATCH_SECONDS.observe(seconds)
         GENERATED_TOKENS.inc(sum(len(r.token_ids) for r in results))
+        self._m.finished(batch, results)
         log.debug("batch of %d in %.1f ms", len(batch), seconds * 1000)
         for j, r in zip(batch, results):
             if not j.future.done():

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from lmops.config import ServeConfig
 from lmops.serve.openai_schema import ChatMessage
-from lmops.serve.params import BadRequest, TooLarge
+from lmops.serve.params import BadRequest, TooLarge, check_unicode
 
 
 def chat_prompt(tokenizer, messages: list[ChatMessage], cfg: ServeConfig) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise BadRequest("this model has no chat template; use /v1/completions")
     turns = [{"role": m.role, "content": m.text()} for m in messages]
+    for i, t in enumerate(turns):
+        check_unicode(t["content"], f"messages[{i}].content")
     # bounded before the template runs, like any prompt (the template adds a few bytes per turn,
     # which the prompt's own byte and token limits catch afterwards)
     if sum(len(t["content"].encode("utf-8", "surrogatepass")) for t in turns) > cfg.max_prompt_bytes:

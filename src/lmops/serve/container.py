@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from lmops.config import Config
+from lmops.serve.auth import client_key
 from lmops.serve.endpoint import protocol_urls, registry_env, smoke_test, wait_ready, with_port
 
 SERVE_IMAGE_ENV = "LMOPS_SERVE_IMAGE"
@@ -42,8 +43,10 @@ def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     name = container_name(serve.model_name)
     remove(name)
     client = _client()
+    # LMOPS_API_KEYS: the server's keys as the user gave them (serve.api_key_file is a host path: not mounted)
     env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "LMOPS_CODE_VERSION", "LMOPS_S3_ENDPOINT_URL",
-                                      "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+                                      "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                      "LMOPS_API_KEYS")
            if os.environ.get(k)}
     env.update(registry_env(cfg))  # the run's MLflow server, also when given only as a pipeline parameter
     container = client.containers.run(
@@ -56,7 +59,7 @@ def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     urls = protocol_urls(base, serve.model_name)
     try:
         _wait_ready(container, urls["ready"], cfg.deploy.ready_timeout_s)
-        smoke = smoke_test(urls["v1_predict"], cfg.deploy.smoke_prompt)
+        smoke = smoke_test(urls["v1_predict"], cfg.deploy.smoke_prompt, client_key(cfg.serve))
     except BaseException:
         remove(name)
         raise

@@ -23,6 +23,7 @@ import yaml
 
 from lmops.config import Config
 from lmops.processes import stop_group
+from lmops.serve.auth import client_key
 from lmops.serve.endpoint import DeployError, protocol_urls, registry_env, smoke_test, tail, wait_ready, with_port
 
 ENDPOINT_FILE = "endpoint.json"
@@ -59,7 +60,7 @@ def deploy_local(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     urls = protocol_urls(base, serve.model_name)
     try:
         _wait_ready(proc, urls["ready"], cfg.deploy.ready_timeout_s, log_path)
-        smoke = smoke_test(urls["v1_predict"], cfg.deploy.smoke_prompt)
+        smoke = smoke_test(urls["v1_predict"], cfg.deploy.smoke_prompt, client_key(cfg.serve))
     except BaseException:
         stop_process_group(proc.pid)
         raise
@@ -125,7 +126,7 @@ def deploy_kubernetes(cfg: Config, model_uri: str, out: Path, client=None) -> di
                               f" {ready or 'none'} (kubectl describe inferenceservice -n {ns} {name})")
         time.sleep(0.5)
     urls = protocol_urls(status["url"].rstrip("/"), name)
-    smoke = smoke_test(urls["v1_predict"], cfg.deploy.smoke_prompt)
+    smoke = smoke_test(urls["v1_predict"], cfg.deploy.smoke_prompt, client_key(cfg.serve))
     endpoint = {"target": "kubernetes", "name": name, "namespace": ns, "model_name": name, "model_uri": model_uri,
                 "url": status["url"], "protocols": urls, "smoke": smoke,
                 "revision": (status.get("components") or {}).get("predictor", {}).get("latestReadyRevision"),

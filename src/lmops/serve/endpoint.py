@@ -13,6 +13,7 @@ from typing import Any, Callable
 from lmops.config import Config, ServeConfig
 from lmops.errors import LmopsError
 from lmops.processes import free_port
+from lmops.serve.auth import bearer
 
 
 class DeployError(LmopsError, RuntimeError):
@@ -54,12 +55,13 @@ def protocol_urls(base: str, name: str) -> dict[str, str]:
     }
 
 
-def smoke_test(predict_url: str, prompt: str) -> dict[str, Any]:
+def smoke_test(predict_url: str, prompt: str, api_key: str | None = None) -> dict[str, Any]:
     """One short v1 generation: proof that the endpoint serves the model, not only that it listens."""
     import requests
 
     t0 = time.perf_counter()
-    r = requests.post(predict_url, json={"instances": [{"prompt": prompt, "max_new_tokens": 4}]}, timeout=60)
+    r = requests.post(predict_url, json={"instances": [{"prompt": prompt, "max_new_tokens": 4}]}, timeout=60,
+                      headers=bearer(api_key))
     smoke_ms = (time.perf_counter() - t0) * 1000
     if r.status_code != 200 or not isinstance(r.json().get("predictions", [{}])[0].get("text"), str):
         raise DeployError(f"smoke request to {predict_url} failed: {r.status_code} {r.text[:300]}")

@@ -50,8 +50,8 @@ class GenResult:
     prompt_logprobs: TokenLogprobs | None = None  # of the prompt tokens (the first is None), when asked
 
 
-# on_token(row, token_id): called from the generating thread after each step, for streaming
-TokenCallback = Callable[[int, int], None]
+# on_token(row, token_id, its log-probs or None): called from the generating thread after each step, for streaming
+TokenCallback = Callable[[int, int, "TokenLogprobs | None"], None]
 
 
 @torch.inference_mode()
@@ -101,12 +101,13 @@ def generate_batch(model, tokenizer, reqs: list[GenRequest], device: str | torch
                 finish[i] = "stop"
                 continue
             generated[i].append(tok)
-            if chosen[i] is not None:
-                chosen[i].extend(step_logprobs(logits[row], tok, r.logprobs))
+            step = step_logprobs(logits[row], tok, r.logprobs) if chosen[i] is not None else None
+            if step is not None:
+                chosen[i].extend(step)
             if counts[i] is not None:
                 counts[i][tok] += 1
             if on_token is not None:
-                on_token(i, tok)
+                on_token(i, tok, step)
             if len(generated[i]) >= r.max_new_tokens:
                 finish[i] = "length"
             elif r.stop and _apply_stop(tokenizer.decode(generated[i], skip_special_tokens=True), r.stop)[1]:

@@ -6,8 +6,9 @@ Two predictors for the same directory:
   /mnt/models for it; a ``models:/`` URI is resolved by the container itself through MLflow.
 - ``huggingface``: KServe's Hugging Face runtime (``modelFormat: huggingface``) on the same
   directory, needing no image of ours.
-S3 credentials are only ever referenced: the ServiceAccount KServe's storage initializer reads, or a
-Secret exposed with envFrom. DeployConfig refuses credential-looking env entries.
+S3 credentials and API keys are only ever referenced: the ServiceAccount KServe's storage initializer
+reads, or a Secret exposed with envFrom; API keys (lmops.serve.auth) come from a secretKeyRef. The
+readiness probe uses KServe v1's readiness route, which needs no key. DeployConfig refuses credential-looking env entries.
 Every predictor pod passes the restricted Pod Security Standard (lmops.security.context) with a read-only
 root filesystem; a GPU predictor gets the cuda image variant, the GPU toleration and deploy.node_selector.
 """
@@ -95,6 +96,9 @@ def _lmops_container(cfg: DeployConfig, serve: ServeConfig, model_uri: str, stor
     env = _env(cfg)
     if storage:
         env.insert(0, {"name": "STORAGE_URI", "value": storage})
+    if cfg.api_key_secret:  # the keys stay in the Secret: the pod spec only names it
+        env.insert(0, {"name": "LMOPS_API_KEYS", "valueFrom": {"secretKeyRef": {
+            "name": cfg.api_key_secret, "key": cfg.api_key_secret_key}}})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": predictor_image(cfg, image),
@@ -107,7 +111,12 @@ def _lmops_container(cfg: DeployConfig, serve: ServeConfig, model_uri: str, stor
                  "--set", f"serve.max_prompt_tokens={serve.max_prompt_tokens}",
                  "--set", f"serve.max_batch_size={serve.max_batch_size}",
                  "--set", f"serve.max_wait_ms={serve.max_wait_ms}",
-                 "--set", f"serve.cache_dir={CACHE_DIR}/serve"],
+                 "--set", f"serve.cache_dir={CACHE_DIR}/serve",
+                 # admission and caching (lmops.serve.admission, response_cache): the same in the pod
+                 "--set", f"serve.max_queued_requests={serve.max_queued_requests}",
+                 "--set", f"serve.response_cache_size={serve.response_cache_size}",
+                 *[a for k in ("rate_limit_requests_per_minute", "rate_limit_tokens_per_minute")
+                   if getattr(serve, k) is not None for a in ("--set", f"serve.{k}={getattr(serve, k)}")]],
         "ports": [{"containerPort": PORT, "protocol": "TCP"}],
         "resources": _resources(cfg),
         "readinessProbe": {"httpGet": {"path": f"/v1/models/{cfg.name}", "port": PORT}, "periodSeconds": 5},
@@ -119,7 +128,7 @@ def _lmops_container(cfg: DeployConfig, serve: ServeConfig, model_uri: str, stor
     return container
 
 
-def _env(cfg: DeployConfig) -> list[dict[str, str]]:
+def _env(cfg: DeployConfig) -> list[dict[str, Any]]:
     return [{"name": k, "value": v} for k, v in sorted(cfg.env.items())]
 
 

@@ -52,6 +52,20 @@ def resolve_model_uri(uri: str, cache_dir: str | Path) -> Path:
     return path
 
 
+def dir_digest(path: str | Path) -> str:
+    """sha256 over a model directory's file names and contents: the served version in ETags (two
+    directories with the same files are the same version, wherever they were loaded from)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 def _cache_slot(uri: str, cache_dir: str | Path) -> Path:
     # one folder per URI, so two models never mix files (aliases move: registry re-downloads are cheap)
     return Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:16]

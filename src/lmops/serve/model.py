@@ -28,10 +28,12 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
 
 from lmops.config import ServeConfig
+from lmops.serve import admission
 from lmops.serve.batcher import MicroBatcher
 from lmops.serve.generate import GenRequest, GenResult, generate_batch
-from lmops.serve.loader import LoadedModel, ModelLoadError, load_model_dir, resolve_model_uri
+from lmops.serve.loader import LoadedModel, ModelLoadError, dir_digest, load_model_dir, resolve_model_uri
 from lmops.serve.params import BadRequest, GenParams, check_prompt_count, parse_params, to_gen_request
+from lmops.serve.scoring import TokenLogprobs
 
 log = logging.getLogger("lmops.serve")
 
@@ -64,8 +66,9 @@ class LmopsModel(Model):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.loaded: LoadedModel | None = None
+        self.version = ""  # digest of the loaded directory (lmops.serve.response_cache's ETags name it)
         self.load_error: str | None = None
-        self.batcher = MicroBatcher(self._run_batch, cfg.max_batch_size, cfg.max_wait_ms)
+        self.batcher = MicroBatcher(self._run_batch, cfg.max_batch_size, cfg.max_wait_ms, name)
 
     # ------------------------------------------------------------ load
     def load(self) -> bool:
@@ -74,6 +77,7 @@ class LmopsModel(Model):
         try:
             path = resolve_model_uri(self.model_uri, self.cfg.cache_dir)
             self.loaded = load_model_dir(path, self.device)
+            self.version = dir_digest(path)
             self._warm_up()
         except Exception as e:  # any failure leaves the model not ready, with the reason in the log
             self.load_error = f"{type(e).__name__}: {e}" if not isinstance(e, ModelLoadError) else str(e)
@@ -99,6 +103,11 @@ class LmopsModel(Model):
         super().stop()
 
     # ------------------------------------------------------------ request handling
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a prompt may hold: the rows of the input embedding (what the model can look up)."""
+        return int(self.loaded.model.get_input_embeddings().num_embeddings)
+
     def gen_request(self, params: GenParams, where: str, **extra) -> GenRequest:
         return to_gen_request(params, self.loaded.tokenizer, self.cfg, self.loaded.max_positions, where, **extra)
 
@@ -163,7 +172,7 @@ class LmopsModel(Model):
 
     async def predict(self, payload: Prepared, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> tuple[Prepared, list[GenResult]]:
-        results = await asyncio.gather(*(self.batcher.submit(r) for r in payload.requests))
+        results = await asyncio.gather(*(self.complete(r) for r in payload.requests))
         return payload, list(results)
 
     async def postprocess(self, result, headers: dict[str, str] | None = None,
@@ -181,18 +190,21 @@ class LmopsModel(Model):
 
     # ------------------------------------------------------------ used by the OpenAI routes
     async def complete(self, req: GenRequest) -> GenResult:
-        return await self.batcher.submit(req)
+        return _charged(await self.batcher.submit(req))
 
-    async def stream(self, req: GenRequest) -> AsyncIterator[str | GenResult]:
-        """Yield text pieces as tokens are generated, then the final GenResult.
+    async def stream(self, req: GenRequest) -> AsyncIterator[tuple[str, TokenLogprobs | None] | GenResult]:
+        """Yield (text piece, the log-probs of the tokens it covers) as tokens are generated, then the GenResult.
 
         Pieces are the growth of the decoded text, so multi-byte characters split across tokens
-        arrive whole; text past a stop string is never sent.
+        arrive whole; text past a stop string is never sent. Log-probs (when the request asks for them)
+        travel with the piece that completes their tokens' text.
         """
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        task = asyncio.ensure_future(self.batcher.submit(req, lambda t: loop.call_soon_threadsafe(queue.put_nowait, t)))
+        queue: asyncio.Queue[tuple[int, TokenLogprobs | None]] = asyncio.Queue()
+        task = asyncio.ensure_future(self.batcher.submit(
+            req, lambda t, lp: loop.call_soon_threadsafe(queue.put_nowait, (t, lp))))
         tok, ids, sent = self.loaded.tokenizer, [], ""
+        pending = TokenLogprobs() if req.logprobs is not None else None
         try:
             while not (task.done() and queue.empty()):
                 getter = asyncio.ensure_future(queue.get())
@@ -200,20 +212,29 @@ class LmopsModel(Model):
                 if not getter.done():
                     getter.cancel()
                     continue
-                ids.append(getter.result())
+                token, lp = getter.result()
+                ids.append(token)
+                if pending is not None and lp is not None:
+                    pending.extend(lp)
                 text = tok.decode(ids, skip_special_tokens=True)
                 cut = min((text.find(s) for s in req.stop if s and s in text), default=-1)
                 text = text[:cut] if cut >= 0 else text
                 if len(text) > len(sent) and not text.endswith("\ufffd"):  # wait for a whole character
-                    yield text[len(sent):]
+                    yield text[len(sent):], pending
                     sent = text
-            result = task.result()
-            if len(result.text) > len(sent):
-                yield result.text[len(sent):]
+                    pending = TokenLogprobs() if pending is not None else None
+            result = _charged(task.result())
+            if len(result.text) > len(sent) or (pending is not None and pending.token_ids):
+                yield result.text[len(sent):], pending
             yield result
         finally:
             if not task.done():
                 task.cancel()
+
+
+def _charged(r: GenResult) -> GenResult:
+    admission.charge(r.prompt_tokens + len(r.token_ids))  # the caller's tokens-per-minute budget
+    return r
 
 
 def _as_dict(r: GenResult) -> dict:

@@ -83,23 +83,31 @@ def register_openai_routes(app: FastAPI, model) -> None:
             return _error(503, f"model {model.name!r} is not ready")
         return None
 
-    def gen_requests(prompts: list[str], req, max_tokens: int | None, k: int | None, score_prompt: bool,
-                     min_new: int) -> list[GenRequest]:
+    def gen_requests(prompts: list[str | list[int]], req, max_tokens: int | None, k: int | None,
+                     score_prompt: bool, min_new: int) -> list[GenRequest]:
         """prompts x n generations, each checked against the server's limits before any is queued."""
         check_prompt_count(len(prompts) * req.n, cfg)
         if k is not None and k > cfg.max_logprobs:
             raise BadRequest(f"logprobs: at most {cfg.max_logprobs} alternatives, got {k}")
+        vocab = model.vocab_size
         out = []
         for i, prompt in enumerate(prompts):
+            ids = None
+            if isinstance(prompt, list):
+                bad = next((t for t in prompt if not 0 <= t < vocab), None)
+                if bad is not None:
+                    raise BadRequest(f"prompt[{i}]: token id {bad} is outside the vocabulary (0..{vocab - 1})")
+                ids = prompt
+            if not prompt:
+                raise BadRequest(f"prompt[{i}]: prompt must be a non-empty string or list of token ids")
             for j in range(req.n):
                 # with a seed, the n choices still differ: choice j samples with seed + j
                 seed = None if req.seed is None else (req.seed + j) % (1 << 63)
-                params = GenParams.model_construct(prompt=prompt, max_new_tokens=max_tokens, temperature=req.temperature,
-                                                   top_p=req.top_p, seed=seed, stop=req.stops())
-                if not prompt:
-                    raise BadRequest(f"prompt[{i}]: prompt must be a non-empty string")
+                params = GenParams.model_construct(prompt=prompt if ids is None else "", max_new_tokens=max_tokens,
+                                                   temperature=req.temperature, top_p=req.top_p, seed=seed,
+                                                   stop=req.stops())
                 out.append(model.gen_request(params, f"prompt[{i}]", min_new_tokens=min_new, logprobs=k,
-                                             prompt_logprobs=score_prompt,
+                                             prompt_logprobs=score_prompt, prompt_ids=ids,
                                              presence_penalty=req.presence_penalty,
                                              frequency_penalty=req.frequency_penalty))
         return out
@@ -109,13 +117,11 @@ def register_openai_routes(app: FastAPI, model) -> None:
             req = _parse(await request.body(), CompletionRequest)
             if (bad := check_model(req)) is not None:
                 return bad
-            prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+            prompts = prompt_list(req.prompt)
             if not prompts:
-                raise BadRequest("prompt must be a non-empty string or list of strings")
-            if req.stream and (len(prompts) != 1 or req.n != 1):
-                raise BadRequest("stream=true takes a single prompt and n=1")
-            if req.stream and req.logprobs is not None:
-                raise BadRequest("logprobs with stream=true is not supported")
+                raise BadRequest("prompt must be a non-empty string, list of strings or list of token ids")
+            if req.stream and req.echo and req.logprobs is not None:
+                raise BadRequest("echo with logprobs and stream=true is not supported (drop one of them)")
             # max_tokens 0 only scores (or echoes) the prompt: no generation step runs
             gens = gen_requests(prompts, req, req.max_tokens, req.logprobs,
                                 score_prompt=req.echo and req.logprobs is not None, min_new=0)
@@ -123,14 +129,16 @@ def register_openai_routes(app: FastAPI, model) -> None:
             return _error(e.status, str(e).replace("max_new_tokens", "max_tokens"))
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": model.name}
+        tok = model.loaded.tokenizer
+        texts = [p if isinstance(p, str) else tok.decode(p) for p in prompts]  # what echo shows
         if req.stream:
-            return _stream(model, gens[0], meta, _completion_piece(prompts[0] if req.echo else ""),
+            prompt_of = [texts[i // req.n] for i in range(len(gens))]
+            return _stream(model, gens, meta, _completion_piece(tok, prompt_of, req.echo), req.n,
                            req.stream_options is not None and req.stream_options.include_usage)
         results: list[GenResult] = await asyncio.gather(*(model.complete(g) for g in gens))
-        tok = model.loaded.tokenizer
         choices = []
         for i, r in enumerate(results):
-            prompt = prompts[i // req.n]
+            prompt = texts[i // req.n]
             text = prompt + r.text if req.echo else r.text
             lp = None
             if req.logprobs is not None:
@@ -144,10 +152,6 @@ def register_openai_routes(app: FastAPI, model) -> None:
             req = _parse(await request.body(), ChatRequest)
             if (bad := check_model(req)) is not None:
                 return bad
-            if req.stream and req.n != 1:
-                raise BadRequest("stream=true takes n=1")
-            if req.stream and req.logprobs:
-                raise BadRequest("logprobs with stream=true is not supported")
             if req.top_logprobs is not None and not req.logprobs:
                 raise BadRequest("top_logprobs needs logprobs: true")
             prompt = chat_prompt(model.loaded.tokenizer, req.messages, cfg)
@@ -158,7 +162,8 @@ def register_openai_routes(app: FastAPI, model) -> None:
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": model.name}
         if req.stream:
-            return _stream(model, gens[0], {**meta, "object": "chat.completion.chunk"}, _chat_piece,
+            return _stream(model, gens, {**meta, "object": "chat.completion.chunk"},
+                           _chat_piece(model.loaded.tokenizer, k if req.logprobs else None), req.n,
                            req.stream_options is not None and req.stream_options.include_usage)
         results: list[GenResult] = await asyncio.gather(*(model.complete(g) for g in gens))
         tok = model.loaded.tokenizer
@@ -174,44 +179,85 @@ def register_openai_routes(app: FastAPI, model) -> None:
         app.add_api_route(f"{prefix}/chat/completions", chat, methods=["POST"], response_model=None)
 
 
-def _completion_piece(echo: str):
-    def piece(text: str | None, finish: str | None, first: bool) -> dict:
-        return {"index": 0, "text": (echo if first else "") + (text or ""), "finish_reason": finish, "logprobs": None}
+def prompt_list(prompt) -> list[str | list[int]]:
+    """OpenAI's four prompt shapes as a list of prompts, each text or token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(t, int) for t in prompt):
+        return [list(prompt)]  # one prompt of token ids
+    return list(prompt)
+
+
+def _completion_piece(tokenizer, prompts: list[str], echo: bool):
+    # text_offset of each choice's next token, counted from the prompt's start as OpenAI does
+    offsets = list(map(len, prompts))
+    echoes = prompts if echo else [""] * len(prompts)
+
+    def piece(index: int, text: str | None, lp, finish: str | None, first: bool) -> dict:
+        logprobs = None
+        if lp is not None:
+            logprobs = completion_logprobs(tokenizer, lp, offsets[index])
+            offsets[index] += sum(len(t) for t in logprobs["tokens"])
+        return {"index": index, "text": (echoes[index] if first else "") + (text or ""), "finish_reason": finish,
+                "logprobs": logprobs}
     return piece
 
 
-def _chat_piece(text: str | None, finish: str | None, first: bool) -> dict:
-    delta = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
-    return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+def _chat_piece(tokenizer, k: int | None):
+    def piece(index: int, text: str | None, lp, finish: str | None, first: bool) -> dict:
+        delta = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
+        logprobs = chat_logprobs(tokenizer, lp, k) if k is not None and lp is not None else None
+        return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+    return piece
 
 
-def _stream(model, gen: GenRequest, meta: dict, piece, include_usage: bool) -> StreamingResponse:
-    return StreamingResponse(_sse(model, gen, meta, piece, include_usage), media_type="text/event-stream")
+def _stream(model, gens: list[GenRequest], meta: dict, piece, n: int, include_usage: bool) -> StreamingResponse:
+    return StreamingResponse(_sse(model, gens, meta, piece, n, include_usage), media_type="text/event-stream")
 
 
-async def _sse(model, gen: GenRequest, meta: dict, piece, include_usage: bool):
-    """Server-sent events as OpenAI streams them: one chunk per text piece, the finish, [usage], [DONE].
+async def _sse(model, gens: list[GenRequest], meta: dict, piece, n: int, include_usage: bool):
+    """Server-sent events as OpenAI streams them: chunks of every choice (``index``) as their tokens come,
+    each choice's finish, [usage], [DONE]. All choices generate at once (the batcher batches them).
 
     An error after the stream started cannot change the 200: it is sent as an error event (which the
     openai client raises as an APIError) and the stream ends there, without [DONE].
     """
     extra = {"usage": None} if include_usage else {}
+    queue: asyncio.Queue = asyncio.Queue()
 
     def event(data: dict) -> str:
         return f"data: {json.dumps(data)}\n\n"
 
-    first = True
+    async def run(index: int, gen: GenRequest) -> None:
+        try:
+            async for item in model.stream(gen):
+                await queue.put((index, item))
+        except Exception as e:  # handed to the response, which ends with an error event
+            await queue.put((index, e))
+        await queue.put((index, None))
+
+    tasks = [asyncio.ensure_future(run(i, g)) for i, g in enumerate(gens)]
+    first, results, running = [True] * len(gens), [None] * len(gens), len(gens)
     try:
-        async for item in model.stream(gen):
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+                continue
+            if isinstance(item, Exception):
+                status, message = status_and_message(item)
+                yield event(error_body(True, status, message))
+                return
             if isinstance(item, GenResult):
-                yield event({**meta, "choices": [piece(None, item.finish_reason, first)], **extra})
-                if include_usage:
-                    yield event({**meta, "choices": [], "usage": usage([item], 1)})
+                results[index] = item
+                yield event({**meta, "choices": [piece(index, None, None, item.finish_reason, first[index])], **extra})
             else:
-                yield event({**meta, "choices": [piece(item, None, first)], **extra})
-            first = False
-    except Exception as e:
-        status, message = status_and_message(e)
-        yield event(error_body(True, status, message))
-        return
+                text, lp = item
+                yield event({**meta, "choices": [piece(index, text, lp, None, first[index])], **extra})
+            first[index] = False
+        if include_usage:
+            yield event({**meta, "choices": [], "usage": usage(results, n)})
+    finally:
+        for t in tasks:
+            t.cancel()
     yield "data: [DONE]\n\n"

@@ -54,7 +54,8 @@ class _Sampling(BaseModel):
 
 class CompletionRequest(_Sampling):
     max_tokens: Count | None = 16  # OpenAI's default; 0 with echo + logprobs = score the prompt
-    prompt: StrictStr | list[StrictStr]
+    # text, texts, token ids, or lists of token ids (lm-evaluation-harness sends ids by default)
+    prompt: StrictStr | list[StrictStr] | list[Count] | list[list[Count]]
     echo: StrictBool = False
     logprobs: Count | None = Field(None, ge=0)
     best_of: Count | None = Field(None, ge=1, le=1)

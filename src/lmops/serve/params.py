@@ -51,6 +51,8 @@ class GenParams(BaseModel):
 def parse_params(raw: Any, where: str) -> GenParams:
     if not isinstance(raw, dict):
         raise BadRequest(f"{where}: expected an object with a \"prompt\", got {type(raw).__name__}")
+    if isinstance(raw.get("prompt"), str):  # before pydantic, whose message for a lone surrogate says less
+        check_unicode(raw["prompt"], f"{where}: prompt")
     try:
         return GenParams.model_validate(raw)
     except ValidationError as e:
@@ -85,6 +87,14 @@ def check_stop(stop: list[str], cfg: ServeConfig, where: str) -> None:
         raise BadRequest(f"{where}: a stop string is longer than {cfg.max_stop_bytes} bytes")
 
 
+def check_unicode(text: str, what: str) -> None:
+    """A lone surrogate ("a\\ud800b") is valid JSON but not text: the tokenizer would raise TypeError (a 500)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRequest(f"{what} is not valid Unicode text (a lone surrogate at character {e.start})") from None
+
+
 def check_prompt_bytes(prompt: str, cfg: ServeConfig, where: str) -> None:
     # before tokenizing: a megabyte prompt must cost a length check, not a second of tokenizer time
     if len(prompt) > cfg.max_prompt_bytes or len(prompt.encode("utf-8", "surrogatepass")) > cfg.max_prompt_bytes:
@@ -92,18 +102,21 @@ def check_prompt_bytes(prompt: str, cfg: ServeConfig, where: str) -> None:
 
 
 def to_gen_request(p: GenParams, tokenizer, cfg: ServeConfig, max_positions: int, where: str, *,
-                   min_new_tokens: int = 1, **extra) -> GenRequest:
-    """Apply the server's limits, tokenize, and build the batch request. ``extra``: GenRequest fields
-    the OpenAI routes add (logprobs, prompt_logprobs, penalties), already type- and range-checked."""
+                   min_new_tokens: int = 1, prompt_ids: list[int] | None = None, **extra) -> GenRequest:
+    """Apply the server's limits, tokenize, and build the batch request. ``prompt_ids``: a prompt given as
+    token ids (OpenAI completions; checked against the vocabulary by the caller) instead of ``p.prompt``.
+    ``extra``: GenRequest fields the OpenAI routes add (logprobs, prompt_logprobs, penalties), already
+    type- and range-checked."""
     new = cfg.default_max_new_tokens if p.max_new_tokens is None else p.max_new_tokens
     if not min_new_tokens <= new <= cfg.max_new_tokens:
         raise BadRequest(f"{where}: max_new_tokens must be between {min_new_tokens} and {cfg.max_new_tokens}, got {new}")
     check_stop(p.stop, cfg, where)
-    check_prompt_bytes(p.prompt, cfg, where)
-    try:
+    if prompt_ids is None:
+        check_prompt_bytes(p.prompt, cfg, where)
+        check_unicode(p.prompt, f"{where}: prompt")
         ids = tokenizer.encode(p.prompt, add_special_tokens=False)
-    except UnicodeEncodeError:  # lone surrogates ("\ud800") are valid JSON but not text
-        raise BadRequest(f"{where}: prompt is not valid Unicode text") from None
+    else:
+        ids = prompt_ids
     if not ids:
         raise BadRequest(f"{where}: prompt encodes to no tokens")
     if len(ids) > cfg.max_prompt_tokens:

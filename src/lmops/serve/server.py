@@ -28,9 +28,14 @@ from kserve.protocol.rest.server import RESTServer
 
 from lmops.config import ServeConfig
 from lmops.serve import http_metrics
+from lmops.serve.access import AccessControl
+from lmops.serve.admission import Admission
+from lmops.serve.auth import ApiKeys, load_keys
+from lmops.serve.grpc_access import AccessInterceptor
 from lmops.serve.guard import RequestGuard
 from lmops.serve.model import LmopsModel
 from lmops.serve.openai_api import register_openai_routes
+from lmops.serve.response_cache import ResponseCache
 
 log = logging.getLogger("lmops.serve")
 access_log = logging.getLogger("lmops.serve.access")
@@ -39,10 +44,12 @@ access_log = logging.getLogger("lmops.serve.access")
 class LocalGRPCServer(GRPCServer):
     """KServe's GRPCServer.start, listening on ``host`` instead of [::]."""
 
-    def __init__(self, host: str, port: int, dataplane, repository, max_message_bytes: int, grace_period: int):
+    def __init__(self, host: str, port: int, dataplane, repository, max_message_bytes: int, grace_period: int,
+                 interceptors: tuple = ()):
         super().__init__(port, dataplane, repository, kwargs={}, grace_period=grace_period)
         self._host = host
         self._max_message_bytes = max_message_bytes
+        self._interceptors = interceptors
 
     async def start(self, max_workers):
         from concurrent import futures
@@ -51,7 +58,8 @@ class LocalGRPCServer(GRPCServer):
 
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+            # ours first: a refused call (key, rate limit, queue) never reaches KServe's handlers
+            interceptors=(*self._interceptors, LoggingInterceptor(), ExceptionToStatusInterceptor()),
             # the same body limit as REST (serve.max_body_bytes), enforced by gRPC itself
             options=[("grpc.max_receive_message_length", self._max_message_bytes)],
         )
@@ -65,7 +73,7 @@ class LocalGRPCServer(GRPCServer):
 
 class LocalModelServer(ModelServer):
     def __init__(self, host: str, http_port: int, grpc_port: int | None = None, max_message_bytes: int = 1 << 20,
-                 **kwargs):
+                 grpc_interceptors: tuple = (), **kwargs):
         kwargs.setdefault("enable_grpc", False)
         kwargs.setdefault("workers", 1)
         # KServe's per-request latency line covers v1/v2 only; RequestLog covers every route
@@ -74,6 +82,7 @@ class LocalModelServer(ModelServer):
         self.host = host
         self.local_grpc_port = grpc_port
         self.max_message_bytes = max_message_bytes
+        self.grpc_interceptors = grpc_interceptors
         logging.getLogger("kserve").addFilter(OneLineClientErrors())
         # RequestLog writes the one line per request: silence uvicorn's access line and the second
         # line KServe's timing middleware writes (set here, after KServe configured logging)
@@ -94,7 +103,7 @@ class LocalModelServer(ModelServer):
             # kept as _grpc_server so ModelServer.stop shuts it down on SIGTERM
             self._grpc_server = LocalGRPCServer(self.host, self.local_grpc_port, self.dataplane,
                                                 self.model_repository_extension, self.max_message_bytes,
-                                                self.grace_period)
+                                                self.grace_period, self.grpc_interceptors)
             self.servers.append(self._grpc_server.start(self.max_threads))
         self.setup_event_loop()
         self.register_signal_handler()
@@ -157,6 +166,9 @@ def configure_logging() -> None:
 def serve(model_uri: str, cfg: ServeConfig) -> int:
     """Load, warm up, serve until SIGTERM/SIGINT. Returns the exit status: 1 if the model never got ready."""
     configure_logging()
+    keys = ApiKeys(load_keys(cfg))  # before loading: a bad key file fails in a second, not after the load
+    log.info("API keys: %s", f"{keys.count} configured, inference routes need Authorization: Bearer"
+             if keys.enabled else "none (every route is open)")
     if cfg.threads:
         import torch
 
@@ -165,9 +177,14 @@ def serve(model_uri: str, cfg: ServeConfig) -> int:
     if not model.load():
         log.error("not starting the server: model %r is not ready (%s)", cfg.model_name, model.load_error)
         return 1
-    server = LocalModelServer(cfg.host, cfg.port, grpc_port=cfg.grpc_port, max_message_bytes=cfg.max_body_bytes)
+    gate = Admission(cfg)
+    server = LocalModelServer(cfg.host, cfg.port, grpc_port=cfg.grpc_port, max_message_bytes=cfg.max_body_bytes,
+                              grpc_interceptors=(AccessInterceptor(keys, gate),))
     register_openai_routes(kserve_app, model)
+    # outermost last: log -> key, limits, queue -> body limits, errors -> cache -> routes
+    kserve_app.add_middleware(ResponseCache, model=model, size=cfg.response_cache_size)
     kserve_app.add_middleware(RequestGuard, cfg=cfg)
+    kserve_app.add_middleware(AccessControl, keys=keys, gate=gate)
     kserve_app.add_middleware(RequestLog)  # added last = outermost: logs what the guard answered too
     server.start([model])
     model.stop()
