@@ -47,7 +47,8 @@ def left_behind(mark: str) -> list[str]:
             continue
         try:
             if needle in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(f"{proc.name}: {(proc / 'cmdline').read_bytes().replace(b'\0', b' ').decode()[:200]}")
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{proc.name}: {cmdline[:200]}")
         except OSError:
             continue  # gone meanwhile, or not ours to read
     return found
