@@ -53,9 +53,18 @@ def resolve_model_uri(uri: str, cache_dir: str | Path) -> Path:
 
 
 def dir_digest(path: str | Path) -> str:
-    """sha256 over a model directory's file names and contents: the served version in ETags (two
-    directories with the same files are the same version, wherever they were loaded from)."""
+    """The served version in ETags: two directories with the same files are the same version, wherever they
+    were loaded from. An lmops stage output's manifest already holds that digest (over every file's sha256);
+    reading it costs nothing, where hashing a billion-parameter model's files again would cost a minute of
+    start-up. Other directories: sha256 over the file names and contents."""
+    from lmops.manifest import MANIFEST, ManifestError, read_manifest
+
     path = Path(path)
+    if (path / MANIFEST).is_file():
+        try:
+            return read_manifest(path).digest[:16]
+        except ManifestError:
+            pass  # not a manifest we can read: hash the files
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(path)).encode() + b"\0")
