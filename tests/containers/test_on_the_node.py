@@ -24,13 +24,6 @@ CHART = REPO / "helm" / "lmops"
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="session")
-def node_image(kube_cluster, engine, lmops_image) -> str:
-    loaded = node_images.load(Path(kube_cluster.folder), lmops_image, engine, log=lambda line: None)
-    print(f"\n[containers] {loaded.line()}")
-    return lmops_image
-
-
 def test_a_second_load_is_skipped_when_the_node_has_the_image(kube_cluster, engine, node_image):
     again = node_images.load(Path(kube_cluster.folder), node_image, engine)
     assert again.skipped and again.image_id == engine.run("image", "inspect", "--format", "{{.Id}}", node_image).stdout.strip()

@@ -17,6 +17,7 @@ REVISION_LABEL = "serving.knative.dev/revision"
 STORAGE_INITIALIZER = "storage-initializer"
 PROVISION_VOLUME = "kserve-provision-location"
 MODEL_MOUNT = "/mnt/models"
+S3_ANNOTATION = "serving.kserve.io/s3-"
 LOCAL_MODEL_VOLUME = "kserve-local-model"  # a model folder on this machine (the node), read-only
 # KServe's default ClusterStorageContainer resources
 INITIALIZER_RESOURCES = {"requests": {"cpu": "100m", "memory": "100Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
@@ -43,8 +44,28 @@ def storage_uri(predictor: dict[str, Any], container: dict[str, Any]) -> str | N
     return uri if uri and not uri.startswith("models:/") else None
 
 
-def revision_objects(isvc: dict[str, Any], revision: str, digest: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(Deployment, Service) of one revision, owned by the InferenceService."""
+def s3_credential_env(secret: dict[str, Any]) -> list[dict[str, Any]]:
+    """The env KServe's S3 credential builder gives the storage initializer for a Secret attached to the
+    predictor's ServiceAccount and annotated ``serving.kserve.io/s3-*`` (kserve/kserve pkg/credentials/s3):
+    the keys by reference, the endpoint and region from the annotations."""
+    ann = secret["metadata"].get("annotations") or {}
+    name = secret["metadata"]["name"]
+    env: list[dict[str, Any]] = [{"name": key, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+                                 for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+    endpoint = ann.get(S3_ANNOTATION + "endpoint")
+    if endpoint:
+        https = ann.get(S3_ANNOTATION + "usehttps", "1") != "0"
+        env += [{"name": "S3_ENDPOINT", "value": endpoint}, {"name": "S3_USE_HTTPS", "value": "1" if https else "0"},
+                {"name": "AWS_ENDPOINT_URL", "value": f"{'https' if https else 'http'}://{endpoint}"}]
+    if ann.get(S3_ANNOTATION + "region"):
+        env.append({"name": "AWS_DEFAULT_REGION", "value": ann[S3_ANNOTATION + "region"]})
+    return env
+
+
+def revision_objects(isvc: dict[str, Any], revision: str, digest: str,
+                     storage_env: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Deployment, Service) of one revision, owned by the InferenceService. ``storage_env``: the storage
+    initializer's credentials (``s3_credential_env`` of the ServiceAccount's annotated Secret)."""
     meta = isvc["metadata"]
     ns, name = meta["namespace"], meta["name"]
     predictor = isvc["spec"].get("predictor") or {}
@@ -57,7 +78,7 @@ def revision_objects(isvc: dict[str, Any], revision: str, digest: str) -> tuple[
     main = pod["containers"][0]
     uri = storage_uri(predictor, main)
     if uri:
-        _inject_storage_initializer(pod, main, uri)
+        _inject_storage_initializer(pod, main, uri, storage_env or [])
     labels = {ISVC_LABEL: name, "component": "predictor", REVISION_LABEL: revision,
               "serving.knative.dev/configuration": f"{name}-predictor", "serving.knative.dev/service": f"{name}-predictor",
               "app": revision}
@@ -81,7 +102,7 @@ def revision_objects(isvc: dict[str, Any], revision: str, digest: str) -> tuple[
     return deployment, service
 
 
-def _inject_storage_initializer(pod: dict[str, Any], main: dict[str, Any], uri: str) -> None:
+def _inject_storage_initializer(pod: dict[str, Any], main: dict[str, Any], uri: str, env: list[dict[str, Any]]) -> None:
     volumes = list(pod.get("volumes") or [])
     volumes.append({"name": PROVISION_VOLUME, "emptyDir": {}})
     mounts = [{"name": PROVISION_VOLUME, "mountPath": MODEL_MOUNT}]
@@ -95,11 +116,10 @@ def _inject_storage_initializer(pod: dict[str, Any], main: dict[str, Any], uri: 
         "resources": INITIALIZER_RESOURCES, "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
-    # KServe gives the initializer the S3 credentials it finds for the pod; lmops references them as the
-    # predictor's envFrom Secret and its S3 endpoint in env, so the initializer gets the same
-    for key in ("env", "envFrom", "securityContext"):
-        if main.get(key):
-            init[key] = main[key]
+    if env:  # the ServiceAccount's credentials only: never the predictor container's env or envFrom
+        init["env"] = env
+    if main.get("securityContext"):  # the restricted context lmops renders (KServe's is configurable)
+        init["securityContext"] = main["securityContext"]
     pod["initContainers"] = [*(pod.get("initContainers") or []), init]
     pod["volumes"] = volumes
     main["volumeMounts"] = [*(main.get("volumeMounts") or []),

@@ -130,7 +130,7 @@ class KServeStandIn(StandIn):
         rev = _Revision(f"{key[1]}-predictor-{svc.count:05d}", digest)
         svc.revisions[rev.name] = rev
         try:
-            deployment, service = kserve_pods.revision_objects(isvc, rev.name, digest)
+            deployment, service = kserve_pods.revision_objects(isvc, rev.name, digest, self._storage_env(isvc))
         except kserve_pods.Unservable as e:
             rev.failed = str(e)
             return
@@ -139,6 +139,18 @@ class KServeStandIn(StandIn):
         rev.service_url = f"http://{applied['spec']['clusterIP']}"
         self.log(f"InferenceService {key[0]}/{key[1]}: revision {rev.name} created (Deployment "
                  f"{deployment['metadata']['name']}, Service {rev.service_url})")
+
+    def _storage_env(self, isvc: dict[str, Any]) -> list[dict[str, Any]]:
+        """The S3 credentials KServe finds for the predictor: its ServiceAccount's Secret annotated
+        serving.kserve.io/s3-* (none: the initializer uses what the pod's environment gives)."""
+        ns = isvc["metadata"]["namespace"]
+        name = (isvc["spec"].get("predictor") or {}).get("serviceAccountName") or "default"
+        account = kube.get("v1", "ServiceAccount", name, ns, client=self.client) or {}
+        for ref in account.get("secrets") or []:
+            secret = kube.get("v1", "Secret", ref["name"], ns, client=self.client)
+            if secret and any(k.startswith(kserve_pods.S3_ANNOTATION) for k in secret["metadata"].get("annotations") or {}):
+                return kserve_pods.s3_credential_env(secret)
+        return []
 
     def _observe(self, ns: str, rev: _Revision, pods: list[dict[str, Any]]) -> None:
         if rev.failed or rev.stopped or rev.service_url is None:
