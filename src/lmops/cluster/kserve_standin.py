@@ -129,15 +129,20 @@ class KServeStandIn(StandIn):
         svc.count += 1
         rev = _Revision(f"{key[1]}-predictor-{svc.count:05d}", digest)
         svc.revisions[rev.name] = rev
+        self._start_revision(key, rev, isvc)
+
+    def _start_revision(self, key: tuple[str, str], rev: _Revision, isvc: dict[str, Any]) -> None:
+        """Its Deployment and Service (again, for a revision traffic returns to: Knative's scale from zero)."""
         try:
-            deployment, service = kserve_pods.revision_objects(isvc, rev.name, digest, self._storage_env(isvc))
+            deployment, service = kserve_pods.revision_objects(isvc, rev.name, rev.digest, self._storage_env(isvc))
         except kserve_pods.Unservable as e:
             rev.failed = str(e)
             return
+        rev.stopped = False
         kube.apply(deployment, client=self.client)
         applied = kube.apply(service, client=self.client)
         rev.service_url = f"http://{applied['spec']['clusterIP']}"
-        self.log(f"InferenceService {key[0]}/{key[1]}: revision {rev.name} created (Deployment "
+        self.log(f"InferenceService {key[0]}/{key[1]}: revision {rev.name} started (Deployment "
                  f"{deployment['metadata']['name']}, Service {rev.service_url})")
 
     def _storage_env(self, isvc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -223,6 +228,8 @@ class KServeStandIn(StandIn):
             svc.previous, svc.rolled_out, stable = svc.rolled_out, latest.name, latest
         # the spec sends traffic to the latest revision (not a rollback to the rolled-out one)
         wants_latest = latest is not stable and (percent is None or percent > 0)
+        if wants_latest and latest.stopped and not latest.failed:
+            self._start_revision(key, latest, svc.obj)
         for name in list(svc.revisions):
             if name == svc.rolled_out or (name == latest.name and wants_latest):
                 continue
