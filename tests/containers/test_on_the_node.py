@@ -123,7 +123,8 @@ def test_the_inference_service_predictor_runs_as_a_pod_and_serves(kube_cluster, 
                                                                  tiny_model_dir, tmp_path_factory):
     """The lmops predictor container exactly as rendered for KServe (image, command, probes, resources, security
     context, volumes), as a bare pod; /mnt/models is what KServe's storage initializer would have written, here a
-    read-only hostPath copy of a tiny model (the stand-in's init container is another issue)."""
+    read-only hostPath copy of a tiny model (the KServe stand-in's own pods, storage initializer included, are
+    tests/cluster/test_kserve_standin.py's)."""
     import json
     import shutil
     import tempfile
