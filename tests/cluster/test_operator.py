@@ -116,6 +116,17 @@ def test_rollout_promote_and_roll_back(operator_env, versions, mlflow_server, ml
             events, _ = kube.list_objects("v1", "Event", ns, client=admin)
             assert any(e["reason"] == "RolledBack" and f"version {bad}" in e["message"] for e in events)
         assert sum(o == "Promoted" for _, o in outcomes(status(admin, ns, "demo"))) == 1
+        # KServe's rollbacks stopped both bad versions' pods and started no new revision of the stable version:
+        # the one predictor pod alive is the promoted revision's
+        pred = kube.get(*ISVC, "demo", ns, client=admin)["status"]["components"]["predictor"]
+
+        def predictor_pods():
+            pods, _ = kube.list_objects("v1", "Pod", ns, client=admin)
+            return [p["metadata"]["labels"].get("serving.knative.dev/revision") for p in pods
+                    if not p["metadata"].get("deletionTimestamp")]
+        wait_for("only the stable revision's pod", lambda: predictor_pods() == [pred["latestRolledoutRevision"]], 90,
+                 describe=predictor_pods)
+        assert [t["revisionName"] for t in pred["traffic"]] == [pred["latestRolledoutRevision"]]
     finally:
         op.stop()
 
