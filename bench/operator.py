@@ -141,11 +141,7 @@ def main() -> int:
     from lmops.cluster import control_plane
     from lmops.registry.local_server import LOCAL_WEBHOOK_ENV, start_mlflow_server, stop_process_group
 
-    import subprocess
-    from urllib.parse import urlsplit
-
-    from lmops.cluster import node_images
-    from lmops.cluster.node_network import NODE_IP
+    from lmops.cluster import node_images, pod_relay
     from lmops.images.build import build
     from lmops.images.engine import detect
 
@@ -158,10 +154,7 @@ def main() -> int:
     mlflow_proc, mlflow_url = start_mlflow_server(root / "mlflow", str(root / "mlflow" / "artifacts"), env=LOCAL_WEBHOOK_ENV)
     node_images.load(root / "cluster", built.ref, engine, log=lambda line: None)
     # MLflow as the predictor pods reach it (they resolve models:/ themselves); this machine reaches it too
-    mlflow_port = urlsplit(mlflow_url).port
-    relay = subprocess.Popen(["socat", f"TCP-LISTEN:{mlflow_port},bind={NODE_IP},fork,reuseaddr",
-                              f"TCP:127.0.0.1:{mlflow_port}"], start_new_session=True)
-    pods_mlflow = f"http://{NODE_IP}:{mlflow_port}"
+    relay, pods_mlflow = pod_relay.start(mlflow_url)
     print(f"cluster, MLflow and the image on the node in {time.monotonic() - t:.1f}s", flush=True)
     op = None
     try:
@@ -229,7 +222,7 @@ def main() -> int:
     finally:
         if op is not None:
             op.stop()
-        relay.terminate()
+        pod_relay.stop(relay)
         stop_process_group(mlflow_proc)
         control_plane.down(root / "cluster", echo=lambda line: None)
     return 0

@@ -38,6 +38,7 @@ from pathlib import Path  # noqa: E402
 import requests  # noqa: E402
 
 from lmops import kube, storage  # noqa: E402
+from lmops.cluster import pod_relay  # noqa: E402
 from lmops.cluster.node_network import NODE_IP  # noqa: E402
 from lmops.config import DeployConfig, ServeConfig  # noqa: E402
 from lmops.processes import free_port  # noqa: E402
@@ -61,6 +62,13 @@ def isvc(uri: str, percent: int | None = None, max_new_tokens: int = 16) -> dict
     cfg = DeployConfig(name=NAME, namespace=NS, storage_uri=uri, service_account="kserve-s3",
                        canary_traffic_percent=percent, resources={"cpu": "500m"})
     return render_inference_service(cfg, ServeConfig(max_new_tokens=max_new_tokens), uri)
+
+
+def _up(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
 
 
 def status(client) -> dict:
@@ -143,11 +151,11 @@ def main() -> int:
         exe = shutil.which("moto_server", path=os.path.dirname(sys.executable))
         procs.append(subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True))
-        procs.append(subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind={NODE_IP},fork,reuseaddr",
-                                       f"TCP:127.0.0.1:{port}"], start_new_session=True))
         os.environ.update({"LMOPS_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
-        wait("moto", lambda: requests.get(f"http://127.0.0.1:{port}", timeout=1).ok, 30, 0.2)
+        wait("moto", lambda: _up(f"http://127.0.0.1:{port}"), 30, 0.2)
+        relay, _ = pod_relay.start(f"http://127.0.0.1:{port}")
+        procs.append(relay)
         storage.s3_client().create_bucket(Bucket="bench")
         model = Path(args.model) if args.model else None
         if model is None:
@@ -215,7 +223,7 @@ def main() -> int:
               f"{a:.2f}s, {statistics.mean(starts_after):.0f} server starts; after/before x{a / b:.3f}")
     finally:
         for p in procs:
-            p.terminate()
+            pod_relay.stop(p)
         control_plane.down(root / "cluster", echo=lambda line: None)
     return 0
 

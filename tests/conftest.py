@@ -245,30 +245,14 @@ def node_image(kube_cluster, engine, lmops_image) -> str:
 
 
 def _relay_for_pods(url: str):
-    """A TCP relay (socat) on the node's address (10.244.0.1, same port) to a server of this session on
-    127.0.0.1, so that pods reach it as they reach the API server (through the node's relay). Yields the URL
-    pods use; this machine reaches it too."""
-    from urllib.parse import urlsplit
+    """``url`` (a server of this session on 127.0.0.1) as pods reach it: lmops.cluster.pod_relay."""
+    from lmops.cluster import pod_relay
 
-    from lmops.cluster.node_network import NODE_IP
-
-    port = urlsplit(url).port
-    proc = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind={NODE_IP},fork,reuseaddr", f"TCP:127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc, relayed = pod_relay.start(url)
     try:
-        deadline = time.time() + 10
-        while not _answers(NODE_IP, port):
-            assert proc.poll() is None and time.time() < deadline, f"socat relay {NODE_IP}:{port} did not start"
-            time.sleep(0.1)
-        yield f"{urlsplit(url).scheme}://{NODE_IP}:{port}"
+        yield relayed
     finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _answers(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) == 0
+        pod_relay.stop(proc)
 
 
 @pytest.fixture(scope="session")

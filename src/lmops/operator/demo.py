@@ -64,12 +64,21 @@ def main() -> int:
     mlflow_proc, mlflow_url = start_mlflow_server(work / "mlflow", str(work / "mlflow" / "artifacts"),
                                                   env=LOCAL_WEBHOOK_ENV)
     say(f"MLflow {mlflow_url}")
-    op = None
+    op = relay = None
     try:
+        # the predictor pods run the lmops image and resolve models:/ through MLflow: the image on the node
+        # (built and loaded unless it is there), MLflow through the node's relay
+        from lmops.cluster import node_images, pod_relay
+        from lmops.images.build import build
+
+        engine = _engine()
+        built = build("cpu", engine=engine, log=say)
+        say(node_images.load(control_plane.default_folder(), built.ref, engine, log=say).line())
+        relay, pods_mlflow = pod_relay.start(mlflow_url)
         kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
         kubeconfig, _ = service_account_kubeconfig(cluster, NS, work / "operator.kubeconfig")
         port = free_port()
-        op = start_operator(kubeconfig, NS, mlflow_url, work, poll_s=10, webhook_port=port, webhook_secret=SECRET)
+        op = start_operator(kubeconfig, NS, pods_mlflow, work, poll_s=10, webhook_port=port, webhook_secret=SECRET)
         say(f"operator started with the ServiceAccount token of manifests/rbac (log {op.log})")
         mlflow = MlflowClient(mlflow_url)
         job = yaml.safe_load((REPO_ROOT / "manifests" / "samples" / "lmtrainingjob.yaml").read_text())
@@ -127,8 +136,16 @@ def main() -> int:
     finally:
         if op is not None:
             op.stop()
+        if relay is not None:
+            pod_relay.stop(relay)
         stop_process_group(mlflow_proc)
         say(f"operator and MLflow stopped; `kubectl delete namespace {NS}` removes the demo's objects")
+
+
+def _engine():
+    from lmops.images.engine import detect
+
+    return detect(install=True)
 
 
 if __name__ == "__main__":
