@@ -61,7 +61,7 @@ def wait(what: str, fn, timeout: float, interval: float = 0.05):
 def isvc(uri: str, percent: int | None = None, max_new_tokens: int = 16) -> dict:
     cfg = DeployConfig(name=NAME, namespace=NS, storage_uri=uri, service_account="kserve-s3",
                        canary_traffic_percent=percent, resources={"cpu": "500m"})
-    return render_inference_service(cfg, ServeConfig(max_new_tokens=max_new_tokens), uri)
+    return render_inference_service(cfg, ServeConfig(max_new_tokens=max_new_tokens, default_max_new_tokens=8), uri)
 
 
 def _up(url: str) -> bool:

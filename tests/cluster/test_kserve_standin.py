@@ -24,7 +24,7 @@ ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
 def _isvc(ns: str, uri: str, account: str, percent: int | None = None, max_new_tokens: int = 16) -> dict:
     cfg = DeployConfig(name="lm", namespace=ns, storage_uri=uri, service_account=account,
                        canary_traffic_percent=percent, resources={"cpu": "500m", "memory": "2Gi"})
-    return render_inference_service(cfg, ServeConfig(max_new_tokens=max_new_tokens), uri)
+    return render_inference_service(cfg, ServeConfig(max_new_tokens=max_new_tokens, default_max_new_tokens=8), uri)
 
 
 def _status(client, ns: str) -> dict:
