@@ -41,6 +41,7 @@ from lmops import kube, storage  # noqa: E402
 from lmops.cluster import pod_relay  # noqa: E402
 from lmops.cluster.node_network import NODE_IP  # noqa: E402
 from lmops.config import DeployConfig, ServeConfig  # noqa: E402
+from lmops.operator.local import wait_until  # noqa: E402
 from lmops.processes import free_port  # noqa: E402
 from lmops.serve.inference_service import render_inference_service  # noqa: E402
 
@@ -49,13 +50,7 @@ NS, NAME = "bench", "lm"
 
 
 def wait(what: str, fn, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout}s waiting for {what}")
+    return wait_until(fn, timeout, interval, what)
 
 
 def isvc(uri: str, percent: int | None = None, max_new_tokens: int = 16) -> dict:
