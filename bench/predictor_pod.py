@@ -53,10 +53,10 @@ def wait(what: str, fn, timeout: float, interval: float = 0.05):
     return wait_until(fn, timeout, interval, what)
 
 
-def isvc(uri: str, percent: int | None = None, max_new_tokens: int = 16) -> dict:
+def isvc(uri: str, percent: int | None = None, max_new_tokens: int = 64) -> dict:
     cfg = DeployConfig(name=NAME, namespace=NS, storage_uri=uri, service_account="kserve-s3",
                        canary_traffic_percent=percent, resources={"cpu": "500m"})
-    return render_inference_service(cfg, ServeConfig(max_new_tokens=max_new_tokens, default_max_new_tokens=8), uri)
+    return render_inference_service(cfg, ServeConfig(max_new_tokens=max_new_tokens), uri)
 
 
 def _up(url: str) -> bool:
@@ -194,7 +194,7 @@ def main() -> int:
         before, after, starts_before, starts_after = [], [], [], []
         for i in range(args.rounds):
             for how in ("after", "before"):
-                tokens = 17 + 2 * i + (how == "before")  # a new spec each time: a new revision
+                tokens = 40 + 2 * i + (how == "before")  # a new spec each time: a new revision
                 kube.apply(isvc(uri, 20, max_new_tokens=tokens), client=client)
                 wait("canary in the traffic", lambda: len(status(client)["components"]["predictor"].get("traffic") or []) == 2,
                      300, 0.2)

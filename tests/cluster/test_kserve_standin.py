@@ -21,10 +21,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
 
 
-def _isvc(ns: str, uri: str, account: str, percent: int | None = None, max_new_tokens: int = 16) -> dict:
+def _isvc(ns: str, uri: str, account: str, percent: int | None = None, max_new_tokens: int = 64) -> dict:
     cfg = DeployConfig(name="lm", namespace=ns, storage_uri=uri, service_account=account,
                        canary_traffic_percent=percent, resources={"cpu": "500m", "memory": "2Gi"})
-    return render_inference_service(cfg, ServeConfig(max_new_tokens=max_new_tokens, default_max_new_tokens=8), uri)
+    return render_inference_service(cfg, ServeConfig(max_new_tokens=max_new_tokens), uri)
 
 
 def _status(client, ns: str) -> dict:
@@ -33,6 +33,13 @@ def _status(client, ns: str) -> dict:
 
 def _ready(st: dict) -> dict:
     return next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+
+
+def _serving(st: dict) -> dict | None:
+    """The status once Ready; a RevisionFailed fails the test at once, with the pod's reason."""
+    ready = _ready(st)
+    assert ready.get("reason") != "RevisionFailed", ready.get("message")
+    return st if ready.get("status") == "True" else None
 
 
 def _wait(what: str, fn, timeout: float, describe=lambda: None):
@@ -58,7 +65,7 @@ def test_revisions_as_pods_split_failure_and_rollback(kube_cluster, kube_namespa
     t0 = time.monotonic()
     v1 = _isvc(ns, uri, kserve_s3_account)
     kube.apply(v1, client=client)
-    st = _wait("revision 1 Ready", lambda: (lambda s: s if _ready(s).get("status") == "True" else None)(_status(client, ns)),
+    st = _wait("revision 1 Ready", lambda: _serving(_status(client, ns)),
                240, lambda: (_status(client, ns), [p.get("status") for p in _alive(client, ns)]))
     first_ready_s = time.monotonic() - t0
 
@@ -86,9 +93,9 @@ def test_revisions_as_pods_split_failure_and_rollback(kube_cluster, kube_namespa
     assert st["url"].startswith("http://10.244.0.1:") and st["components"]["predictor"]["latestRolledoutRevision"] == rev1
 
     # a 25% canary: listed once ready, then exactly a quarter of the requests through the one URL reach it
-    kube.apply(_isvc(ns, uri, kserve_s3_account, percent=25, max_new_tokens=8), client=client)
-    st = _wait("canary in the traffic", lambda: (lambda s: s if len(s["components"]["predictor"].get("traffic", [])) == 2
-                                                 else None)(_status(client, ns)), 240, lambda: _status(client, ns))
+    kube.apply(_isvc(ns, uri, kserve_s3_account, percent=25, max_new_tokens=48), client=client)
+    st = _wait("canary in the traffic", lambda: (lambda s: s if s and len(s["components"]["predictor"]["traffic"]) == 2
+                                                 else None)(_serving(_status(client, ns))), 240, lambda: _status(client, ns))
     traffic = {t["revisionName"]: t for t in st["components"]["predictor"]["traffic"]}
     assert {n: t["percent"] for n, t in traffic.items()} == {"lm-predictor-00002": 25, rev1: 75}
     assert traffic["lm-predictor-00002"]["tag"] == "latest" and traffic[rev1]["tag"] == "prev"
@@ -100,7 +107,7 @@ def test_revisions_as_pods_split_failure_and_rollback(kube_cluster, kube_namespa
     assert counts == {"lm-predictor-00002": 10, rev1: 30}, counts
 
     # KServe's rollback: canaryTrafficPercent 0 -- all traffic on revision 1 at once, the canary's pod stopped
-    kube.apply(_isvc(ns, uri, kserve_s3_account, percent=0, max_new_tokens=8), client=client)
+    kube.apply(_isvc(ns, uri, kserve_s3_account, percent=0, max_new_tokens=48), client=client)
     _wait("canary stopped", lambda: [p["metadata"]["name"] for p in _alive(client, ns)] == [p1["metadata"]["name"]], 120,
           lambda: [p["metadata"]["name"] for p in _alive(client, ns)])
     st = _status(client, ns)
