@@ -25,7 +25,7 @@ export RAY_AUTH_MODE ?= disabled
 CONFIG ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: run test test-containers bench venv lock clean stop pipeline images base-image cluster cluster-down k8s-binaries demo
+.PHONY: run test test-containers bench venv lock clean stop pipeline images base-image cluster cluster-down k8s-binaries cpu-image demo
 
 venv: $(STAMP)
 
@@ -85,12 +85,17 @@ base-image: $(STAMP)
 k8s-binaries: $(STAMP)
 	$(BIN)/python -m lmops.cluster.binaries
 
-test: $(STAMP) k8s-binaries
+# The InferenceServices of the tests run as pods of the lmops CPU image (the KServe stand-in's predictors):
+# built here first, with its progress shown (cold on a fresh machine: engine, Debian base and image, 6-8
+# minutes; cached by its build key: a second), then loaded into the session node once by a fixture.
+test: $(STAMP) k8s-binaries cpu-image
 	$(BIN)/python -m pytest -q -m "not containers" $(PYTEST_ARGS)
 
-# The tests that build the lmops image (cached by its build key), run the pipeline in it and run it as pods
-# on lmops cluster's node (operator via Helm, predictor, a kfp task pod), separate from `make test` because
-# a cold image build (engine install, Debian base, image) adds 6-8 minutes on 2 cores. .ci/run runs both.
+cpu-image: $(STAMP)
+	$(BIN)/lmops images build --variant cpu
+
+# The tests that run the pipeline in the lmops image and run it as pods on lmops cluster's node (operator via
+# Helm, the bare predictor container, a kfp task pod). .ci/run runs both.
 test-containers: $(STAMP) k8s-binaries
 	$(BIN)/python -m pytest -q tests/containers $(PYTEST_ARGS)
 

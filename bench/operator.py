@@ -1,15 +1,20 @@
-"""Benchmark: the operator's reaction times on `lmops cluster` (real API server, KServe stand-in, real MLflow).
+"""Benchmark: the operator's reaction times on `lmops cluster` (real API server, KServe stand-in making predictor
+pods of the lmops image on the node, real MLflow).
 
-    .venv/bin/python bench/operator.py [--rounds 3]
+    flock /tmp/lmops-node.lock .venv/bin/python bench/operator.py [--rounds 3]
 
-Starts its own control plane, MLflow server (webhooks allowed) and operator (with the ServiceAccount token
-of manifests/rbac), registers four versions (two good, one that scores worse, one that does not load):
+Starts its own control plane and node (the machine's one node: run it under the node lock), builds and loads
+the lmops image (cached by its build key), an MLflow server (webhooks allowed; pods reach it through a relay on
+the node's address) and the operator (with the ServiceAccount token of manifests/rbac), registers four versions
+(two good, one that scores worse, one that does not load):
 - ``webhook -> canary``: an alias change (MLflow delivers the webhook) to the canary InferenceService
-  applied, with a 30 s poll that cannot be what woke it; target <= 2 s.
+  applied, with a 30 s poll that cannot be what woke it; target <= 2 s. And on to ``canary pod Ready``: the
+  canary revision's pod ready and listed in the InferenceService's traffic (pod start, model load).
 - ``poll -> canary``: the same with webhooks off and ``--poll-seconds 5``: bounded by the poll interval.
 - ``failing gate -> rollback done``: from the first sight of ``phase: RollingBack`` (the failing gate's
-  decision, recorded before acting) to the alias back on the stable version and the InferenceService back
-  on it (traffic); target <= 5 s.
+  decision, recorded before acting) to the alias back on the stable version and the InferenceService's
+  status showing all traffic on the stable revision; target <= 5 s. Server starts per rollback: revisions
+  created from the decision until Stable (KServe's rollback, canaryTrafficPercent 0: none).
 Baseline: one server-side apply of the InferenceService plus one alias move in MLflow, the least a
 rollback must do; the ratio is the figure to compare across machines. Status is watched every 20 ms.
 """
@@ -91,22 +96,39 @@ class World:
         return s.get("phase") == "Stable" and s.get("stableVersion") == version and any(
             c["type"] == "Ready" and c["status"] == "True" for c in s.get("conditions") or [])
 
-    def time_to_canary(self, version: str) -> float:
+    def predictor(self) -> dict:
+        return (((kube.get(*ISVC, self.name, self.ns, client=self.admin) or {}).get("status") or {})
+                .get("components") or {}).get("predictor") or {}
+
+    def created(self) -> int:
+        return int(self.predictor()["latestCreatedRevision"].rsplit("-", 1)[1])
+
+    def time_to_canary(self, version: str) -> tuple[float, float]:
+        """(alias -> canary InferenceService applied, alias -> canary pod Ready and in the traffic)"""
         t0 = self.set_alias(version)
         wait_until(lambda: self.annotations().get("lmops.dev/canary-version") == version, 120, 0.02, "canary")
-        took = time.monotonic() - t0
+        applied = time.monotonic() - t0
+        wait_until(lambda: any(t.get("tag") == "latest" for t in self.predictor().get("traffic") or []), 300, 0.05,
+                   "canary pod Ready")
+        ready = time.monotonic() - t0
         wait_until(lambda: self.stable(version), 300, 0.2, "promotion")
-        return took
+        return applied, ready
 
-    def time_to_rollback(self, bad: str, stable: str) -> float:
+    def all_on_stable(self, stable: str) -> bool:
+        traffic = self.predictor().get("traffic") or []
+        return (self.annotations().get("lmops.dev/stable-version") == stable and len(traffic) == 1
+                and traffic[0]["percent"] == 100 and self.predictor().get("latestRolledoutRevision") == traffic[0]["revisionName"])
+
+    def time_to_rollback(self, bad: str, stable: str) -> tuple[float, int]:
+        """(rollback decision -> alias and all traffic back on stable, revisions created meanwhile)"""
         t_set = self.set_alias(bad)
         t0 = wait_until(lambda: self.log.first(lambda s: s.get("phase") == "RollingBack", t_set), 300, 0.02,
                         "rollback decision")
-        wait_until(lambda: self.alias() == stable and self.annotations().get("lmops.dev/canary-version") == ""
-                   and self.annotations().get("lmops.dev/stable-version") == stable, 60, 0.02, "rollback done")
+        n0 = self.created()
+        wait_until(lambda: self.alias() == stable and self.all_on_stable(stable), 120, 0.02, "rollback done")
         took = time.monotonic() - t0
         wait_until(lambda: self.stable(stable), 120, 0.2, "stable again")
-        return took
+        return took, self.created() - n0
 
 
 def main() -> int:
@@ -119,12 +141,21 @@ def main() -> int:
     from lmops.cluster import control_plane
     from lmops.registry.local_server import LOCAL_WEBHOOK_ENV, start_mlflow_server, stop_process_group
 
+    from lmops.cluster import node_images, pod_relay
+    from lmops.images.build import build
+    from lmops.images.engine import detect
+
     root = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    engine = detect(install=True)
+    built = build("cpu", engine=engine, log=lambda line: None)
     t = time.monotonic()
     cluster = control_plane.up(root / "cluster", echo=lambda line: None)
     os.environ["KUBECONFIG"] = cluster.kubeconfig
     mlflow_proc, mlflow_url = start_mlflow_server(root / "mlflow", str(root / "mlflow" / "artifacts"), env=LOCAL_WEBHOOK_ENV)
-    print(f"cluster and MLflow up in {time.monotonic() - t:.1f}s", flush=True)
+    node_images.load(root / "cluster", built.ref, engine, log=lambda line: None)
+    # MLflow as the predictor pods reach it (they resolve models:/ themselves); this machine reaches it too
+    relay, pods_mlflow = pod_relay.start(mlflow_url)
+    print(f"cluster, MLflow and the image on the node in {time.monotonic() - t:.1f}s", flush=True)
     op = None
     try:
         admin = cluster.client()
@@ -136,26 +167,31 @@ def main() -> int:
         w = World(admin, ns, "bench", model, mlflow)
         w.set_alias(v["good1"])
         port = free_port()
-        op = start_operator(kubeconfig, ns, mlflow_url, root / "op", poll_s=30, webhook_port=port)
+        op = start_operator(kubeconfig, ns, pods_mlflow, root / "op", poll_s=30, webhook_port=port)
         wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30, 0.1, "webhook receiver")
         hook = mlflow.create_webhook(name="bench", url=op.webhook_url, secret=SECRET, events=["model_version_alias.created"])
         kube.apply({**md_body("bench", model), "metadata": {"name": "bench", "namespace": ns}}, client=admin)
         wait_until(lambda: w.stable(v["good1"]), 300, 0.2, "first version")
 
-        webhook, rollback, poll = [], [], []
+        webhook, pod_ready, rollback, starts, poll = [], [], [], [], []
         current = v["good1"]
         for _ in range(args.rounds):
             nxt = v["good2"] if current == v["good1"] else v["good1"]
-            webhook.append(w.time_to_canary(nxt))
+            applied, ready = w.time_to_canary(nxt)
+            webhook.append(applied)
+            pod_ready.append(ready)
             current = nxt
-            rollback.append(w.time_to_rollback(v["worse"], current))
-            print(f"  webhook -> canary {webhook[-1]:.2f}s; failing gate -> rollback done {rollback[-1]:.2f}s", flush=True)
+            took, started = w.time_to_rollback(v["worse"], current)
+            rollback.append(took)
+            starts.append(started)
+            print(f"  webhook -> canary {webhook[-1]:.2f}s, canary pod Ready {pod_ready[-1]:.2f}s; failing gate -> "
+                  f"rollback done {rollback[-1]:.2f}s ({started} server starts)", flush=True)
         mlflow.delete_webhook(hook.webhook_id)
         op.stop()
-        op = start_operator(kubeconfig, ns, mlflow_url, root / "op", poll_s=5)
+        op = start_operator(kubeconfig, ns, pods_mlflow, root / "op", poll_s=5)
         for _ in range(args.rounds):
             nxt = v["good2"] if current == v["good1"] else v["good1"]
-            poll.append(w.time_to_canary(nxt))
+            poll.append(w.time_to_canary(nxt)[0])
             current = nxt
             print(f"  poll (5 s) -> canary {poll[-1]:.2f}s", flush=True)
 
@@ -174,15 +210,19 @@ def main() -> int:
                                                     ("base", base))}
         print(f"\nwebhook delivery -> canary InferenceService: median {med['webhook']:.2f}s "
               f"(min {min(webhook):.2f}, max {max(webhook):.2f}; target <= 2 s; poll was 30 s)")
+        print(f"webhook delivery -> canary pod Ready (in the traffic): median {statistics.median(pod_ready):.2f}s "
+              f"(min {min(pod_ready):.2f}, max {max(pod_ready):.2f})")
         print(f"alias change, webhooks off, poll 5 s -> canary: median {med['poll']:.2f}s "
               f"(min {min(poll):.2f}, max {max(poll):.2f}; bound 5 s + one reconcile)")
         print(f"failing gate decision -> rollback done (alias + traffic): median {med['rollback']:.2f}s "
-              f"(min {min(rollback):.2f}, max {max(rollback):.2f}; target <= 5 s)")
+              f"(min {min(rollback):.2f}, max {max(rollback):.2f}; target <= 5 s); server starts per rollback: "
+              f"{statistics.mean(starts):.1f}")
         print(f"baseline (one InferenceService apply + one alias move): {med['base'] * 1000:.0f} ms; "
               f"rollback / baseline x{med['rollback'] / med['base']:.1f}")
     finally:
         if op is not None:
             op.stop()
+        pod_relay.stop(relay)
         stop_process_group(mlflow_proc)
         control_plane.down(root / "cluster", echo=lambda line: None)
     return 0

@@ -218,3 +218,79 @@ def kube_s3_secret(kube_cluster, kube_namespace) -> str:
     kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": kube_namespace},
                 "data": data}, client=kube_cluster.client())
     return "s3-creds"
+
+
+# ---------------------------------------------------------------- the lmops image on the node (predictor pods)
+@pytest.fixture(scope="session")
+def engine():
+    from lmops.images.engine import detect
+
+    return detect(install=True)
+
+
+@pytest.fixture(scope="session")
+def lmops_image(engine) -> str:
+    """The lmops image, built through ``make images``' own code once per session and skipped when an image with
+    the same build key (lock + Dockerfile + sources) is already in the engine. Cold on a fresh 2-core machine:
+    podman's install (~15 s), the Debian base (1-2 min), the image (4 min); cached: a second or two."""
+    from lmops.images.build import build
+
+    started = time.time()
+    built = build("cpu", engine=engine, log=lambda line: None)
+    print(f"\n[images] {built.line()} ({time.time() - started:.0f}s here)", file=sys.__stderr__, flush=True)
+    return built.ref
+
+
+@pytest.fixture(scope="session")
+def node_image(kube_cluster, engine, lmops_image) -> str:
+    """The lmops image in the session node's containerd (what every InferenceService's predictor pod and its
+    storage initializer run): loaded once per node, skipped when the node has that image ID."""
+    from lmops.cluster import node_images
+
+    loaded = node_images.load(Path(kube_cluster.folder), lmops_image, engine, log=lambda line: None)
+    print(f"\n[images] {loaded.line()}", file=sys.__stderr__, flush=True)
+    return lmops_image
+
+
+def _relay_for_pods(url: str):
+    """``url`` (a server of this session on 127.0.0.1) as pods reach it: lmops.cluster.pod_relay."""
+    from lmops.cluster import pod_relay
+
+    proc, relayed = pod_relay.start(url)
+    try:
+        yield relayed
+    finally:
+        pod_relay.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_for_pods(kube_cluster, mlflow_server):
+    """The session's MLflow server as pods reach it (a predictor resolving ``models:/`` itself)."""
+    yield from _relay_for_pods(mlflow_server)
+
+
+@pytest.fixture(scope="session")
+def moto_for_pods(kube_cluster, moto_endpoint):
+    """The session's moto S3 server as pods reach it (KServe's storage initializer downloading s3://)."""
+    yield from _relay_for_pods(moto_endpoint)
+
+
+@pytest.fixture
+def kserve_s3_account(kube_cluster, kube_namespace, moto_for_pods) -> str:
+    """The ServiceAccount ``kserve-s3`` in the test's namespace, with the moto S3 credentials as KServe's storage
+    initializer finds them: a Secret attached to it and annotated ``serving.kserve.io/s3-endpoint`` (moto as pods
+    reach it). Set it as ``deploy.service_account``; yields its name."""
+    import base64
+    from urllib.parse import urlsplit
+
+    from lmops import kube
+
+    client = kube_cluster.client()
+    data = {k: base64.b64encode(b"testing").decode() for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    ann = {"serving.kserve.io/s3-endpoint": urlsplit(moto_for_pods).netloc, "serving.kserve.io/s3-usehttps": "0",
+           "serving.kserve.io/s3-region": "us-east-1"}
+    kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kserve-s3", "namespace": kube_namespace,
+                                                                    "annotations": ann}, "data": data}, client=client)
+    kube.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kserve-s3", "namespace": kube_namespace},
+                "secrets": [{"name": "kserve-s3"}]}, client=client)
+    return "kserve-s3"

@@ -96,7 +96,8 @@ def register_versions(tracking_uri: str, root: Path) -> tuple[str, dict[str, str
 
 def md_body(name: str, model: str, **rollout) -> dict:
     return {"apiVersion": "lmops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
-            "spec": {"model": {"name": model, "alias": "champion"},
+            # half a core each: the stable and the canary predictor pods fit the 2-core node side by side
+            "spec": {"model": {"name": model, "alias": "champion"}, "serving": {"cpu": "500m"},
                      "rollout": {"steps": [{"trafficPercent": 20, "pauseSeconds": 1},
                                            {"trafficPercent": 50, "pauseSeconds": 1}],
                                  "gates": {"readyTimeoutSeconds": 120, "maxErrorRate": 0.05, "latencyP95Ms": 10000,

@@ -1,5 +1,7 @@
-"""The operator on `lmops cluster` (real API server with RBAC, the KServe stand-in's real model servers), a real
-MLflow server, running as its own process with the ServiceAccount token of manifests/rbac.
+"""The operator on `lmops cluster` (real API server with RBAC, the KServe stand-in's predictor pods of the lmops
+image on the node), a real MLflow server, running as its own process with the ServiceAccount token of
+manifests/rbac. The operator is given MLflow's address as pods reach it (the node's relay): it renders that
+address into the InferenceService, whose predictor resolves ``models:/`` itself.
 
 One model, four versions: v1 and v2 good (untrained, different seeds: the same bits per byte within a few
 percent), v3 loads but scores far worse (its final norm scaled up: confident and wrong), v4 does not load
@@ -31,7 +33,7 @@ def versions(tmp_path_factory, mlflow_server):
 
 
 @pytest.fixture
-def operator_env(kube_cluster, kube_namespace, tmp_path, mlflow_server):
+def operator_env(kube_cluster, kube_namespace, tmp_path, mlflow_server, node_image):
     kubeconfig, token = service_account_kubeconfig(kube_cluster, kube_namespace, tmp_path / "sa.kubeconfig")
     return kube_cluster, kube_namespace, kubeconfig, token
 
@@ -57,19 +59,23 @@ def alias(mlflow_server, model):
 
 
 def served(admin, ns, name) -> tuple[str | None, int | None]:
+    """(the predictor spec's version, its canaryTrafficPercent); after KServe's rollback (percent 0) the spec
+    still names the rejected version but the stable one takes all traffic: (the stable version, None)."""
     isvc = kube.get(*ISVC, name, ns, client=admin) or {}
     pred = (isvc.get("spec") or {}).get("predictor") or {}
+    if pred.get("canaryTrafficPercent") == 0:
+        return isvc["metadata"]["annotations"].get("lmops.dev/stable-version"), None
     args = (pred.get("containers") or [{}])[0].get("args") or []
     uri = next((a for a in args if a.startswith("models:/")), None)
     return (uri.rsplit("/", 1)[1] if uri else None), pred.get("canaryTrafficPercent")
 
 
-def test_rollout_promote_and_roll_back(operator_env, versions, mlflow_server, tmp_path):
+def test_rollout_promote_and_roll_back(operator_env, versions, mlflow_server, mlflow_for_pods, tmp_path):
     cluster, ns, kubeconfig, _ = operator_env
     admin = cluster.client()
     model, v = versions
     set_alias(mlflow_server, model, v["good1"])
-    op = start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=2)
+    op = start_operator(kubeconfig, ns, mlflow_for_pods, tmp_path, poll_s=2)
     try:
         kube.apply({**md_body("demo", model), "metadata": {"name": "demo", "namespace": ns}}, client=admin)
         wait_for("first version deployed and ready", lambda: (lambda s: s.get("stableVersion") == v["good1"] and any(
@@ -110,6 +116,17 @@ def test_rollout_promote_and_roll_back(operator_env, versions, mlflow_server, tm
             events, _ = kube.list_objects("v1", "Event", ns, client=admin)
             assert any(e["reason"] == "RolledBack" and f"version {bad}" in e["message"] for e in events)
         assert sum(o == "Promoted" for _, o in outcomes(status(admin, ns, "demo"))) == 1
+        # KServe's rollbacks stopped both bad versions' pods and started no new revision of the stable version:
+        # the one predictor pod alive is the promoted revision's
+        pred = kube.get(*ISVC, "demo", ns, client=admin)["status"]["components"]["predictor"]
+
+        def predictor_pods():
+            pods, _ = kube.list_objects("v1", "Pod", ns, client=admin)
+            return [p["metadata"]["labels"].get("serving.knative.dev/revision") for p in pods
+                    if not p["metadata"].get("deletionTimestamp")]
+        wait_for("only the stable revision's pod", lambda: predictor_pods() == [pred["latestRolledoutRevision"]], 90,
+                 describe=predictor_pods)
+        assert [t["revisionName"] for t in pred["traffic"]] == [pred["latestRolledoutRevision"]]
     finally:
         op.stop()
 
@@ -129,7 +146,7 @@ def test_operator_token_is_least_privilege(operator_env):
     assert kube.list_objects(API_VERSION, MD, ns, client=sa)[0] == []
 
 
-def test_invalid_resources_refused_or_flagged(operator_env, mlflow_server, tmp_path):
+def test_invalid_resources_refused_or_flagged(operator_env, mlflow_server, mlflow_for_pods, tmp_path):
     cluster, ns, kubeconfig, _ = operator_env
     admin = cluster.client()
     bad = md_body("bad-enum", "m")
@@ -141,7 +158,7 @@ def test_invalid_resources_refused_or_flagged(operator_env, mlflow_server, tmp_p
     flagged = md_body("falling", "m", steps=[{"trafficPercent": 50}, {"trafficPercent": 20}])
     flagged["metadata"]["namespace"] = ns
     kube.apply(flagged, client=admin)
-    op = start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=2)
+    op = start_operator(kubeconfig, ns, mlflow_for_pods, tmp_path, poll_s=2)
     try:
         cond = wait_for("SpecValid=False", lambda: next((c for c in status(admin, ns, "falling").get("conditions") or []
                                                          if c["type"] == "SpecValid" and c["status"] == "False"), None),
@@ -163,7 +180,7 @@ def deployed(admin, ns, name, version):
 
 
 @pytest.mark.parametrize("path", ["webhook", "poll"])
-def test_webhook_and_poll_paths_converge(path, operator_env, versions, mlflow_server, tmp_path):
+def test_webhook_and_poll_paths_converge(path, operator_env, versions, mlflow_server, mlflow_for_pods, tmp_path):
     """With webhooks the canary starts within seconds although the poll is a minute; with webhooks off the poll
     alone gets there."""
     from mlflow import MlflowClient
@@ -175,7 +192,7 @@ def test_webhook_and_poll_paths_converge(path, operator_env, versions, mlflow_se
     model, v = versions
     set_alias(mlflow_server, model, v["good1"])
     port = free_port() if path == "webhook" else None
-    op = start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=60 if port else 2, webhook_port=port)
+    op = start_operator(kubeconfig, ns, mlflow_for_pods, tmp_path, poll_s=60 if port else 2, webhook_port=port)
     client = MlflowClient(mlflow_server)
     hook = None
     name = f"md-{path}"
@@ -215,7 +232,7 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env, versions, mlflow_server, tmp_path):
+def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env, versions, mlflow_server, mlflow_for_pods, tmp_path):
     """The operator is SIGKILLed as soon as each state is seen, and restarted: canary recorded, canary applied,
     second step, promoted, rollback recorded; then at failpoints between the rollback's MLflow writes (alias moved,
     history written, tags half written, outcome tags half written). The end is the uninterrupted end: one
@@ -230,7 +247,7 @@ def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env,
     before = len(alias_moves(client, model))  # the model's versions are shared with the other tests
     set_alias(mlflow_server, model, v["good1"])
     name = "md-kill"
-    start = lambda: start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=1)  # noqa: E731
+    start = lambda: start_operator(kubeconfig, ns, mlflow_for_pods, tmp_path, poll_s=1)  # noqa: E731
     op = start()
     kube.apply({**md_body(name, model), "metadata": {"name": name, "namespace": ns}}, client=admin)
     kills = []

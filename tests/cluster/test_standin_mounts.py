@@ -3,7 +3,6 @@ env values and --set paths under them follow, as the kubelet would give the pod 
 
 from __future__ import annotations
 
-from lmops.cluster.kserve_standin import _serve_command
 from lmops.cluster.standin import local_mounts, relocate
 from lmops.config import DeployConfig, ServeConfig
 from lmops.serve.inference_service import render_inference_service
@@ -15,8 +14,6 @@ def test_predictor_paths_move_to_local_folders(tmp_path):
     mounts = local_mounts(container, tmp_path)
     assert mounts == {"/tmp": str(tmp_path / "tmp"), "/var/cache/lmops": str(tmp_path / "cache")}
     assert all((tmp_path / name).is_dir() for name in ("tmp", "cache"))
-    cmd = _serve_command("lm", pred, container, 8080, mounts)
-    assert f"serve.cache_dir={tmp_path / 'cache'}/serve" in cmd
     env = {e["name"]: relocate(e["value"], mounts) for e in container["env"]}
     assert env["HOME"] == str(tmp_path / "cache") and env["HF_HOME"] == str(tmp_path / "cache" / "huggingface")
     assert relocate("/tmpfile", mounts) == "/tmpfile" and relocate("models:/lm/1", mounts) == "models:/lm/1"

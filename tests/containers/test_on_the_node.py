@@ -24,13 +24,6 @@ CHART = REPO / "helm" / "lmops"
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="session")
-def node_image(kube_cluster, engine, lmops_image) -> str:
-    loaded = node_images.load(Path(kube_cluster.folder), lmops_image, engine, log=lambda line: None)
-    print(f"\n[containers] {loaded.line()}")
-    return lmops_image
-
-
 def test_a_second_load_is_skipped_when_the_node_has_the_image(kube_cluster, engine, node_image):
     again = node_images.load(Path(kube_cluster.folder), node_image, engine)
     assert again.skipped and again.image_id == engine.run("image", "inspect", "--format", "{{.Id}}", node_image).stdout.strip()
@@ -136,7 +129,8 @@ def test_the_inference_service_predictor_runs_as_a_pod_and_serves(kube_cluster, 
                                                                  tiny_model_dir, tmp_path_factory):
     """The lmops predictor container exactly as rendered for KServe (image, command, probes, resources, security
     context, volumes), as a bare pod; /mnt/models is what KServe's storage initializer would have written, here a
-    read-only hostPath copy of a tiny model (the stand-in's init container is another issue)."""
+    read-only hostPath copy of a tiny model (the KServe stand-in's own pods, storage initializer included, are
+    tests/cluster/test_kserve_standin.py's)."""
     import json
     import shutil
     import tempfile

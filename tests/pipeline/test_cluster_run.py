@@ -2,7 +2,8 @@
 ``launcher=kuberay`` and ``deploy_target=kubernetes`` on the micro config, against the session's real API
 server (`lmops cluster`). The train task stages the tokens in S3 (moto) through kuberay.staging_uri and
 submits a RayJob, which the KubeRay stand-in runs; register goes to the session's MLflow server; deploy
-applies an InferenceService, which the KServe stand-in serves, and the test talks to the URL in its status."""
+applies an InferenceService, which the KServe stand-in serves with a predictor pod of the lmops image, and the test
+talks to the URL in its status."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ RAYJOB, ISVC = ("ray.io/v1", "RayJob"), ("serving.kserve.io/v1beta1", "Inference
 
 
 def test_kuberay_and_kubernetes_through_kfps_local_runner(kube_cluster, kube_namespace, kube_s3_secret, s3,
-                                                          mlflow_server, ray_address, tmp_path, monkeypatch):
+                                                          mlflow_server, mlflow_for_pods, node_image, ray_address,
+                                                          tmp_path, monkeypatch):
     client, ns = kube_cluster.client(), kube_namespace
     _, bucket = s3
     monkeypatch.setenv("LMOPS_STATE_DIR", str(tmp_path / "state"))
@@ -31,7 +33,8 @@ def test_kuberay_and_kubernetes_through_kfps_local_runner(kube_cluster, kube_nam
                  "kuberay.poll_s=0.5", f"deploy.namespace={ns}", "deploy.name=lm-cluster"]
     t0 = time.monotonic()
     s = run_pipeline("micro", overrides, model_name="lm-cluster", sources=[str(write_corpus(tmp_path / "corpus"))],
-                     tracking_uri=mlflow_server, ray_address=ray_address, launcher="kuberay",
+                     # MLflow as the predictor pod reaches it (it resolves models:/ itself)
+                     tracking_uri=mlflow_for_pods, ray_address=ray_address, launcher="kuberay",
                      deploy_target="kubernetes")
     wall_s = time.monotonic() - t0
 

@@ -49,7 +49,9 @@ class World:
     def observe(self, sp, status) -> Observed:
         svc = None
         if self.applied is not None:
-            failed = self.applied.serving in self.broken
+            # KServe's rollback (canaryTrafficPercent 0): the rolled-out revision serves, the canary is stopped
+            parked = self.applied.canary is not None and self.applied.canary_percent == 0
+            failed = (self.applied.stable if parked else self.applied.serving) in self.broken
             svc = ServiceState(self.applied, True, self.ready and not failed,
                                "model failed to load" if failed else None,
                                canary_url="http://c" if self.applied.canary else None, stable_url="http://s")
@@ -175,7 +177,9 @@ def test_bad_canary_is_rolled_back_traffic_and_alias(case, world_kw, rollout, ga
     assert status["phase"] == "Stable" and status["stableVersion"] == "1", case
     assert w.alias == "1", "the alias is moved back"
     assert "rejectedVersion" not in status, "forgotten once the alias left it: promoting it again is a new decision"
-    assert w.applied == DesiredService("1"), "traffic is back on the stable version"
+    # KServe's rollback: canaryTrafficPercent 0, all traffic on the rolled-out revision of version 1; the
+    # stable spec is not applied again (that would start a new revision of a version that already serves)
+    assert w.applied == DesiredService("1", "2", 0), "traffic is back on the stable version"
     last = status["history"][-1]
     assert (last["version"], last["outcome"]) == ("2", "RolledBack")
     assert f"gate {gate} failed" in last["reason"] and reason in last["reason"], last["reason"]

@@ -1,66 +1,69 @@
-"""KServe stand-in: plays KServe's InferenceService controller (serverless mode) on `lmops cluster`, with
-local model servers.
+"""KServe stand-in: plays KServe's InferenceService controller (serverless mode, with Knative's part in it) on
+`lmops cluster`. It makes the objects KServe and Knative would, and the pods run the predictor as rendered;
+the stand-in itself never runs workload code.
 
-What it plays, for each InferenceService (serving.kserve.io/v1beta1):
-- each change of ``spec.predictor`` (other than ``canaryTrafficPercent``) is a new revision,
-  ``<name>-predictor-0000N``, served by a local ``lmops serve`` on 127.0.0.1 and a free port, for the
-  predictor's storage URI (``storageUri``, or the container's STORAGE_URI, standing in for KServe's
-  storage initializer: ``lmops serve`` reads s3:// and local paths itself), with the container's
-  ``--set`` args, ``env`` and ``envFrom`` Secrets;
-- traffic as KServe splits it: with ``canaryTrafficPercent`` the new revision takes that share and the
-  last rolled-out one the rest, both running; without it the new revision takes 100% once ready and
-  the older ones are stopped; a revision that fails leaves traffic where it was;
-- the status KServe writes: ``url``, ``address.url``, ``components.predictor`` (``url``,
-  ``latestCreatedRevision``, ``latestReadyRevision``, ``latestRolledoutRevision``,
-  ``previousRolledoutRevision``, ``traffic`` with each revision's own ``url``), ``modelStatus``, and the
-  ``PredictorReady`` / ``Ready`` conditions -- False with reason RevisionFailed and the server's last log
-  lines when the model does not load;
-- deleting the InferenceService stops its servers.
+For each InferenceService (serving.kserve.io/v1beta1):
+- each change of ``spec.predictor`` other than ``canaryTrafficPercent`` is a new revision
+  ``<name>-predictor-0000N`` (Knative's naming), made of
+  - a Deployment ``<revision>-deployment`` whose pod is the predictor's PodSpec as rendered (its container
+    with image, command, args, env, envFrom, resources, probes, security context; its volumes, service
+    account, tolerations, node selector), plus what KServe's pod mutator injects when the predictor has a
+    storage URI (``storageUri``, or the container's STORAGE_URI): the ``storage-initializer`` init
+    container (here from the predictor's own image: ``python -m lmops.serve.storage_initializer``, see
+    that module) that downloads the model into the emptyDir ``kserve-provision-location`` mounted at
+    /mnt/models, read-only in the predictor (lmops.cluster.kserve_pods);
+  - a Service ``<revision>`` (port 80 to the container's port): the revision's own URL, KServe's tag URL;
+- traffic as KServe splits it, behind the InferenceService's one URL (lmops.cluster.kserve_router, playing
+  Knative's route): with ``canaryTrafficPercent`` the latest revision takes that share and the last
+  rolled-out one the rest; without it the latest takes all of it once ready and becomes the rolled-out
+  revision. ``canaryTrafficPercent: 0`` is KServe's rollback: all traffic on the rolled-out revision at
+  once, no new revision. A revision is listed in the traffic only once it is ready, and a revision no
+  traffic can reach (superseded, rolled back, replaced by a roll-out) is stopped: its Deployment and
+  Service are deleted (Knative scales it to zero);
+- the status KServe writes, from the pods: ``url`` / ``address.url`` (the router), ``components.predictor``
+  (``url``, ``latestCreatedRevision``, ``latestReadyRevision``, ``latestRolledoutRevision``,
+  ``previousRolledoutRevision``, ``traffic`` with each revision's tag URL), ``modelStatus``, and the
+  ``PredictorReady`` / ``Ready`` conditions: they follow the revision the spec sends traffic to -- False
+  with reason RevisionFailed and the pod's reason (an init container or predictor that exits, OOMKilled,
+  a missing image or Secret) when it cannot start;
+- deleting the InferenceService deletes its revisions (they are owned by it as well).
 
-What it does not: no Knative, Istio or ingress, so no traffic split behind one URL (``url`` is the
-last rolled-out revision's server; each revision's server is at its ``traffic[].url``); no pods or
-image pulls (the predictor's ``image``, ``command`` and resources are ignored: it is always this
-environment's ``lmops serve``; ``modelFormat: huggingface`` is served by it too); no autoscaling,
-transformers, explainers or raw-deployment mode.
+What it does not: Knative's queue-proxy, activator and autoscaler (replicas are minReplicas, at least 1),
+Istio, host-based tag routing (each revision's tag URL is its Service's address), ServingRuntimes
+(``modelFormat`` predictors fail with a reason: only custom containers are served), transformers,
+explainers and the raw-deployment mode.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from lmops.cluster.standin import StandIn, local_mounts, main, now, relocate
-from lmops.processes import stop_group
-
-READY_PROBE_TIMEOUT_S = 0.5
-STARTING, READY, FAILED = "starting", "ready", "failed"
+from lmops import kube
+from lmops.cluster import kserve_pods, node_network
+from lmops.cluster.kserve_router import Router
+from lmops.cluster.standin import StandIn, main, now
 
 
 @dataclass
 class _Revision:
     name: str
     digest: str
-    proc: subprocess.Popen
-    port: int
-    log: Path
-    state: str = STARTING
-    reason: str = ""
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    service_url: str | None = None  # the revision's Service: its tag URL, the router's backend
+    ready: bool = False
+    failed: str = ""  # why its pod cannot serve (RevisionFailed), else ""
+    waiting: str = ""  # why it is not ready yet (Pending, Unschedulable, ...)
+    stopped: bool = False  # no traffic can reach it: its Deployment and Service are deleted
 
 
 @dataclass
 class _Service:
     uid: str
     obj: dict[str, Any]
+    router: Router
     revisions: dict[str, _Revision] = field(default_factory=dict)
     count: int = 0
     rolled_out: str | None = None  # the revision that last took all the traffic
@@ -69,12 +72,13 @@ class _Service:
 
 
 class KServeStandIn(StandIn):
-    """KServe stand-in: serves each InferenceService's revisions with local `lmops serve` processes."""
+    """KServe stand-in: each InferenceService revision a Deployment and a Service of the rendered predictor."""
 
     api_version, kind = "serving.kserve.io/v1beta1", "InferenceService"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, router_host: str = node_network.NODE_IP, **kwargs):
         super().__init__(*args, **kwargs)
+        self.router_host = router_host
         self.services: dict[tuple[str, str], _Service] = {}
 
     # -------------------------------------------------------- events
@@ -83,121 +87,183 @@ class KServeStandIn(StandIn):
         key = (meta["namespace"], meta["name"])
         svc = self.services.get(key)
         if svc is not None and svc.uid != meta["uid"]:
-            self._stop_service(key)
+            self._drop(key)
             svc = None
         if meta.get("deletionTimestamp"):
             return
         if svc is None:
-            svc = self.services[key] = _Service(meta["uid"], obj)
+            svc = self.services[key] = _Service(meta["uid"], obj, self._router(key))
+            # revisions of an earlier run of the stand-in: gone (ours would be new numbers anyway)
+            svc.count = self._remove_leftovers(key)
         svc.obj = obj
         predictor = dict(obj["spec"].get("predictor") or {})
         predictor.pop("canaryTrafficPercent", None)  # traffic only: no new revision
         digest = hashlib.sha256(json.dumps(predictor, sort_keys=True).encode()).hexdigest()[:12]
         latest = self._latest(svc)
         if latest is None or latest.digest != digest:
-            self._new_revision(key, svc, predictor, digest)
-        self._publish(key, svc)
+            self._new_revision(key, svc, obj, digest)
+        self._reconcile(key, svc)
 
     def deleted(self, obj: dict[str, Any]) -> None:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
         if key in self.services:
-            self.log(f"InferenceService {key[0]}/{key[1]}: deleted; stopping its servers")
-            self._stop_service(key)
+            self.log(f"InferenceService {key[0]}/{key[1]}: deleted; deleting its revisions")
+            self._drop(key)
 
     def tick(self) -> None:
-        import requests
-
+        by_ns: dict[str, list[dict[str, Any]]] = {}
         for key, svc in list(self.services.items()):
-            changed = False
+            ns = key[0]
+            if ns not in by_ns:
+                by_ns[ns] = kube.list_objects("v1", "Pod", ns, client=self.client)[0]
             for rev in svc.revisions.values():
-                if rev.state == FAILED:
-                    continue
-                code = rev.proc.poll()
-                if code is not None:
-                    rev.state = FAILED
-                    rev.reason = f"the model server exited with status {code}; last log lines:\n{_tail(rev.log)}"
-                    changed = True
-                elif rev.state == STARTING:
-                    model = svc.obj["metadata"]["name"]
-                    try:
-                        ok = requests.get(f"{rev.url}/v1/models/{model}", timeout=READY_PROBE_TIMEOUT_S).ok
-                    except requests.RequestException:
-                        ok = False
-                    if ok:
-                        rev.state, changed = READY, True
-            if changed:
-                self._publish(key, svc)
+                self._observe(ns, rev, [p for p in by_ns[ns] if kserve_pods.revision_of(p) == rev.name])
+            self._reconcile(key, svc)
 
     def shutdown(self) -> None:
-        for key in list(self.services):
-            self._stop_service(key)
+        for svc in self.services.values():
+            svc.router.close()  # the revisions stay: pods outlive their controller, as on a real cluster
 
     # -------------------------------------------------------- revisions
-    def _new_revision(self, key: tuple[str, str], svc: _Service, predictor: dict[str, Any], digest: str) -> None:
-        ns, name = key
+    def _new_revision(self, key: tuple[str, str], svc: _Service, isvc: dict[str, Any], digest: str) -> None:
         svc.count += 1
-        rev_name = f"{name}-predictor-{svc.count:05d}"
-        log = self.work_dir / f"{ns}_{rev_name}.log"
-        port = _free_port()
-        container = (predictor.get("containers") or [predictor.get("model") or {}])[0]
+        rev = _Revision(f"{key[1]}-predictor-{svc.count:05d}", digest)
+        svc.revisions[rev.name] = rev
+        self._start_revision(key, rev, isvc)
+
+    def _start_revision(self, key: tuple[str, str], rev: _Revision, isvc: dict[str, Any]) -> None:
+        """Its Deployment and Service (again, for a revision traffic returns to: Knative's scale from zero)."""
         try:
-            mounts = local_mounts(container, self.work_dir / f"{ns}_{rev_name}.volumes")
-            cmd = _serve_command(name, predictor, container, port, mounts)
-            env = self.container_env(container, ns, mounts)
-        except (LookupError, ValueError) as e:
-            proc = subprocess.Popen(["false"])  # a revision that failed before it ran
-            svc.revisions[rev_name] = _Revision(rev_name, digest, proc, port, log, FAILED, str(e))
+            deployment, service = kserve_pods.revision_objects(isvc, rev.name, rev.digest, self._storage_env(isvc))
+        except kserve_pods.Unservable as e:
+            rev.failed = str(e)
             return
-        with open(log, "ab") as out:
-            out.write(f"==== {now()} {' '.join(cmd)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=self.work_dir, env=env, start_new_session=True)
-        svc.revisions[rev_name] = _Revision(rev_name, digest, proc, port, log)
-        self.log(f"InferenceService {ns}/{name}: revision {rev_name} starting on port {port} (log {log})")
+        rev.stopped = False
+        kube.apply(deployment, client=self.client)
+        applied = kube.apply(service, client=self.client)
+        rev.service_url = f"http://{applied['spec']['clusterIP']}"
+        self.log(f"InferenceService {key[0]}/{key[1]}: revision {rev.name} started (Deployment "
+                 f"{deployment['metadata']['name']}, Service {rev.service_url})")
+
+    def _storage_env(self, isvc: dict[str, Any]) -> list[dict[str, Any]]:
+        """The S3 credentials KServe finds for the predictor: its ServiceAccount's Secret annotated
+        serving.kserve.io/s3-* (none: the initializer uses what the pod's environment gives)."""
+        ns = isvc["metadata"]["namespace"]
+        name = (isvc["spec"].get("predictor") or {}).get("serviceAccountName") or "default"
+        account = kube.get("v1", "ServiceAccount", name, ns, client=self.client) or {}
+        for ref in account.get("secrets") or []:
+            secret = kube.get("v1", "Secret", ref["name"], ns, client=self.client)
+            if secret and any(k.startswith(kserve_pods.S3_ANNOTATION) for k in secret["metadata"].get("annotations") or {}):
+                return kserve_pods.s3_credential_env(secret)
+        return []
+
+    def _observe(self, ns: str, rev: _Revision, pods: list[dict[str, Any]]) -> None:
+        if rev.failed or rev.stopped or rev.service_url is None:
+            return
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        rev.ready = any(kserve_pods.pod_ready(p) for p in live)
+        if rev.ready:
+            rev.waiting = ""
+            return
+        for pod in live:
+            failure = kserve_pods.pod_failure(pod, lambda c, previous: self._log_tail(ns, pod, c, previous))
+            if failure:
+                rev.failed = failure
+                self.log(f"revision {ns}/{rev.name} failed: {failure}")
+                return
+        rev.waiting = next((w for w in (kserve_pods.pod_waiting(p) for p in live) if w), "")
+
+    def _log_tail(self, ns: str, pod: dict[str, Any], container: str, previous: bool) -> str:
+        from kubernetes import client as k8s
+
+        try:
+            return k8s.CoreV1Api(self.client).read_namespaced_pod_log(
+                pod["metadata"]["name"], ns, container=container, previous=previous, tail_lines=8).strip()
+        except Exception as e:  # noqa: BLE001 - the reason is still known without the log
+            return f"(log unreadable: {type(e).__name__})"
+
+    def _stop_revision(self, ns: str, svc: _Service, name: str) -> None:
+        rev = svc.revisions[name]
+        rev.stopped, rev.ready = True, False
+        if rev.service_url is None:
+            return
+        kube.delete("apps/v1", "Deployment", f"{name}-deployment", ns, client=self.client)
+        kube.delete("v1", "Service", name, ns, client=self.client)
+        self.log(f"InferenceService {ns}/{svc.obj['metadata']['name']}: revision {name} stopped (no traffic)")
+
+    def _remove_leftovers(self, key: tuple[str, str]) -> int:
+        ns, name = key
+        highest = 0
+        for kind, api in (("Deployment", "apps/v1"), ("Service", "v1")):
+            for obj in kube.list_objects(api, kind, ns, client=self.client)[0]:
+                labels = obj["metadata"].get("labels") or {}
+                if labels.get(kserve_pods.ISVC_LABEL) == name and labels.get(kserve_pods.REVISION_LABEL):
+                    highest = max(highest, int(labels[kserve_pods.REVISION_LABEL].rsplit("-", 1)[1]))
+                    kube.delete(api, kind, obj["metadata"]["name"], ns, client=self.client)
+        return highest
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        svc = self.services.pop(key)
+        svc.router.close()
+        for name, rev in svc.revisions.items():
+            if not rev.stopped:
+                self._stop_revision(key[0], svc, name)
+
+    def _router(self, key: tuple[str, str]) -> Router:
+        try:
+            return Router(self.router_host, f"{key[0]}/{key[1]}")
+        except OSError:  # no node (lmops cluster up --no-node): this machine only
+            return Router("127.0.0.1", f"{key[0]}/{key[1]}")
 
     def _latest(self, svc: _Service) -> _Revision | None:
         return svc.revisions[max(svc.revisions)] if svc.revisions else None
 
-    def _stop_revision(self, svc: _Service, name: str) -> None:
-        rev = svc.revisions.pop(name, None)
-        if rev is not None and rev.proc.poll() is None:
-            stop_group(rev.proc.pid, grace=5, reap=lambda: rev.proc.poll() is not None)
-
-    def _stop_service(self, key: tuple[str, str]) -> None:
-        svc = self.services.pop(key, None)
-        for name in list(svc.revisions if svc else []):
-            self._stop_revision(svc, name)
-
     # -------------------------------------------------------- traffic and status
-    def _publish(self, key: tuple[str, str], svc: _Service) -> None:
+    def _reconcile(self, key: tuple[str, str], svc: _Service) -> None:
         latest = self._latest(svc)
-        canary = (svc.obj["spec"].get("predictor") or {}).get("canaryTrafficPercent")
+        percent = (svc.obj["spec"].get("predictor") or {}).get("canaryTrafficPercent")
         stable = svc.revisions.get(svc.rolled_out) if svc.rolled_out else None
-        if latest.state == READY and latest is not stable and (canary is None or canary >= 100 or stable is None):
-            # roll out: the new revision takes all the traffic, the others stop (KServe scales them to zero)
+        if latest.ready and latest is not stable and (percent is None or percent >= 100 or stable is None):
+            # roll out: the new revision takes all the traffic
             svc.previous, svc.rolled_out, stable = svc.rolled_out, latest.name, latest
-            for name in [n for n in svc.revisions if n != latest.name]:
-                self._stop_revision(svc, name)
+        # the spec sends traffic to the latest revision (not a rollback to the rolled-out one)
+        wants_latest = latest is not stable and (percent is None or percent > 0)
+        if wants_latest and latest.stopped and not latest.failed:
+            self._start_revision(key, latest, svc.obj)
+        for name in list(svc.revisions):
+            if name == svc.rolled_out or (name == latest.name and wants_latest):
+                continue
+            if not svc.revisions[name].stopped:
+                self._stop_revision(key[0], svc, name)
+            if name not in (latest.name, svc.previous):  # the latest stays known: its spec is the current one
+                svc.revisions.pop(name)
+        routes: list[tuple[_Revision, int, str | None]] = []
+        if stable is not None and latest is not stable and wants_latest and latest.ready and percent is not None:
+            routes = [(latest, percent, "latest"), (stable, 100 - percent, "prev")]
+        elif stable is not None and stable.ready:
+            routes = [(stable, 100, "prev" if latest is not stable else None)]
+        svc.router.set_routes([(r.service_url, p) for r, p, _ in routes])
+        self._publish(svc, latest, stable, wants_latest, routes)
+
+    def _publish(self, svc: _Service, latest: _Revision, stable: _Revision | None, wants_latest: bool,
+                 routes: list[tuple[_Revision, int, str | None]]) -> None:
         traffic = []
-        if stable is not None and latest is not stable and latest.state != FAILED and canary is not None:
-            traffic = [{"revisionName": latest.name, "percent": canary, "latestRevision": True, "tag": "latest",
-                        "url": latest.url},
-                       {"revisionName": stable.name, "percent": 100 - canary, "latestRevision": False, "tag": "prev",
-                        "url": stable.url}]
-        elif stable is not None:
-            traffic = [{"revisionName": stable.name, "percent": 100, "latestRevision": stable is latest,
-                        "url": stable.url}]
-        ready_rev = stable if stable is not None and stable.state == READY else None
-        url = ready_rev.url if ready_rev else None
-        if latest.state == FAILED:
-            ready = _condition("False", "RevisionFailed", f'Revision "{latest.name}" failed with message: {latest.reason}')
-        elif latest.state == STARTING or ready_rev is None:
-            ready = _condition("Unknown", "RevisionMissing", f'Revision "{latest.name}" is not ready yet')
+        for rev, percent, tag in routes:
+            entry = {"revisionName": rev.name, "percent": percent, "latestRevision": rev is latest, "url": rev.service_url}
+            if tag:
+                entry["tag"] = tag
+            traffic.append(entry)
+        url = svc.router.url if routes else None
+        target = latest if wants_latest or stable is None else stable
+        if target.failed:
+            ready = _condition("False", "RevisionFailed", f'Revision "{target.name}" failed with message: {target.failed}')
+        elif not target.ready or not routes:
+            why = f": {target.waiting}" if target.waiting else ""
+            ready = _condition("Unknown", "RevisionMissing", f'Revision "{target.name}" is not ready yet{why}')
         else:
             ready = _condition("True")
-        predictor = {"latestCreatedRevision": latest.name, "traffic": traffic}
-        ready_names = [n for n, r in svc.revisions.items() if r.state == READY]
+        predictor: dict[str, Any] = {"latestCreatedRevision": latest.name, "traffic": traffic}
+        ready_names = [n for n, r in svc.revisions.items() if r.ready and not r.stopped]
         if ready_names:
             predictor["latestReadyRevision"] = max(ready_names)
         if svc.rolled_out:
@@ -220,26 +286,6 @@ class KServeStandIn(StandIn):
             svc.published = text
 
 
-def _serve_command(name: str, predictor: dict[str, Any], container: dict[str, Any], port: int,
-                   mounts: dict[str, str] | None = None) -> list[str]:
-    """`lmops serve` for this predictor, on 127.0.0.1:port, the model read from its storage URI."""
-    env = {e["name"]: e.get("value") for e in container.get("env") or [] if "name" in e}
-    model = predictor.get("model") or {}
-    storage = model.get("storageUri") or env.get("STORAGE_URI")
-    args = list(container.get("args") or [])
-    sets = [a for i, a in enumerate(args) if i > 0 and args[i - 1] == "--set"]
-    if "--model" in args and args[args.index("--model") + 1] != "/mnt/models":
-        storage = storage or args[args.index("--model") + 1]  # a models:/ URI the server resolves itself
-    if not storage:
-        raise ValueError("no storage URI: set spec.predictor.model.storageUri or the container's STORAGE_URI")
-    cmd = [sys.executable, "-m", "lmops.cli", "serve", "--model", storage, "--host", "127.0.0.1",
-           "--port", str(port), "--name", name]
-    for s in sets:
-        key, eq, value = s.partition("=")
-        cmd += ["--set", f"{key}{eq}{relocate(value, mounts or {})}"]  # e.g. serve.cache_dir on an emptyDir
-    return cmd
-
-
 def _condition(status: str, reason: str = "", message: str = "") -> dict[str, str]:
     out = {"status": status}
     if reason:
@@ -250,26 +296,13 @@ def _condition(status: str, reason: str = "", message: str = "") -> dict[str, st
 
 
 def _model_status(rev: _Revision) -> dict[str, Any]:
-    if rev.state == FAILED:
+    if rev.failed:
         return {"transitionStatus": "BlockedByFailedLoad", "states": {"activeModelState": "FailedToLoad",
                                                                        "targetModelState": "FailedToLoad"},
-                "lastFailureInfo": {"reason": "ModelLoadFailed", "message": rev.reason[-1000:]}}
-    state = "Loaded" if rev.state == READY else "Loading"
-    return {"transitionStatus": "UpToDate" if rev.state == READY else "InProgress",
+                "lastFailureInfo": {"reason": "ModelLoadFailed", "message": rev.failed[-1000:]}}
+    state = "Loaded" if rev.ready else "Loading"
+    return {"transitionStatus": "UpToDate" if rev.ready else "InProgress",
             "states": {"activeModelState": state, "targetModelState": "Loaded"}}
-
-
-def _tail(path: Path, lines: int = 8) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

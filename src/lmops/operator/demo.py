@@ -127,12 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     mlflow_proc, mlflow_url = start_mlflow_server(work / "mlflow", str(work / "mlflow" / "artifacts"),
                                                   env=LOCAL_WEBHOOK_ENV)
     say(f"MLflow {mlflow_url}")
-    op = None
+    op = relay = None
     try:
+        # the predictor pods run the lmops image and resolve models:/ through MLflow: the image on the node
+        # (built and loaded unless it is there), MLflow through the node's relay
+        from lmops.cluster import node_images, pod_relay
+        from lmops.images.build import build
+
+        engine = _engine()
+        built = build("cpu", engine=engine, log=say)
+        say(node_images.load(Path(cluster.folder), built.ref, engine, log=say).line())
+        relay, pods_mlflow = pod_relay.start(mlflow_url)
         kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}, client=admin)
         kubeconfig, _ = service_account_kubeconfig(cluster, NS, work / "operator.kubeconfig")
         port = free_port()
-        op = start_operator(kubeconfig, NS, mlflow_url, work, poll_s=10, webhook_port=port, webhook_secret=SECRET)
+        op = start_operator(kubeconfig, NS, pods_mlflow, work, poll_s=10, webhook_port=port, webhook_secret=SECRET)
         say(f"operator started with the ServiceAccount token of manifests/rbac (log {op.log})")
         cleaned += delete_demo_objects(admin)
         say("cleaned what an earlier run left: " + ("; ".join(cleaned) if cleaned else "nothing"))
@@ -193,10 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         if op is not None:
             op.stop()
         servers = stop_run_servers(work / "runs")
+        if relay is not None:
+            pod_relay.stop(relay)
         stop_process_group(mlflow_proc)
         say(f"stopped: the operator, MLflow{''.join(', ' + n for n in servers)}; the demo's objects stay in"
             f" namespace {NS} (the next `make demo` removes them first; or `kubectl delete namespace {NS}` while"
             " the operator runs)")
+
+
+def _engine():
+    from lmops.images.engine import detect
+
+    return detect(install=True)
 
 
 if __name__ == "__main__":

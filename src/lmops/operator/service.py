@@ -7,6 +7,11 @@ percent) renders as: predictor = the canary's version (else the stable's) and th
 gives each revision its own URL (traffic tags ``latest`` and ``prev``), which is how the gates reach
 the canary and the stable separately. Which versions were applied is kept in annotations, since a
 revision name says nothing about the model in it.
+
+A rollback is KServe's own: the desired service (stable, rejected canary, 0%) renders the rejected version
+with ``canaryTrafficPercent: 0``, so all traffic is back on the rolled-out revision at once and KServe stops
+the canary's; the stable spec is not applied again (a new revision of a version that already serves: a cold
+start). The spec stays so until the next version's canary replaces it (``ServiceState.serves``).
 """
 
 from __future__ import annotations

@@ -59,6 +59,14 @@ class ServiceState:
     canary_url: str | None = None
     stable_url: str | None = None
 
+    def serves(self, desired: DesiredService | None) -> bool:
+        """What was applied gives the desired traffic. A canary parked at 0% (KServe's rollback: the spec
+        keeps the rejected version, all traffic on the rolled-out revision) is the stable version alone:
+        applying the stable spec again would start a new revision of a version that already serves."""
+        a = self.applied
+        return a == desired or (desired is not None and desired.canary is None and a.canary is not None
+                                and a.canary_percent == 0 and a.stable == desired.stable)
+
 
 @dataclass(frozen=True)
 class GateInputs:
@@ -148,6 +156,10 @@ def desired_service(status: dict[str, Any]) -> DesiredService | None:
     if status.get("phase") == PROGRESSING and status.get("canaryVersion"):
         percent = status.get("canaryTrafficPercent")
         return DesiredService(stable, status["canaryVersion"], percent if percent and percent < 100 else None)
+    if status.get("phase") == ROLLING_BACK and status.get("rejectedVersion") and stable:
+        # KServe's rollback: canaryTrafficPercent 0 puts all traffic back on the previous rolled-out
+        # revision at once; the rejected version stays in the spec (no new revision of the stable one)
+        return DesiredService(stable, status["rejectedVersion"], 0)
     return DesiredService(stable) if stable else None
 
 
@@ -157,7 +169,7 @@ def needs_gates(spec: ModelDeploymentSpec, status: dict[str, Any], service: Serv
     ready canary at the end of its step's pause."""
     if status.get("phase") != PROGRESSING or service is None or not spec.rollout.steps:
         return False
-    if service.applied != desired_service(status) or not service.current or not service.latest_ready:
+    if not service.serves(desired_service(status)) or not service.current or not service.latest_ready:
         return False
     step = spec.rollout.steps[status.get("currentStep", 0)]
     return seconds_since(status.get("stepStartedAt"), now) >= step.pause_seconds
@@ -205,7 +217,7 @@ def _transition(spec: ModelDeploymentSpec, s: dict[str, Any], obs: Observed) -> 
 def _from_stable(spec: ModelDeploymentSpec, s: dict[str, Any], obs: Observed) -> float | None:
     target, stable = obs.target, s["stableVersion"]
     svc = obs.service
-    if svc and svc.applied == desired_service(s) and svc.current and svc.latest_failed:
+    if svc and svc.serves(desired_service(s)) and svc.current and svc.latest_failed:
         s["phase"] = FAILED
         append_history(s, stable, "Failed", f"version {stable} does not serve: {svc.latest_failed}", obs.now,
                        spec.history_limit)
@@ -247,7 +259,7 @@ def _progress(spec: ModelDeploymentSpec, s: dict[str, Any], obs: Observed) -> fl
     if not spec.rollout.steps:  # no canary steps: promote as soon as the new version is ready
         return _judge_ready_only(spec, s, obs)
     svc = obs.service
-    applied = svc is not None and svc.applied == desired_service(s) and svc.current
+    applied = svc is not None and svc.serves(desired_service(s)) and svc.current
     ready_timeout = spec.rollout.gates.ready_timeout_seconds
     waited = seconds_since(s.get("canaryStartedAt"), now)
     if applied and svc.latest_failed:
@@ -277,7 +289,7 @@ def _progress(spec: ModelDeploymentSpec, s: dict[str, Any], obs: Observed) -> fl
 
 def _judge_ready_only(spec: ModelDeploymentSpec, s: dict[str, Any], obs: Observed) -> float | None:
     svc = obs.service
-    if svc and svc.applied == desired_service(s) and svc.current:
+    if svc and svc.serves(desired_service(s)) and svc.current:
         if svc.latest_failed:
             return _fail(spec, s, obs, "ready", f"version {s['canaryVersion']} did not start: {svc.latest_failed}",
                          terminal=True)
@@ -314,7 +326,7 @@ def _fail(spec: ModelDeploymentSpec, s: dict[str, Any], obs: Observed, gate: str
 
 def _finish_rollback(spec: ModelDeploymentSpec, s: dict[str, Any], obs: Observed) -> float | None:
     svc = obs.service
-    traffic_back = svc is not None and svc.applied == desired_service(s)
+    traffic_back = svc is not None and svc.serves(desired_service(s))
     if traffic_back and not _revert_pending(spec, s):
         s["phase"] = STABLE
         return None
@@ -409,7 +421,7 @@ def _derived(s: dict[str, Any], spec: ModelDeploymentSpec | None, obs: Observed 
     """The actions the recorded status implies; each is a no-op when already done."""
     actions: list[Any] = []
     desired = desired_service(s)
-    if desired is not None and (obs is None or obs.service is None or obs.service.applied != desired):
+    if desired is not None and (obs is None or obs.service is None or not obs.service.serves(desired)):
         actions.append(ApplyService(desired))
     reverting = spec is not None and s.get("phase") == ROLLING_BACK and _revert_pending(spec, s)
     if (spec is not None and obs is not None and _follows_alias(spec) and obs.alias != s.get("aliasVersion")
