@@ -210,3 +210,56 @@ def kube_s3_secret(kube_cluster, kube_namespace) -> str:
     kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": kube_namespace},
                 "data": data}, client=kube_cluster.client())
     return "s3-creds"
+
+
+@pytest.fixture(scope="session")
+def lmops_image(kube_cluster) -> str:
+    """The lmops cpu image (this tree's sources) on the session's node: built unless an image with the same build
+    key exists (make images), then loaded into the node's containerd (lmops images load). Yields its ref."""
+    from lmops.cluster import node_images
+    from lmops.images import build
+    from lmops.images.engine import detect
+
+    echo = lambda line: print(line, file=sys.__stderr__, flush=True)  # noqa: E731 - past pytest's capture
+    engine = detect()
+    built = build.build("cpu", engine=engine, log=echo)
+    echo(built.line())
+    echo(node_images.load(Path(kube_cluster.folder), built.ref, engine, log=echo).line())
+    return built.ref
+
+
+@pytest.fixture(scope="session")
+def node_relay(kube_cluster):
+    """``expose(url) -> url``: a service of this machine on 127.0.0.1 (moto, MLflow) made reachable from pods at
+    the node's address (10.244.0.1, same port) by a socat relay, as the node does for the API server."""
+    from urllib.parse import urlsplit
+
+    from lmops.cluster import node_network
+
+    relays: dict[int, subprocess.Popen] = {}
+
+    def expose(url: str) -> str:
+        parts = urlsplit(url)
+        if parts.port not in relays:
+            relays[parts.port] = subprocess.Popen(
+                ["socat", f"TCP-LISTEN:{parts.port},bind={node_network.NODE_IP},fork,reuseaddr",
+                 f"TCP:127.0.0.1:{parts.port}"], stdin=subprocess.DEVNULL, start_new_session=True)
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                with socket.socket() as s:
+                    if s.connect_ex((node_network.NODE_IP, parts.port)) == 0:
+                        break
+                time.sleep(0.1)
+        return parts._replace(netloc=f"{node_network.NODE_IP}:{parts.port}").geturl()
+
+    yield expose
+    for proc in relays.values():
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def pod_s3_env(s3, moto_endpoint, node_relay) -> dict[str, str]:
+    """kuberay.env for a RayJob whose pods use the test's moto S3 (through the node relay)."""
+    url = node_relay(moto_endpoint)
+    return {"LMOPS_S3_ENDPOINT_URL": url, "AWS_ENDPOINT_URL_S3": url}
