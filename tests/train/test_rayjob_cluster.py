@@ -1,13 +1,16 @@
 """Submitting RayJobs and waiting for them on the real API server (`lmops cluster`), with the KubeRay stand-in
 making the Ray cluster as pods of the lmops image on the node: success (the checkpoint arrives in S3), KubeRay's
 reason on failure, a timeout (the job is deleted), KubeRay's deadline, re-attaching to a running job, and a
-ServiceAccount without rayjobs permissions."""
+ServiceAccount without rayjobs permissions; then what KubeRay does with the pods: a worker pod killed mid-run is
+replaced and training resumes from the last checkpoint in S3, shutdownAfterJobFinishes removes the cluster after
+the TTL, and a pod that cannot start fails the RayJob with the pod's own reason (not a timeout)."""
 
 from __future__ import annotations
 
 import base64
 import shlex
 import sys
+import time
 
 import pytest
 
@@ -152,3 +155,101 @@ def test_the_entrypoint_module_runs_as_a_command():
 
     out = subprocess.run([sys.executable, "-m", "lmops.train.rayjob", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "run" in out.stdout
+
+
+# ---------------------------------------------------------------- the Ray pods
+RAY = "ray.io/v1"
+
+
+def _pods(client, ns: str, node_type: str) -> list[dict]:
+    pods, _ = kube.list_objects("v1", "Pod", ns, client=client)
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get("ray.io/node-type") == node_type
+            and not p["metadata"].get("deletionTimestamp")]
+
+
+def _submitter_log(client, ns: str, job: str) -> str:
+    from kubernetes import client as k8s
+
+    core = k8s.CoreV1Api(client)
+    pods, _ = kube.list_objects("v1", "Pod", ns, client=client)
+    names = [p["metadata"]["name"] for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == job]
+    return "\n".join(core.read_namespaced_pod_log(n, ns) for n in names)
+
+
+@pytest.mark.slow
+def test_a_worker_pod_killed_mid_run_is_replaced_and_training_resumes_from_the_checkpoint(
+        kube_cluster, lmops_image, kube_namespace, kube_s3_secret, s3, pod_s3_env, tiny_tokens, tmp_path):
+    client, ns = kube_cluster.client(), kube_namespace
+    _, bucket = s3
+    tokens_uri, ckpt_uri = f"s3://{bucket}/kill/tokens", f"s3://{bucket}/kill/checkpoint"
+    storage.upload_dir(tiny_tokens, tokens_uri)
+    cfg = _cfg(ns, tmp_path, pod_s3_env, {"head_ranks": 1}, max_steps=24, checkpoint_every=4, eval_every=24,
+               log_every=4, max_failures=2)
+    manifest = render_rayjob(cfg, name="lmops-kill", tokens_uri=tokens_uri, checkpoint_uri=ckpt_uri)
+    kube.apply(manifest, client=client)
+    # the first checkpoint in Ray Train's storage (S3) means the run is past step 4: kill the worker pod then
+    ray_dir = f"{ckpt_uri}.ray/"
+    deadline = time.monotonic() + 600
+    while not any("checkpoint_" in key for key in (e.uri for e in storage.list_files(ray_dir, missing_ok=True))):
+        assert time.monotonic() < deadline, "no checkpoint within 600 s"
+        status = (kube.get(RAY, "RayJob", "lmops-kill", ns, client=client) or {}).get("status") or {}
+        assert status.get("jobDeploymentStatus") not in ("Failed", "Complete"), status
+        time.sleep(1)
+    (worker,) = _pods(client, ns, "worker")
+    kube.delete("v1", "Pod", worker["metadata"]["name"], ns, client=client)
+    done = submit_and_wait(manifest, timeout_s=900, poll_s=1, log=lambda s: None, client=client)
+    assert done["status"]["jobStatus"] == "SUCCEEDED"
+    (replacement,) = _pods(client, ns, "worker")
+    assert replacement["metadata"]["name"] != worker["metadata"]["name"]  # the RayCluster made a new one
+    from lmops.manifest import read_manifest
+
+    local = storage.download_dir(ckpt_uri, tmp_path / "fetched")
+    metrics = read_manifest(local, "train").metrics
+    assert metrics["steps"] == 24
+    assert len(metrics["resumed_from"]) >= 1 and all(0 < s < 24 and s % 4 == 0 for s in metrics["resumed_from"])
+    assert "worker 0 of 2" in _submitter_log(client, ns, "lmops-kill")  # DDP across the head and the worker pod
+
+
+def test_shutdown_after_job_finishes_removes_the_cluster_after_the_ttl(kube_cluster, lmops_image, kube_namespace,
+                                                                      kube_s3_secret, tmp_path):
+    client, ns = kube_cluster.client(), kube_namespace
+    job = _job(ns, tmp_path, "ttl", _python("print('hello from the head pod')"), ttlSecondsAfterFinished=3)
+    done = submit_and_wait(job, timeout_s=300, poll_s=0.5, log=lambda s: None, client=client)
+    cluster = done["status"]["rayClusterName"]
+    assert done["status"]["dashboardURL"] == f"{cluster}-head-svc.{ns}.svc.cluster.local:8265"
+    assert kube.get(RAY, "RayCluster", cluster, ns, client=client) is not None  # kept for the TTL
+    kube.wait_for(RAY, "RayCluster", cluster, ns, lambda o: o is None, timeout_s=60, client=client)
+    kube.wait_for("v1", "Service", f"{cluster}-head-svc", ns, lambda o: o is None, timeout_s=60, client=client)
+    deadline = time.monotonic() + 60
+    while _pods(client, ns, "head"):
+        assert time.monotonic() < deadline, "the head pod outlived its RayCluster"
+        time.sleep(0.5)
+    # the RayJob and its submitter Job stay: the Job's pod log holds the Ray job's output
+    assert kube.get(RAY, "RayJob", "ttl", ns, client=client)["status"]["jobDeploymentStatus"] == "Complete"
+    assert "hello from the head pod" in _submitter_log(client, ns, "ttl")
+
+
+@pytest.mark.parametrize("broken, reason", [
+    ("image", "ErrImageNeverPull"),
+    ("secret", "CreateContainerConfigError"),
+])
+def test_a_ray_pod_that_cannot_start_fails_the_rayjob_with_its_reason(broken, reason, kube_cluster, lmops_image,
+                                                                      kube_namespace, kube_s3_secret, tmp_path):
+    client, ns = kube_cluster.client(), kube_namespace
+    job = _job(ns, tmp_path, f"broken-{broken}", "true")
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    if broken == "image":
+        head["image"] = "localhost/lmops:no-such-tag"
+    else:
+        head["env"].append({"name": "S3_KEY", "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "no-such-key"}}})
+    t0 = time.monotonic()
+    with pytest.raises(RayJobError) as e:
+        submit_and_wait(job, timeout_s=240, poll_s=0.5, log=lambda s: None, client=client)
+    assert time.monotonic() - t0 < 200  # the pod's reason ended the wait, not the timeout
+    msg = str(e.value)
+    assert f"the Ray head pod cannot start: {reason}: " in msg
+    if broken == "secret":
+        assert "no-such-key" in msg
+    status = kube.get(RAY, "RayJob", f"broken-{broken}", ns, client=client)["status"]
+    (cond,) = [c for c in status["rayClusterStatus"]["conditions"] if c["type"] == "HeadPodReady"]
+    assert cond["status"] == "False" and cond["reason"] == reason

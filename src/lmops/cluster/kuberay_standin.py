@@ -102,7 +102,7 @@ class KubeRayStandIn(StandIn):
         dep = status.get("jobDeploymentStatus") or ""
         if dep in ("", "New"):
             self._write(job, {"jobId": spec.get("jobId") or f"{meta['name']}-{_suffix()}",
-                              "rayClusterName": f"{meta['name']}-{_suffix()}", "jobStatus": "",
+                              "rayClusterName": f"{meta['name']}-{_suffix()}",
                               "jobDeploymentStatus": "Initializing", "startTime": now(),
                               "observedGeneration": meta.get("generation")})
         elif dep == "Initializing":
@@ -184,7 +184,7 @@ class KubeRayStandIn(StandIn):
                 kube.delete(api, kind, obj_name, ns, client=self.client, propagation_policy="Foreground")
                 gone = False
         if gone:
-            self._write(job, {"rayClusterStatus": {}, "rayClusterName": "", "dashboardURL": "", "jobId": "",
+            self._write(job, {"rayClusterStatus": None, "rayClusterName": "", "dashboardURL": "", "jobId": "",
                               "message": "", "reason": "", "rayJobInfo": None, "jobStatus": "",
                               "jobDeploymentStatus": "New"})
 
@@ -225,6 +225,8 @@ class KubeRayStandIn(StandIn):
                 update["jobDeploymentStatus"] = "Retrying"
                 self.log(f"RayJob {job['metadata']['namespace']}/{job['metadata']['name']}: attempt"
                          f" {update['failed']} failed ({new.get('reason')}); retrying (backoffLimit {limit})")
+        # empty strings are KubeRay's omitted fields (omitempty): removed, which the CRD's string types accept
+        update = {k: (None if v == "" else v) for k, v in update.items()}
         if all(old.get(k) == v for k, v in update.items()):
             return
         self.write_status(job, update)
@@ -282,8 +284,8 @@ class KubeRayStandIn(StandIn):
         head = heads[0] if heads else None
         status = {"desiredWorkerReplicas": desired, "readyWorkerReplicas": ready_workers,
                   "availableWorkerReplicas": ready_workers, "observedGeneration": meta.get("generation"),
-                  "head": {"podName": head["metadata"]["name"], "podIP": (head.get("status") or {}).get("podIP", ""),
-                           "serviceName": f"{name}-head-svc"} if head else {},
+                  "head": {"podName": head["metadata"]["name"], "serviceName": f"{name}-head-svc",
+                           **({"podIP": ip} if (ip := (head.get("status") or {}).get("podIP")) else {})} if head else None,
                   "conditions": [_head_pod_ready(head, (cluster.get("status") or {}).get("conditions"))],
                   "endpoints": {k: str(v) for k, v in ko.DEFAULT_PORTS.items()}}
         all_ready = head is not None and _ready(head) and ready_workers >= desired
@@ -292,8 +294,9 @@ class KubeRayStandIn(StandIn):
         if old_state != status["state"]:
             status["stateTransitionTimes"] = {**((cluster.get("status") or {}).get("stateTransitionTimes") or {}),
                                               **({status["state"]: now()} if status["state"] else {})}
-        problem = _pod_problem(mine)
-        status["reason"] = problem or None
+        status["reason"] = _pod_problem(mine)
+        # empty strings are KubeRay's omitted fields (omitempty); the API server refuses "" for them here
+        status = {k: (None if v == "" else v) for k, v in status.items()}
         if any((cluster.get("status") or {}).get(k) != v for k, v in status.items()):
             kube.patch_status(ko.RAY_API, "RayCluster", name, ns, status, client=self.client)
         return {k: v for k, v in status.items() if v is not None}
@@ -339,6 +342,7 @@ def _head_pod_ready(head: dict[str, Any] | None, old: list[dict[str, Any]] | Non
         if cond["reason"] == "ContainersNotReady" and problem:
             cond["reason"] = problem[0]
             cond["message"] = "; ".join(m for m in (cond["message"], problem[1]) if m)
+    cond["message"] = cond["message"] or cond["reason"]  # a required field of metav1.Condition
     previous = next((c for c in old or [] if c.get("type") == "HeadPodReady"), None)
     same = previous and previous.get("status") == cond["status"]
     cond["lastTransitionTime"] = previous["lastTransitionTime"] if same else now()

@@ -214,6 +214,9 @@ def _pod(labels: dict[str, str], container: dict[str, Any], kr: KubeRayConfig, *
     spec: dict[str, Any] = {"containers": [container]}
     if kr.service_account:
         spec["serviceAccountName"] = kr.service_account
+    # KubeRay's head Service selects app.kubernetes.io/name=kuberay, and a template label of that name replaces
+    # KubeRay's on the pods: with ours, the Service would select no pod and the workers never find the head
+    labels = {k: v for k, v in labels.items() if k != "app.kubernetes.io/name"}
     if worker and kr.node_selector:
         spec["nodeSelector"] = dict(kr.node_selector)
     tolerations = kr.worker_tolerations() if worker else []
