@@ -22,6 +22,7 @@ and a finished one replaced; ``status`` (state ready, head pod IP, ready workers
 with the container's waiting reason, e.g. ErrImageNeverPull or CreateContainerConfigError).
 Deleting a RayJob deletes what it owns through the garbage collector (ownerReferences), as with KubeRay.
 
+Validation (utils.ValidateRayJobSpec) -> ValidationFailed, for what it checks and the modes it does not play.
 What it does not play: the finalizer that stops the Ray job before a deletion (the pods going away stop it),
 autoscaling, suspend/Kueue (a suspended job is left alone), SidecarMode/HTTPMode/InteractiveMode,
 clusterSelector, deletionStrategy, TLS and token auth options, and GCS fault tolerance.
@@ -100,7 +101,11 @@ class KubeRayStandIn(StandIn):
         if meta.get("deletionTimestamp") or spec.get("suspend"):
             return  # deletion: the garbage collector removes what the RayJob owns
         dep = status.get("jobDeploymentStatus") or ""
-        if dep in ("", "New"):
+        invalid = validation_error(spec) if dep not in FINISHED else None
+        if invalid:
+            self._write(job, {"jobDeploymentStatus": "ValidationFailed", "reason": "ValidationFailed",
+                              "message": invalid})
+        elif dep in ("", "New"):
             self._write(job, {"jobId": spec.get("jobId") or f"{meta['name']}-{_suffix()}",
                               "rayClusterName": f"{meta['name']}-{_suffix()}",
                               "jobDeploymentStatus": "Initializing", "startTime": now(),
@@ -304,6 +309,23 @@ class KubeRayStandIn(StandIn):
     def _create_pod(self, pod: dict[str, Any]) -> None:
         kube.create(pod, client=self.client)  # generateName: the API server names it
         self.log(f"pod {pod['metadata']['namespace']}/{pod['metadata']['generateName']}* created")
+
+
+def validation_error(spec: dict[str, Any]) -> str | None:
+    """What of utils.ValidateRayJobSpec this stand-in can run (the rest: modes it does not play)."""
+    mode = spec.get("submissionMode") or "K8sJobMode"
+    if mode != "K8sJobMode":
+        return f"submissionMode {mode}: the KubeRay stand-in plays K8sJobMode only"
+    if spec.get("clusterSelector"):
+        return "clusterSelector: the KubeRay stand-in makes a RayCluster per RayJob only"
+    if not spec.get("rayClusterSpec"):
+        return "The RayJob spec is invalid: one of RayClusterSpec or ClusterSelector must be set"
+    if spec.get("suspend") and not spec.get("shutdownAfterJobFinishes"):
+        return ("The RayJob spec is invalid: a RayJob with shutdownAfterJobFinishes set to false is not allowed to"
+                " be suspended")
+    if int(spec.get("ttlSecondsAfterFinished") or 0) < 0:
+        return "The RayJob spec is invalid: TTLSecondsAfterFinished must be a non-negative integer"
+    return None
 
 
 def _ready(pod: dict[str, Any]) -> bool:
