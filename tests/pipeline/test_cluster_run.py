@@ -1,11 +1,13 @@
 """The cluster path of the pipeline, end to end short of the real controllers: kfp's local runner with
 ``launcher=kuberay`` and ``deploy_target=kubernetes`` on the micro config, against the session's real API
 server (`lmops cluster`). The train task stages the tokens in S3 (moto) through kuberay.staging_uri and
-submits a RayJob, which the KubeRay stand-in runs; register goes to the session's MLflow server; deploy
+submits a RayJob, whose Ray cluster the KubeRay stand-in runs as pods of the lmops image (the micro preset's
+kuberay section fits them on the 2-core node); register goes to the session's MLflow server; deploy
 applies an InferenceService, which the KServe stand-in serves, and the test talks to the URL in its status."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -19,15 +21,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 RAYJOB, ISVC = ("ray.io/v1", "RayJob"), ("serving.kserve.io/v1beta1", "InferenceService")
 
 
-def test_kuberay_and_kubernetes_through_kfps_local_runner(kube_cluster, kube_namespace, kube_s3_secret, s3,
-                                                          mlflow_server, ray_address, tmp_path, monkeypatch):
+def test_kuberay_and_kubernetes_through_kfps_local_runner(kube_cluster, lmops_image, kube_namespace, kube_s3_secret, s3,
+                                                          pod_s3_env, node_relay, mlflow_server, ray_address, tmp_path,
+                                                          monkeypatch):
     client, ns = kube_cluster.client(), kube_namespace
     _, bucket = s3
     monkeypatch.setenv("LMOPS_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)  # the config's relative workdir lands here
     overrides = [*MICRO, f"cache_dir={tmp_path / 'cache'}", f"kuberay.staging_uri=s3://{bucket}/staging",
                  f"kuberay.namespace={ns}", f"kuberay.env_from_secrets=[{kube_s3_secret}]",
-                 "kuberay.worker_cpu=1",  # the stand-in's job runs a Ray of this machine's CPUs
+                 # the Ray pods reach moto and MLflow through the node's relay
+                 "kuberay.env=" + json.dumps({**pod_s3_env, "MLFLOW_TRACKING_URI": node_relay(mlflow_server)}),
                  "kuberay.poll_s=0.5", f"deploy.namespace={ns}", "deploy.name=lm-cluster"]
     t0 = time.monotonic()
     s = run_pipeline("micro", overrides, model_name="lm-cluster", sources=[str(write_corpus(tmp_path / "corpus"))],
