@@ -70,6 +70,7 @@ class KubeRayStandIn(StandIn):
         super().__init__(*args, **kwargs)
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.next_at: dict[tuple[str, str], float] = {}
+        self.shut_down: set[str] = set()  # RayJob uids whose cluster shutdownAfterJobFinishes removed
 
     # ------------------------------------------------------------ the watch feeds, the tick reconciles
     def changed(self, obj: dict[str, Any]) -> None:
@@ -195,7 +196,7 @@ class KubeRayStandIn(StandIn):
 
     def _finished(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         spec = job["spec"]
-        if not spec.get("shutdownAfterJobFinishes") or spec.get("clusterSelector"):
+        if not spec.get("shutdownAfterJobFinishes") or spec.get("clusterSelector") or job["metadata"]["uid"] in self.shut_down:
             return
         end = _ts(status.get("endTime"))
         if end is None or time.time() < end + int(spec.get("ttlSecondsAfterFinished") or 0):
@@ -203,6 +204,7 @@ class KubeRayStandIn(StandIn):
         name, ns = status.get("rayClusterName"), job["metadata"]["namespace"]
         if name and kube.delete(ko.RAY_API, "RayCluster", name, ns, client=self.client):
             self.log(f"RayJob {ns}/{job['metadata']['name']}: RayCluster {name} deleted (shutdownAfterJobFinishes)")
+        self.shut_down.add(job["metadata"]["uid"])
 
     def _deadline_passed(self, job: dict[str, Any], status: dict[str, Any]) -> bool:
         deadline = job["spec"].get("activeDeadlineSeconds")
