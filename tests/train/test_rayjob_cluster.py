@@ -46,6 +46,13 @@ def _job(ns: str, tmp_path, name: str, command: str, **spec) -> dict:
     return m
 
 
+def _staged(s3, tokens, run: str) -> tuple[str, str]:
+    """(tokens, checkpoint) URIs of a run in the test's bucket, the tokens uploaded."""
+    _, bucket = s3
+    storage.upload_dir(tokens, f"s3://{bucket}/{run}/tokens")
+    return f"s3://{bucket}/{run}/tokens", f"s3://{bucket}/{run}/checkpoint"
+
+
 def _python(code: str) -> str:
     return shlex.join(["python", "-c", code])
 
@@ -54,9 +61,7 @@ def _python(code: str) -> str:
 def test_success_two_ray_pods_train_with_ddp_and_the_checkpoint_arrives(
         kube_cluster, lmops_image, kube_namespace, kube_s3_secret, s3, pod_s3_env, tiny_tokens, tmp_path):
     client, ns = kube_cluster.client(), kube_namespace
-    _, bucket = s3
-    tokens_uri, ckpt_uri = f"s3://{bucket}/run-1/tokens", f"s3://{bucket}/run-1/checkpoint"
-    storage.upload_dir(tiny_tokens, tokens_uri)
+    tokens_uri, ckpt_uri = _staged(s3, tiny_tokens, "run-1")
     lines: list[str] = []
     cfg = _cfg(ns, tmp_path, pod_s3_env, {"head_ranks": 1})  # a rank on the head, one on the worker pod
     out = train_on_kuberay(cfg, tokens_uri, ckpt_uri, name="lmops-train-ok", log=lines.append, client=client)
@@ -180,9 +185,7 @@ def _submitter_log(client, ns: str, job: str) -> str:
 def test_a_worker_pod_killed_mid_run_is_replaced_and_training_resumes_from_the_checkpoint(
         kube_cluster, lmops_image, kube_namespace, kube_s3_secret, s3, pod_s3_env, tiny_tokens, tmp_path):
     client, ns = kube_cluster.client(), kube_namespace
-    _, bucket = s3
-    tokens_uri, ckpt_uri = f"s3://{bucket}/kill/tokens", f"s3://{bucket}/kill/checkpoint"
-    storage.upload_dir(tiny_tokens, tokens_uri)
+    tokens_uri, ckpt_uri = _staged(s3, tiny_tokens, "kill")
     cfg = _cfg(ns, tmp_path, pod_s3_env, {"head_ranks": 1}, max_steps=24, checkpoint_every=4, eval_every=24,
                log_every=4, max_failures=2)
     manifest = render_rayjob(cfg, name="lmops-kill", tokens_uri=tokens_uri, checkpoint_uri=ckpt_uri)
