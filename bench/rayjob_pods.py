@@ -80,6 +80,8 @@ class MemorySampler(threading.Thread):
                     continue
                 cgroup = next(line.split(":", 2)[2] for line in Path(f"/proc/{pids[cid]}/cgroup").read_text().splitlines()
                               if ":memory:" in line)
+                if cid not in cgroup:  # the container ended and its pid went to another process
+                    continue
                 base = Path("/sys/fs/cgroup/memory") / cgroup.lstrip("/")
                 stat = dict(line.split() for line in (base / "memory.stat").read_text().splitlines())
                 usage = int((base / "memory.usage_in_bytes").read_text())

@@ -239,7 +239,7 @@ def test_shutdown_after_job_finishes_removes_the_cluster_after_the_ttl(kube_clus
 
 
 @pytest.mark.parametrize("broken, reason", [
-    ("image", "ErrImageNeverPull"),
+    ("image", "ImagePullBackOff"),  # IfNotPresent: the kubelet tries the (unreachable) registry, then backs off
     ("secret", "CreateContainerConfigError"),
 ])
 def test_a_ray_pod_that_cannot_start_fails_the_rayjob_with_its_reason(broken, reason, kube_cluster, lmops_image,
