@@ -30,12 +30,12 @@ def test_kuberay_and_kubernetes_through_kfps_local_runner(kube_cluster, lmops_im
     monkeypatch.chdir(tmp_path)  # the config's relative workdir lands here
     overrides = [*MICRO, f"cache_dir={tmp_path / 'cache'}", f"kuberay.staging_uri=s3://{bucket}/staging",
                  f"kuberay.namespace={ns}", f"kuberay.env_from_secrets=[{kube_s3_secret}]",
-                 # the Ray pods reach moto and MLflow through the node's relay
-                 "kuberay.env=" + json.dumps({**pod_s3_env, "MLFLOW_TRACKING_URI": node_relay(mlflow_server)}),
+                 "kuberay.env=" + json.dumps(pod_s3_env),  # the Ray pods reach moto through the node's relay
                  "kuberay.poll_s=0.5", f"deploy.namespace={ns}", "deploy.name=lm-cluster"]
     t0 = time.monotonic()
     s = run_pipeline("micro", overrides, model_name="lm-cluster", sources=[str(write_corpus(tmp_path / "corpus"))],
-                     tracking_uri=mlflow_server, ray_address=ray_address, launcher="kuberay",
+                     # MLflow at the node's address: the tasks here and the RayJob's pods both reach it there
+                     tracking_uri=node_relay(mlflow_server), ray_address=ray_address, launcher="kuberay",
                      deploy_target="kubernetes")
     wall_s = time.monotonic() - t0
 
