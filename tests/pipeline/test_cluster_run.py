@@ -1,8 +1,8 @@
 """The cluster path of the pipeline, end to end short of the real controllers: kfp's local runner with
 ``launcher=kuberay`` and ``deploy_target=kubernetes`` on the micro config, against the session's real API
 server (`lmops cluster`). The train task stages the tokens in S3 (moto) through kuberay.staging_uri and
-submits a RayJob, whose Ray cluster the KubeRay stand-in runs as pods of the lmops image (the micro preset's
-kuberay section fits them on the 2-core node); register goes to the session's MLflow server; deploy
+submits a RayJob, whose Ray cluster the KubeRay stand-in runs as pods of the lmops image (sized to fit the
+2-core node); register goes to the session's MLflow server; deploy
 applies an InferenceService, which the KServe stand-in serves, and the test talks to the URL in its status."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 import pytest
 import requests
 from micro_pipeline import MICRO, write_corpus
+from ray_pods import SMALL_PODS
 
 from lmops import kube, storage
 from lmops.pipeline.local import TASKS, run_pipeline
@@ -31,6 +32,7 @@ def test_kuberay_and_kubernetes_through_kfps_local_runner(kube_cluster, lmops_im
     overrides = [*MICRO, f"cache_dir={tmp_path / 'cache'}", f"kuberay.staging_uri=s3://{bucket}/staging",
                  f"kuberay.namespace={ns}", f"kuberay.env_from_secrets=[{kube_s3_secret}]",
                  "kuberay.env=" + json.dumps(pod_s3_env),  # the Ray pods reach moto through the node's relay
+                 *(f"kuberay.{k}={v}" for k, v in {**SMALL_PODS, "head_ranks": 1}.items()),
                  "kuberay.poll_s=0.5", f"deploy.namespace={ns}", "deploy.name=lm-cluster"]
     t0 = time.monotonic()
     s = run_pipeline("micro", overrides, model_name="lm-cluster", sources=[str(write_corpus(tmp_path / "corpus"))],

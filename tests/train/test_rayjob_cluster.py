@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from ray_pods import SMALL_PODS
 
 from lmops import kube, storage
 from lmops.config import config_from_dict
@@ -22,10 +23,6 @@ from lmops.train.rayjob import RayJobError, render_rayjob, submit_and_wait, trai
 pytestmark = pytest.mark.cluster
 API, KIND = "ray.io/v1", "RayJob"
 SECRET = "s3-creds"  # the kube_s3_secret fixture's
-# Ray pods that fit the one 2-core node beside the submitter (500m): CPU requests below the limits, and one
-# training rank on the head (head_ranks) so that a head and one worker pod make a two-node DDP run.
-SMALL_PODS = {"gpus_per_worker": 0, "head_cpu": "1", "head_cpu_request": "500m", "worker_cpu": "1",
-              "worker_cpu_request": "500m", "head_memory": "3Gi", "worker_memory": "2Gi"}
 
 
 def _cfg(ns: str, tmp_path, env: dict | None = None, kuberay: dict | None = None, **train):
