@@ -189,9 +189,9 @@ def test_a_worker_pod_killed_mid_run_is_replaced_and_training_resumes_from_the_c
         kube_cluster, lmops_image, kube_namespace, kube_s3_secret, s3, pod_s3_env, tiny_tokens, tmp_path):
     client, ns = kube_cluster.client(), kube_namespace
     tokens_uri, ckpt_uri = _staged(s3, tiny_tokens, "kill")
-    # enough steps that the run is still training when the worker goes (a step takes tens of ms)
-    cfg = _cfg(ns, tmp_path, pod_s3_env, {"head_ranks": 1}, max_steps=400, checkpoint_every=40, eval_every=400,
-               log_every=40, micro_batch_size=8, block_size=64, max_failures=2)
+    # enough steps that the run is still training when the worker goes (400 steps were over before the kill)
+    cfg = _cfg(ns, tmp_path, pod_s3_env, {"head_ranks": 1}, max_steps=2000, checkpoint_every=100, eval_every=2000,
+               log_every=100, micro_batch_size=8, block_size=64, max_failures=2)
     manifest = render_rayjob(cfg, name="lmops-kill", tokens_uri=tokens_uri, checkpoint_uri=ckpt_uri)
     kube.apply(manifest, client=client)
     # the first checkpoint in Ray Train's storage (S3) means the run is past step 4: kill the worker pod then
@@ -204,6 +204,8 @@ def test_a_worker_pod_killed_mid_run_is_replaced_and_training_resumes_from_the_c
         time.sleep(1)
     (worker,) = _pods(client, ns, "worker")
     kube.delete("v1", "Pod", worker["metadata"]["name"], ns, client=client)
+    steps_done = sorted(e.uri for e in storage.list_files(ray_dir, missing_ok=True) if "checkpoint_" in e.uri)
+    assert not storage.exists(f"{ckpt_uri}/manifest.json"), f"the run ended before the kill: {steps_done[-3:]}"
     done = submit_and_wait(manifest, timeout_s=900, poll_s=1, log=lambda s: None, client=client)
     assert done["status"]["jobStatus"] == "SUCCEEDED"
     (replacement,) = _pods(client, ns, "worker")
@@ -212,8 +214,9 @@ def test_a_worker_pod_killed_mid_run_is_replaced_and_training_resumes_from_the_c
 
     local = storage.download_dir(ckpt_uri, tmp_path / "fetched")
     metrics = read_manifest(local, "train").metrics
-    assert metrics["steps"] == 400
-    assert len(metrics["resumed_from"]) >= 1 and all(0 < s < 400 and s % 40 == 0 for s in metrics["resumed_from"])
+    assert metrics["steps"] == 2000
+    assert len(metrics["resumed_from"]) >= 1 and all(0 < s < 2000 and s % 100 == 0 for s in metrics["resumed_from"]), \
+        (metrics["resumed_from"], _submitter_log(client, ns, "lmops-kill")[-3000:])
     assert "worker 0 of 2" in _submitter_log(client, ns, "lmops-kill")  # DDP across the head and the worker pod
 
 
