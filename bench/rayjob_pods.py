@@ -32,7 +32,7 @@ from tiny_tokens import make_tokens_dir  # noqa: E402
 from lmops import kube, storage  # noqa: E402
 from lmops.cluster import control_plane, node, node_images, node_network  # noqa: E402
 
-HEAD_MEMORY, WORKER_MEMORY = "3Gi", "2Gi"
+HEAD_MEMORY, WORKER_MEMORY = "4Gi", "2Gi"
 
 
 def train_cfg(steps: int, ns: str, env: dict[str, str]):
