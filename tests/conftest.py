@@ -294,3 +294,9 @@ def kserve_s3_account(kube_cluster, kube_namespace, moto_for_pods) -> str:
     kube.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kserve-s3", "namespace": kube_namespace},
                 "secrets": [{"name": "kserve-s3"}]}, client=client)
     return "kserve-s3"
+
+
+@pytest.fixture
+def pod_s3_env(s3, moto_for_pods) -> dict[str, str]:
+    """kuberay.env for a RayJob whose pods use the test's moto S3 (as pods reach it)."""
+    return {"LMOPS_S3_ENDPOINT_URL": moto_for_pods, "AWS_ENDPOINT_URL_S3": moto_for_pods}

@@ -1,17 +1,19 @@
 """The cluster path of the pipeline, end to end short of the real controllers: kfp's local runner with
 ``launcher=kuberay`` and ``deploy_target=kubernetes`` on the micro config, against the session's real API
 server (`lmops cluster`). The train task stages the tokens in S3 (moto) through kuberay.staging_uri and
-submits a RayJob, which the KubeRay stand-in runs; register goes to the session's MLflow server; deploy
-applies an InferenceService, which the KServe stand-in serves with a predictor pod of the lmops image, and the test
-talks to the URL in its status."""
+submits a RayJob, whose Ray cluster the KubeRay stand-in runs as pods of the lmops image (sized to fit the
+2-core node); register goes to the session's MLflow server; deploy applies an InferenceService, which the KServe
+stand-in serves with a predictor pod of the lmops image, and the test talks to the URL in its status."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 import requests
 from micro_pipeline import MICRO, write_corpus
+from ray_pods import SMALL_PODS
 
 from lmops import kube, storage
 from lmops.pipeline.local import TASKS, run_pipeline
@@ -20,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 RAYJOB, ISVC = ("ray.io/v1", "RayJob"), ("serving.kserve.io/v1beta1", "InferenceService")
 
 
-def test_kuberay_and_kubernetes_through_kfps_local_runner(kube_cluster, kube_namespace, kube_s3_secret, s3,
+def test_kuberay_and_kubernetes_through_kfps_local_runner(kube_cluster, kube_namespace, kube_s3_secret, s3, pod_s3_env,
                                                           mlflow_server, mlflow_for_pods, node_image, ray_address,
                                                           tmp_path, monkeypatch):
     client, ns = kube_cluster.client(), kube_namespace
@@ -29,11 +31,12 @@ def test_kuberay_and_kubernetes_through_kfps_local_runner(kube_cluster, kube_nam
     monkeypatch.chdir(tmp_path)  # the config's relative workdir lands here
     overrides = [*MICRO, f"cache_dir={tmp_path / 'cache'}", f"kuberay.staging_uri=s3://{bucket}/staging",
                  f"kuberay.namespace={ns}", f"kuberay.env_from_secrets=[{kube_s3_secret}]",
-                 "kuberay.worker_cpu=1",  # the stand-in's job runs a Ray of this machine's CPUs
+                 "kuberay.env=" + json.dumps(pod_s3_env),  # the Ray pods reach moto through the node's relay
+                 *(f"kuberay.{k}={v}" for k, v in {**SMALL_PODS, "head_ranks": 1}.items()),
                  "kuberay.poll_s=0.5", f"deploy.namespace={ns}", "deploy.name=lm-cluster"]
     t0 = time.monotonic()
     s = run_pipeline("micro", overrides, model_name="lm-cluster", sources=[str(write_corpus(tmp_path / "corpus"))],
-                     # MLflow as the predictor pod reaches it (it resolves models:/ itself)
+                     # MLflow at the node's address: the tasks here, the RayJob's pods and the predictor pod reach it
                      tracking_uri=mlflow_for_pods, ray_address=ray_address, launcher="kuberay",
                      deploy_target="kubernetes")
     wall_s = time.monotonic() - t0

@@ -229,6 +229,17 @@ def test_cpu_only_job_gets_cpu_workers_the_cpu_image_and_no_gpu_toleration():
     ({"jobDeploymentStatus": "ValidationFailed", "reason": "ValidationFailed",
       "message": "The RayJob metadata is invalid: name is too long"}, "failed", "refused the RayJob spec.*too long"),
     ({"jobDeploymentStatus": "Retrying", "jobStatus": "FAILED"}, "running", "retrying"),
+    # a Ray pod that cannot start ends the wait with its reason; one still being scheduled or pulled does not
+    ({"jobDeploymentStatus": "Initializing", "rayClusterStatus": {"conditions": [
+        {"type": "HeadPodReady", "status": "False", "reason": "ErrImageNeverPull",
+         "message": 'container ray-head: Container image "x" is not present with pull policy of Never'}]}},
+     "failed", "the Ray head pod cannot start: ErrImageNeverPull: container ray-head: Container image"),
+    ({"jobDeploymentStatus": "Running", "rayClusterStatus": {
+        "reason": "pod lm-abcde-cpu-workers-worker-x: CrashLoopBackOff: container ray-worker: back-off 20s; last exit:"
+                  " OOMKilled (exit code 137)"}}, "failed", "a Ray pod cannot start: .*CrashLoopBackOff.*OOMKilled"),
+    ({"jobDeploymentStatus": "Initializing", "rayClusterStatus": {"conditions": [
+        {"type": "HeadPodReady", "status": "False", "reason": "ContainersNotReady", "message": "not ready"}],
+        "reason": "pod lm-head-x: Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."}}, "pending", None),
 ])
 def test_rayjob_outcome(status, state, words):
     got, msg = rayjob_outcome(status)

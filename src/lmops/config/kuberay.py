@@ -27,11 +27,18 @@ class KubeRayConfig(Section):
     service_account: str | None = None
     """ServiceAccount of the head and worker pods (e.g. one bound to an S3 role); None = the namespace default."""
     head_cpu: str = "2"
-    """CPU request and limit of the head pod (it runs the driver and Ray's control plane, no training)."""
+    """CPU limit of the head pod (it runs the driver and Ray's control plane; training ranks only with head_ranks)."""
+    head_cpu_request: str | None = None
+    """CPU request of the head pod when lower than its limit (pods sharing a small node's cores); None = the limit."""
     head_memory: str = "8Gi"
     """Memory request and limit of the head pod."""
+    head_ranks: int = Field(0, ge=0)
+    """Training ranks on the head pod besides one per worker pod (CPU training only: the head has no GPU). 1 makes a
+    head and one worker pod a two-node DDP run on a small CPU cluster; 0 keeps the head free for Ray's control plane."""
     worker_cpu: str = "8"
-    """CPU request and limit of each worker pod."""
+    """CPU limit of each worker pod (Ray's num-cpus, as KubeRay derives it)."""
+    worker_cpu_request: str | None = None
+    """CPU request of each worker pod when lower than its limit; None = the limit (a Guaranteed pod)."""
     worker_memory: str = "32Gi"
     """Memory request and limit of each worker pod."""
     gpus_per_worker: int = Field(1, ge=0)
@@ -64,6 +71,11 @@ class KubeRayConfig(Section):
     @classmethod
     def _quantity(cls, v: Any) -> str:
         return quantity(v)
+
+    @field_validator("head_cpu_request", "worker_cpu_request", mode="before")
+    @classmethod
+    def _optional_quantity(cls, v: Any) -> str | None:
+        return None if v is None else quantity(v)
 
     @field_validator("namespace")
     @classmethod

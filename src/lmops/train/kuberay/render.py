@@ -76,10 +76,17 @@ def cluster_config(cfg: Config, checkpoint_uri: str) -> Config:
         # Ray would wait forever for CPUs no pod has; say so now
         raise LmopsError(f"train.resources_per_worker.CPU={per_rank['CPU']:g} x {ranks_per_pod} rank(s) per pod needs"
                          f" {wanted:g} CPUs, but kuberay.worker_cpu is {kr.worker_cpu}")
+    if kr.head_ranks and kr.gpus_per_worker:
+        raise LmopsError(f"kuberay.head_ranks={kr.head_ranks}: the head pod has no GPU, and every rank of a GPU run"
+                         " drives one; use head_ranks only for CPU training (kuberay.gpus_per_worker=0)")
+    if kr.head_ranks and per_rank.get("CPU", 0) * kr.head_ranks > cpu_cores(kr.head_cpu, "kuberay.head_cpu"):
+        raise LmopsError(f"kuberay.head_ranks={kr.head_ranks} x {per_rank['CPU']:g} CPU per rank does not fit"
+                         f" kuberay.head_cpu={kr.head_cpu}")
     storage_path = tc.storage_path
     if not (storage_path and storage.is_s3(storage_path)):
         storage_path = checkpoint_uri.rstrip("/") + ".ray/"
-    train = tc.model_copy(update={"num_workers": pods * ranks_per_pod, "use_gpu": kr.gpus_per_worker > 0,
+    train = tc.model_copy(update={"num_workers": pods * ranks_per_pod + kr.head_ranks,
+                                  "use_gpu": kr.gpus_per_worker > 0,
                                   "resources_per_worker": per_rank, "storage_path": storage_path})
     return cfg.model_copy(update={"train": train, "cache_dir": None})
 
@@ -121,8 +128,8 @@ def render_rayjob(cfg: Config, *, name: str, tokens_uri: str, checkpoint_uri: st
                    "app.kubernetes.io/component": "train", "lmops.dev/rayjob": name, **(labels or {})}
     env = job_env(kr)
     image = cfg.image
-    head_resources = _resources(kr.head_cpu, kr.head_memory, 0)
-    worker_resources = _resources(kr.worker_cpu, kr.worker_memory, kr.gpus_per_worker)
+    head_resources = _resources(kr.head_cpu, kr.head_memory, 0, kr.head_cpu_request)
+    worker_resources = _resources(kr.worker_cpu, kr.worker_memory, kr.gpus_per_worker, kr.worker_cpu_request)
     head = _container(HEAD_CONTAINER, kr, image, "cpu", head_resources, env)
     head["ports"] = [{"containerPort": 6379, "name": "gcs-server", "protocol": "TCP"},
                      {"containerPort": 8265, "name": "dashboard", "protocol": "TCP"},
@@ -145,9 +152,9 @@ def render_rayjob(cfg: Config, *, name: str, tokens_uri: str, checkpoint_uri: st
             "rayClusterSpec": {
                 "rayVersion": RAY_VERSION,
                 "headGroupSpec": {
-                    # num-cpus 0: no training rank lands on the head; the driver and Ray Train's
-                    # controller need no CPU reservation
-                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                    # num-cpus 0 unless kuberay.head_ranks: no training rank lands on the head; the driver and
+                    # Ray Train's controller need no CPU reservation
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": _head_cpus(job_cfg, kr)},
                     "template": _pod(meta_labels, head, kr, worker=False),
                 },
                 "workerGroupSpecs": [{
@@ -180,12 +187,18 @@ def job_env(kr: KubeRayConfig, environ: dict[str, str] | None = None) -> list[di
     return [{"name": k, "value": v} for k, v in sorted(env.items())]
 
 
-def _resources(cpu: str, memory: str, gpus: int) -> dict[str, dict[str, Any]]:
+def _head_cpus(job_cfg: Config, kr: KubeRayConfig) -> str:
+    """The head's Ray CPUs: room for kuberay.head_ranks ranks (whole CPUs, as ``ray start --num-cpus`` takes)."""
+    return str(math.ceil(job_cfg.train.resources_per_worker.get("CPU", 1) * kr.head_ranks))
+
+
+def _resources(cpu: str, memory: str, gpus: int, cpu_request: str | None = None) -> dict[str, dict[str, Any]]:
     amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
         amounts[GPU_RESOURCE] = gpus
-    # requests == limits: Guaranteed pods, and GPUs may only be given as limits equal to requests
-    return {"requests": dict(amounts), "limits": dict(amounts)}
+    # requests == limits: Guaranteed pods, and GPUs may only be given as limits equal to requests; a lower CPU
+    # request only where asked (a small node whose pods share its cores)
+    return {"requests": {**amounts, **({"cpu": cpu_request} if cpu_request else {})}, "limits": dict(amounts)}
 
 
 def _container(name: str, kr: KubeRayConfig, image: ImageConfig, variant: Variant, resources: dict[str, Any],
@@ -201,6 +214,9 @@ def _pod(labels: dict[str, str], container: dict[str, Any], kr: KubeRayConfig, *
     spec: dict[str, Any] = {"containers": [container]}
     if kr.service_account:
         spec["serviceAccountName"] = kr.service_account
+    # KubeRay's head Service selects app.kubernetes.io/name=kuberay, and a template label of that name replaces
+    # KubeRay's on the pods: with ours, the Service would select no pod and the workers never find the head
+    labels = {k: v for k, v in labels.items() if k != "app.kubernetes.io/name"}
     if worker and kr.node_selector:
         spec["nodeSelector"] = dict(kr.node_selector)
     tolerations = kr.worker_tolerations() if worker else []

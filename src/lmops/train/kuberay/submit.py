@@ -25,6 +25,11 @@ class RayJobError(LmopsError, RuntimeError):
 
 # ---------------------------------------------------------------- KubeRay's status, decided
 PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
+# Container states that waiting does not heal (a missing image or Secret, a crash loop such as repeated
+# OOMKills): KubeRay keeps the RayJob Initializing for ever, so the pod's own reason ends the wait instead of
+# the timeout, hours later.
+POD_CANNOT_START = ("ErrImageNeverPull", "InvalidImageName", "ImagePullBackOff", "CreateContainerConfigError",
+                    "CreateContainerError", "CrashLoopBackOff")
 
 
 def rayjob_outcome(status: dict[str, Any] | None) -> tuple[str, str | None]:
@@ -42,6 +47,9 @@ def rayjob_outcome(status: dict[str, Any] | None) -> tuple[str, str | None]:
     detail = _detail(status)
     if dep == "ValidationFailed":
         return FAILED, f"KubeRay refused the RayJob spec: {detail or 'no message'}"
+    stuck = pods_cannot_start(status) if dep in ("", "Initializing", "Running") else None
+    if stuck:
+        return FAILED, stuck
     if dep == "Failed":
         return FAILED, detail or f"the RayJob failed (job status {job or 'none'})"
     if dep == "Retrying":  # backoffLimit > 0: a new Ray cluster, a new attempt
@@ -59,6 +67,19 @@ def rayjob_outcome(status: dict[str, Any] | None) -> tuple[str, str | None]:
     if dep == "Running" or job == "RUNNING":
         return RUNNING, None
     return PENDING, None
+
+
+def pods_cannot_start(status: dict[str, Any]) -> str | None:
+    """Why the RayJob's Ray pods cannot start, from the RayCluster status KubeRay copies into the RayJob: the
+    HeadPodReady condition (its reason is the head container's waiting reason) and the cluster's ``reason``."""
+    cluster = status.get("rayClusterStatus") or {}
+    for cond in cluster.get("conditions") or []:
+        if cond.get("type") == "HeadPodReady" and cond.get("reason") in POD_CANNOT_START:
+            return f"the Ray head pod cannot start: {cond['reason']}: {cond.get('message') or 'no message'}"
+    reason = cluster.get("reason") or ""
+    if any(f": {r}:" in reason for r in POD_CANNOT_START):
+        return f"a Ray pod cannot start: {reason}"
+    return None
 
 
 def _detail(status: dict[str, Any]) -> str:
