@@ -63,7 +63,8 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
 # ---------------------------------------------------------------- the driver
 def run_ray_training(cfg: Config, tokens_dir: Path, *, run_name: str, storage_path: str,
                      tracking: dict[str, Any] | None = None,
-                     loss_factory: Callable[[torch.device], LossFn] | None = None) -> tuple[Path, dict[str, Any]]:
+                     loss_factory: Callable[[torch.device], LossFn] | None = None,
+                     tokens_source: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Train with a TorchTrainer; returns (local dir of the final checkpoint, its trainer state).
 
     ``loss_factory``: called on every worker with its device, returns the training objective that replaces the
@@ -85,7 +86,7 @@ def run_ray_training(cfg: Config, tokens_dir: Path, *, run_name: str, storage_pa
         train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "tokens_dir": str(Path(tokens_dir).resolve()),
                            "run_dir": f"{storage_path.rstrip('/')}/{run_name}", "tracking": tracking,
-                           "loss_factory": loss_factory,
+                           "loss_factory": loss_factory, "tokens_source": tokens_source,
                            # the files this process verified (the stage's cache key) are not read again there
                            "hashes": manifest.remembered_hashes()},
         scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
@@ -117,6 +118,21 @@ def _root_cause(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- one worker
+def _tokens_on_this_node(tokens_dir: str, source: str | None) -> None:
+    """The driver copied the tokens to every node alive when it started; a node that joined later (a Ray pod
+    replaced after a failure, whose rank resumes from the last checkpoint) fetches its own copy, once per
+    node (ranks sharing the node wait on a lock)."""
+    import fcntl
+
+    if not source or Path(tokens_dir, manifest.MANIFEST).is_file():
+        return
+    Path(tokens_dir).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{tokens_dir}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not Path(tokens_dir, manifest.MANIFEST).is_file():
+            storage.download_dir(source, tokens_dir)
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
@@ -138,6 +154,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(tc.seed)  # identical initial weights on every rank (DDP also broadcasts them)
 
     manifest.remember(loop_config.get("hashes") or [])
+    _tokens_on_this_node(loop_config["tokens_dir"], loop_config.get("tokens_source"))
     info = open_tokens(loop_config["tokens_dir"], splits=("train", "val"))
     start = _resume_point(loop_config["run_dir"])
     if start is not None:

@@ -28,7 +28,10 @@ CODE = code_digest(*sorted(p for p in _HERE.glob("*.py") if p.name != "rayjob.py
 
 
 def train_stage(cfg: Config, tokens_dir: str | Path, out_dir: str | Path, *, cache_dir: str | Path | None = None,
-                log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> StageResult:
+                log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+                tokens_source: str | None = None) -> StageResult:
+    """``tokens_source``: where ``tokens_dir`` was fetched from (an s3:// prefix), for Ray workers on nodes that
+    join later (a replaced pod) and must fetch their own copy."""
     tokens_dir = Path(tokens_dir)
     info = open_tokens(tokens_dir, splits=("train", "val"))
     inputs: dict[str, dict[str, Any]] = {"tokens": {"digest": info.manifest.digest, "path": str(tokens_dir)}}
@@ -52,7 +55,7 @@ def train_stage(cfg: Config, tokens_dir: str | Path, out_dir: str | Path, *, cac
                                     "lmops.train_key": key})
         try:
             final, state = run_ray_training(cfg, tokens_dir, run_name=run_name, storage_path=storage_path,
-                                            tracking=run.worker_handle if run else None)
+                                            tracking=run.worker_handle if run else None, tokens_source=tokens_source)
             shutil.copytree(final / "model", tmp, dirs_exist_ok=True)
             shutil.rmtree(final, ignore_errors=True)
             summary = summarize(state, cfg)

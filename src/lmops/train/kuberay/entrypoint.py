@@ -33,9 +33,11 @@ def run(cfg: Config, tokens_uri: str, checkpoint_uri: str, *, work_dir: str | Pa
     if storage.is_s3(tokens_uri) and not local_ray:
         # the ranks open the tokens by the driver's local path: give every node the same copy
         fetch_on_every_node(tokens_uri, tokens, log=log)
+    source = tokens_uri if storage.is_s3(tokens_uri) else None
     if not storage.is_s3(checkpoint_uri):
-        return train_stage(cfg, tokens, checkpoint_uri, cache_dir=None, log=log)
-    result = train_stage(cfg, tokens, work / "checkpoint" / _short(checkpoint_uri), cache_dir=None, log=log)
+        return train_stage(cfg, tokens, checkpoint_uri, cache_dir=None, log=log, tokens_source=source)
+    result = train_stage(cfg, tokens, work / "checkpoint" / _short(checkpoint_uri), cache_dir=None, log=log,
+                         tokens_source=source)
     publish_checkpoint(result.path, checkpoint_uri)
     log(f"{LOG_PREFIX} checkpoint: {result.path} -> {checkpoint_uri}")
     return result
