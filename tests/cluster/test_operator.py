@@ -281,7 +281,7 @@ def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env,
                 ("revert.history_written", True, 0, 0),   # the entry is written; the version's tags are not
                 ("tags.partly_written", True, 1, 0),      # one of the two rollback tags
                 ("tags.partly_written", True, 2, 1)]:     # then the outcome tags: the first of five
-            op = start_operator(kubeconfig, ns, mlflow_server, tmp_path, poll_s=1, failpoint=point)
+            op = start_operator(kubeconfig, ns, mlflow_for_pods, tmp_path, poll_s=1, failpoint=point)
             wait_for(f"operator killed at {point}", lambda: op.proc.poll() is not None, 120,
                      describe=lambda: op.text()[-2000:])
             assert op.proc.returncode == -9, op.text()[-3000:]
