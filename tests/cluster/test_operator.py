@@ -245,6 +245,9 @@ def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env,
     model, v = versions
     client = MlflowClient(mlflow_server)
     before = len(alias_moves(client, model))  # the model's versions are shared with the other tests
+    for key in client.get_model_version(model, v["worse"]).tags:  # as are the tags an earlier rollback left
+        if key.startswith(("lmops.rollout.", "lmops.alias.champion.rolled_back", "lmops.alias.champion.rollback")):
+            client.delete_model_version_tag(model, v["worse"], key)
     set_alias(mlflow_server, model, v["good1"])
     name = "md-kill"
     start = lambda: start_operator(kubeconfig, ns, mlflow_for_pods, tmp_path, poll_s=1)  # noqa: E731
