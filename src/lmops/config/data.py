@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from lmops.config.base import Section
-from lmops.config.k8s import quantity
 
 
 Engine = Literal["local", "ray", "auto"]
@@ -22,17 +21,6 @@ class RayDataConfig(Section):
     block_mb: float = Field(16.0, gt=0, le=4096)
     """Tokenize: MB of dataset text per encode task. Build reads one source file per task, so its blocks
     are the files: split very large files to bound a worker's memory."""
-    worker_cpu: str = "2"
-    """launcher: kuberay: CPU request and limit of each data worker pod."""
-    worker_memory: str = "8Gi"
-    """launcher: kuberay: memory request and limit of each data worker pod."""
-    worker_replicas: int = Field(2, ge=0)
-    """launcher: kuberay: data worker pods of the RayJob's cluster."""
-
-    @field_validator("worker_cpu", "worker_memory", mode="before")
-    @classmethod
-    def _quantity(cls, v: Any) -> str:
-        return quantity(v)
 
 
 # ---------------------------------------------------------------- stage 1: build
