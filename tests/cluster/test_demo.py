@@ -64,7 +64,21 @@ def demo(kube_cluster, work: Path, job: Path) -> tuple[int, str]:
     return out.returncode, text
 
 
-def test_demo_runs_again_after_a_failed_run_and_leaves_nothing_running(kube_cluster, tmp_path):
+@pytest.fixture
+def demo_namespace(kube_cluster):
+    """The demo's namespace, removed afterwards: its objects stay by design (the demo's deployment keeps
+    serving), and its predictor pod would hold a CPU of the session's 2-core node from every later test. The
+    demo's operator is gone by then, so its finalizers are released first (as the chart's uninstall does)."""
+    from lmops.operator.run import release_finalizers
+
+    yield NS
+    admin = kube_cluster.client()
+    release_finalizers([NS], admin)
+    kube.delete("v1", "Namespace", NS, None, client=admin)
+    kube.wait_for("v1", "Namespace", NS, None, lambda o: o is None, timeout_s=180, client=admin)
+
+
+def test_demo_runs_again_after_a_failed_run_and_leaves_nothing_running(kube_cluster, demo_namespace, tmp_path):
     work = tmp_path / "demo"
     rc, text = demo(kube_cluster, work, job_file(tmp_path, [str(tmp_path / "no-such-corpus")], micro=True))
     assert rc != 0 and "the training job failed" in text, text[-3000:]
