@@ -15,6 +15,7 @@ is stopped when it ends, failed or not.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -87,10 +88,8 @@ def stop_run_servers(runs: Path) -> list[str]:
     out = subprocess.run([sys.executable, "-m", "lmops.cli", "stop", "--json"], capture_output=True, text=True,
                          env={**os.environ, "LMOPS_STATE_DIR": str(runs / "state")})
     try:
-        import json
-
         return json.loads(out.stdout).get("stopped") or []
-    except ValueError:
+    except ValueError:  # nothing printed: the state folder held nothing
         return []
 
 
@@ -133,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         # (built and loaded unless it is there), MLflow through the node's relay
         from lmops.cluster import node_images, pod_relay
         from lmops.images.build import build
+        from lmops.images.engine import detect
 
-        engine = _engine()
+        engine = detect(install=True)
         built = build("cpu", engine=engine, log=say)
         say(node_images.load(Path(cluster.folder), built.ref, engine, log=say).line())
         relay, pods_mlflow = pod_relay.start(mlflow_url)
@@ -208,12 +208,6 @@ def main(argv: list[str] | None = None) -> int:
         say(f"stopped: the operator, MLflow{''.join(', ' + n for n in servers)}; the demo's objects stay in"
             f" namespace {NS} (the next `make demo` removes them first; or `kubectl delete namespace {NS}` while"
             " the operator runs)")
-
-
-def _engine():
-    from lmops.images.engine import detect
-
-    return detect(install=True)
 
 
 if __name__ == "__main__":
