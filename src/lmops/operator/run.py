@@ -75,15 +75,10 @@ def wait_pods_gone(namespaces: list[str], selector: str, timeout_s: float = 180,
     once the operator's pods are gone. Raises on timeout, naming the pods that stayed."""
     from lmops import kube
 
-    try:
-        wanted = dict(pair.split("=", 1) for pair in selector.split(",") if pair)
-    except ValueError:
-        raise LmopsError(f"--wait-pods-gone {selector!r}: expected a label selector like k=v,k2=v2") from None
     deadline = time.monotonic() + timeout_s
     while True:
         left = [f"{ns}/{p['metadata']['name']}" for ns in namespaces
-                for p in kube.list_objects("v1", "Pod", ns, client=client)[0]
-                if wanted.items() <= (p["metadata"].get("labels") or {}).items()]
+                for p in kube.list_objects("v1", "Pod", ns, client=client, label_selector=selector)[0]]
         if not left:
             return
         if time.monotonic() > deadline:
