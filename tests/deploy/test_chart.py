@@ -149,4 +149,3 @@ def test_uninstall_hook_waits_for_the_operator_not_for_itself():
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "lmops-release-finalizers"
     role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "lmops-release-finalizers")
     assert {v for r in role["rules"] for v in r["verbs"]} == {"get", "list", "patch"}
-
