@@ -71,8 +71,12 @@ def tokenize_dataset(
     *,
     cache_dir: str | Path | None = None,
     log: Callable[[str], None] = _stderr,
+    shards_uri: str | None = None,
 ) -> StageResult:
-    """Tokenize a build-stage output directory into ``out_dir`` (skipped when cached)."""
+    """Tokenize a build-stage output directory into ``out_dir`` (skipped when cached).
+
+    ``shards_uri``: engine ray only: an s3:// copy of ``dataset_dir`` that the Ray workers read instead of the
+    local files (a RayJob's worker pods do not share the driver's disk)."""
     dataset_dir = Path(dataset_dir)
     # The key needs only the dataset's manifest; the shards are verified in produce(), when read.
     dataset = read_manifest(dataset_dir, stage="build")
@@ -85,7 +89,7 @@ def tokenize_dataset(
             inputs["tokenizer"] = {"digest": content_digest(file_table(source)), "path": cfg.tokenizer}
 
         def produce(out: Path) -> dict[str, Any]:
-            return _produce(cfg, dataset_dir, source, out, log)
+            return _produce(cfg, dataset_dir, source, out, log, shards_uri)
 
         return run_stage(STAGE, out_dir, code=_code(), config=key_config(cfg), inputs=inputs,
                          produce=produce, cache_dir=cache_dir, log=log)
@@ -105,7 +109,7 @@ def _code() -> str:
 
 
 def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: Path,
-             log: Callable[[str], None]) -> dict[str, Any]:
+             log: Callable[[str], None], shards_uri: str | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     dataset = open_dataset(dataset_dir)  # sha256 of every shard: a corrupted one fails here, named
     tok_dir = out / TOKENIZER_DIR
@@ -130,7 +134,8 @@ def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: P
     encode_started = time.perf_counter()
     splits = splits_of(dataset)
     if engine.resolve(cfg.engine) == "ray":
-        encoded = ray_tokenize.encode_splits(tok_dir, dataset_dir, dataset, splits, out, dtype, eos_id, cfg, log)
+        encoded = ray_tokenize.encode_splits(tok_dir, dataset_dir, dataset, splits, out, dtype, eos_id, cfg, log,
+                                             shards_uri)
     else:
         parts = [(iter_texts(dataset_dir, split, dataset), out / f"{split}.bin") for split in splits]
         encoded = encode_splits(encoder, parts, dtype, eos_id, cfg.batch_size)
