@@ -23,6 +23,7 @@ from lmops import storage
 from lmops.config import TokenizeConfig
 from lmops.data import engine
 from lmops.data.dataset import split_shards
+from lmops.data.progress import phase_line
 from lmops.data.tokenizer import TOKENIZER_JSON, batched, packing_encoder_from_json
 from lmops.data.tokens import STRUCT_ITEM, pack_ids
 from lmops.manifest import Manifest, ManifestError
@@ -70,10 +71,8 @@ def encode_splits(tok_dir: Path, dataset_dir: Path, dataset: Manifest, splits: l
                     files[part].write(packed)
                     counts[part][0] += docs
                     counts[part][1] += len(packed) // struct.calcsize(STRUCT_ITEM[dtype])
-    seconds = max(time.perf_counter() - started, 1e-9)
-    docs = sum(c[0] for c in counts)
-    log(f"[{STAGE}] ray: encode {seconds:.1f}s ({len(items)} blocks, {docs} docs, "
-        f"{docs / seconds:.0f} docs/s, {total_bytes / 1e6 / seconds:.2f} MB/s)")
+    phase_line(log, STAGE, "ray", "encode", sum(c[0] for c in counts), total_bytes, time.perf_counter() - started,
+               f"{len(items)} blocks, {sum(c[1] for c in counts)} tokens")
     return [(d, t) for d, t in counts]
 
 
