@@ -20,19 +20,23 @@ from lmops.manifest import read_manifest
 from lmops.pipeline import steps
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+# 0.8 MB of the sample corpus with exact and near duplicates: the pods' one CPU reads it in seconds
+SMALL_PART = ("docstrings-01.jsonl", "reference-00.jsonl")
 
 
 def test_build_and_tokenize_as_rayjobs_on_pods_give_the_local_engines_bytes(
         kube_cluster, node_image, kube_namespace, kube_s3_secret, s3, pod_s3_env, tmp_path, capsys):
     client, ns = kube_cluster.client(), kube_namespace
     _, bucket = s3
-    storage.upload_dir(make_sample_corpus(tmp_path / "corpus"), f"s3://{bucket}/corpus")
+    corpus = make_sample_corpus(tmp_path / "corpus")
+    for name in SMALL_PART:
+        storage.write_bytes(f"s3://{bucket}/corpus/{name}", (corpus / name).read_bytes())
     cfg = config_from_dict({
         "workdir": str(tmp_path), "cache_dir": None,
         "build": {"sources": [f"s3://{bucket}/corpus/"], "engine": "auto", "ray": SMALL_DATA_WORKERS},
         # small encode blocks: the worker pod reads many byte ranges of each shard from S3
         "tokenize": {"vocab_size": 512, "batch_size": 64, "engine": "ray", "ray": {**SMALL_DATA_WORKERS,
-                                                                                   "block_mb": 0.2}},
+                                                                                   "block_mb": 0.1}},
         "kuberay": {"namespace": ns, **SMALL_DATA_HEAD, "env_from_secrets": [kube_s3_secret], "env": pod_s3_env,
                     "poll_s": 0.5, "timeout_s": 600}})
     config = yaml.safe_dump(cfg.model_dump(mode="json"))  # what the components get from resolve-config
@@ -62,7 +66,8 @@ def test_build_and_tokenize_as_rayjobs_on_pods_give_the_local_engines_bytes(
     pods = read_manifest(tmp_path / "dataset", "build")
     assert pods.key == local.manifest.key and pods.files == local.manifest.files  # every shard's sha256
     assert pods.counts == local.manifest.counts  # kept, dropped by reason, splits, the report
-    assert local.manifest.counts["documents"]["dropped"]["near_duplicate"] > 0
+    dropped = local.manifest.counts["documents"]["dropped"]
+    assert dropped["near_duplicate"] > 0 and dropped["exact_duplicate"] > 0
     local_tokens = tokenize_dataset(cfg.tokenize.model_copy(update={"engine": "local"}), local.path,
                                     tmp_path / "local-tokens", log=lambda s: None)
     pod_tokens = read_manifest(tmp_path / "tokens", "tokenize")
