@@ -56,7 +56,8 @@ def test_build_and_tokenize_as_rayjobs_on_pods_give_the_local_engines_bytes(
         assert job["status"]["jobStatus"] == "SUCCEEDED", job["status"]
         assert row["detail"] == f"RayJob {job['metadata']['name']}: SUCCEEDED"
         argv = shlex.split(job["spec"]["entrypoint"])
-        assert argv[3] == stage and argv[argv.index("--out") + 1] == f"{run}/{'dataset' if stage == 'build' else 'tokens'}.rayjob"
+        output = f"{run}/{'dataset' if stage == 'build' else 'tokens'}.rayjob"
+        assert argv[3] == stage and argv[argv.index("--out") + 1] == output
         assert f"[{stage}] RayJob {ns}/{job['metadata']['name']}: Running -> Complete (job SUCCEEDED)" in log
     assert built["metrics"]["engine"] == "ray" and tokens["metrics"]["engine"] == "ray"
 

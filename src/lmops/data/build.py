@@ -35,7 +35,8 @@ from lmops.data.split import assign_split, split_names, write_shards
 from lmops.manifest import StageResult, code_digest, run_stage
 
 CODE = code_digest(__file__, accounting.__file__, build_steps.__file__, clean.__file__, compressed.__file__,
-                   dedup.__file__, listing.__file__, progress.__file__, ray_build.__file__, sources.__file__, split.__file__)
+                   dedup.__file__, listing.__file__, progress.__file__, ray_build.__file__, sources.__file__,
+                   split.__file__)
 
 
 def _stderr(msg: str) -> None:

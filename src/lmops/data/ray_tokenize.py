@@ -51,7 +51,9 @@ def encode_splits(tok_dir: Path, dataset_dir: Path, dataset: Manifest, splits: l
     import ray.data
 
     block = max(1, int(cfg.ray.block_mb * 1e6))
-    where = (lambda shard: f"{shards_uri.rstrip('/')}/{shard}") if shards_uri else (lambda shard: str(dataset_dir / shard))
+    def where(shard: str) -> str:
+        return f"{shards_uri.rstrip('/')}/{shard}" if shards_uri else str(dataset_dir / shard)
+
     items = [{"part": i, "path": where(shard), "start": s, "end": e}
              for i, split in enumerate(splits) for shard in split_shards(dataset, split)
              for s, e in line_ranges(dataset_dir / shard, block)]

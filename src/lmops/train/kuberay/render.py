@@ -167,7 +167,8 @@ def render_stage_rayjob(stage: str, cfg: Config, *, name: str, output_uri: str, 
     kr = cfg.kuberay
     if stage == "train":
         job_cfg = cluster_config(cfg, output_uri)
-        head_cpus, group, pods = _head_cpus(job_cfg, kr), GPU_GROUP if kr.gpus_per_worker else CPU_GROUP, cfg.train.num_workers
+        head_cpus, pods = _head_cpus(job_cfg, kr), cfg.train.num_workers
+        group = GPU_GROUP if kr.gpus_per_worker else CPU_GROUP
         worker_resources = _resources(kr.worker_cpu, kr.worker_memory, kr.gpus_per_worker, kr.worker_cpu_request)
         variant: Variant = "cuda" if kr.gpus_per_worker else "cpu"
     else:
@@ -245,7 +246,8 @@ def job_env(kr: KubeRayConfig, environ: dict[str, str] | None = None) -> list[di
         else:
             raise LmopsError(f"{name}={env[name]} names this machine, which the RayJob's pods cannot reach: set"
                              f" kuberay.env.{name} to an address the pods reach (e.g. the S3 service's)")
-    if not (env.keys() | kr.env.keys()) & {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"} and env.get("LMOPS_S3_ENDPOINT_URL"):
+    aws_endpoint = (env.keys() | kr.env.keys()) & {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"}
+    if env.get("LMOPS_S3_ENDPOINT_URL") and not aws_endpoint:
         # Ray Train writes checkpoints to s3:// through pyarrow, which knows only the AWS variables
         env["AWS_ENDPOINT_URL_S3"] = env["LMOPS_S3_ENDPOINT_URL"]
     env["PYTHONUNBUFFERED"] = "1"  # the job's log lines reach `kubectl logs` as they are printed
