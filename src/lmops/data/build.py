@@ -87,6 +87,8 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
         tally.skip_path(p.uri, p.reason, p.detail, named=p.named)
     docs = list(clean_documents(iter_documents(files, cfg, tally), cfg, tally))
     t_read = time.perf_counter()
+    if not docs:  # said at once: the error is then the only line the stage prints
+        raise nothing_kept(len(files), cfg, tally)
     n_docs, nbytes = len(docs), tally.input_bytes
     phase_line(log, STAGE, "local", "read_clean", n_docs, nbytes, t_read - t0)
 
@@ -105,8 +107,6 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
     phase_line(log, STAGE, "local", "near_dedup", n_docs, nbytes, t_near - t_exact,
                f"{tally.docs_dropped.get('near_duplicate', 0)} near duplicate(s)")
 
-    if not docs:
-        raise nothing_kept(len(files), cfg, tally)
     by_split: dict[str, list[Doc]] = {name: [] for name in split_names(cfg.split)}
     for d in docs:
         by_split[assign_split(d.text, cfg.split)].append(d)

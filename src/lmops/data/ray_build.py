@@ -62,6 +62,8 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
                 raise part
             tally.merge(part)
         n_docs = tally.docs_read - sum(tally.docs_dropped.values())
+        if not n_docs:  # said at once: the error is then the only line the stage prints
+            raise nothing_kept(len(files), cfg, tally)
         t_read = time.perf_counter()
         phase_line(log, STAGE, "ray", "read_clean", n_docs, tally.input_bytes, t_read - t0)
 
