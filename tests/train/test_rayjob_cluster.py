@@ -25,13 +25,6 @@ API, KIND = "ray.io/v1", "RayJob"
 SECRET = "s3-creds"  # the kube_s3_secret fixture's
 
 
-
-@pytest.fixture(autouse=True)
-def _no_host_mlflow(monkeypatch):
-    """An in-process pipeline run earlier in the session leaves MLFLOW_TRACKING_URI (a 127.0.0.1 server) in this
-    process's environment, and the RayJob rendering passes that variable to its pods, which cannot reach it."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
 def _cfg(ns: str, tmp_path, env: dict | None = None, kuberay: dict | None = None, **train):
     return config_from_dict({
         "workdir": str(tmp_path), "cache_dir": None,

@@ -30,8 +30,8 @@ def run_chain(root: Path, *, config: str, overrides: list[str], model_name: str,
         gpus_per_worker=gpus_per_worker, mlflow_tracking_uri=mlflow_tracking_uri, deploy_target=deploy_target,
         cache_dir=cache_dir)
     resolved = (Path(out["config"]) / steps.CONFIG_FILE).read_text()  # what every later kfp task gets
-    rows["build"] = steps.build(resolved, out["dataset"])
-    rows["tokenize"] = steps.tokenize(resolved, out["dataset"], out["tokens"])
+    rows["build"] = steps.build(resolved, out["dataset"], launcher)
+    rows["tokenize"] = steps.tokenize(resolved, out["dataset"], out["tokens"], launcher)
     if launcher == "kuberay":
         rows["train"] = steps.train_on_kuberay(resolved, out["tokens"], out["checkpoint"], job_name=f"lmops-{run_id}",
                                                checkpoint_uri=out["checkpoint"] + ".rayjob", tokens_dir=out["tokens"])

@@ -11,7 +11,7 @@ from typing import Any
 from lmops import kube
 from lmops.config import Config
 from lmops.errors import LmopsError
-from lmops.train.kuberay.render import API_VERSION, GPU_RESOURCE, KIND, render_rayjob
+from lmops.train.kuberay.render import API_VERSION, GPU_RESOURCE, KIND, render_stage_rayjob
 
 # Extra client-side wait past the RayJob's own deadline, so KubeRay's DeadlineExceeded (with its
 # message) is normally what ends a too-long job, and this timeout is only the backstop.
@@ -163,11 +163,27 @@ def train_on_kuberay(cfg: Config, tokens_uri: str, checkpoint_uri: str, *, name:
 
     The checkpoint directory (with its manifest.json) is at ``checkpoint_uri`` when this returns.
     """
-    manifest = render_rayjob(cfg, name=name, tokens_uri=tokens_uri, checkpoint_uri=checkpoint_uri)
+    return stage_on_kuberay("train", cfg, name=name, input_uri=tokens_uri, output_uri=checkpoint_uri, log=log,
+                            client=client)
+
+
+def stage_on_kuberay(stage: str, cfg: Config, *, name: str, output_uri: str, input_uri: str | None = None,
+                     log: Callable[[str], None] = print, client=None) -> dict[str, Any]:
+    """Run one stage as a RayJob (render_stage_rayjob), submit it and wait: ``{"name", "namespace", "status",
+    "manifest"}``. The stage's output directory (with its manifest.json) is at ``output_uri`` when this returns."""
+    manifest = render_stage_rayjob(stage, cfg, name=name, input_uri=input_uri, output_uri=output_uri)
     kr = cfg.kuberay
+    log = stage_log(log, stage)
     obj = submit_and_wait(manifest, timeout_s=kr.timeout_s + DEADLINE_GRACE_S, poll_s=kr.poll_s, log=log,
                           client=client, delete_on_timeout=kr.delete_on_timeout)
     return {"name": name, "namespace": kr.namespace, "status": obj.get("status") or {}, "manifest": manifest}
+
+
+def stage_log(log: Callable[[str], None], stage: str) -> Callable[[str], None]:
+    """``log`` with the KubeRay lines (which start with ``[train]``) naming ``stage`` instead."""
+    if stage == "train":
+        return log
+    return lambda line: log(f"[{stage}]{line[len(LOG_PREFIX):]}" if line.startswith(LOG_PREFIX) else line)
 
 
 def _wait_gone(name: str, ns: str, client, *, timeout_s: float, poll_s: float) -> None:
