@@ -227,12 +227,15 @@ def served(api_version: str, plural: str, client=None) -> bool:
     return any(r.get("name") == plural for r in json.loads(resp.data).get("resources") or [])
 
 
-def list_objects(api_version: str, kind: str, namespace: str | None = None, client=None) -> tuple[list[dict[str, Any]], str]:
-    """(objects, the list's resourceVersion) of one kind, in one namespace or all."""
+def list_objects(api_version: str, kind: str, namespace: str | None = None, client=None,
+                 *, label_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
+    """(objects, the list's resourceVersion) of one kind, in one namespace or all; ``label_selector`` as
+    kubectl's ``-l``."""
     what = f"{kind} list in {namespace or 'all namespaces'}"
     dyn = _dynamic(client, what)
     resource = _resource(dyn, api_version, kind, what)
-    out = _call(dyn, "list", what, resource, namespace, dyn.get, resource, namespace=namespace).to_dict()
+    selector = {"label_selector": label_selector} if label_selector else {}
+    out = _call(dyn, "list", what, resource, namespace, dyn.get, resource, namespace=namespace, **selector).to_dict()
     return out.get("items") or [], out["metadata"]["resourceVersion"]
 
 
