@@ -126,8 +126,8 @@ def test_rollout_promote_and_roll_back(operator_env, versions, mlflow_server, ml
 
         def predictor_pods():
             pods, _ = kube.list_objects("v1", "Pod", ns, client=admin)
-            return [p["metadata"]["labels"].get("serving.knative.dev/revision") for p in pods
-                    if not p["metadata"].get("deletionTimestamp")]
+            return [p["metadata"]["labels"]["serving.knative.dev/revision"] for p in pods  # the operator's pod aside
+                    if "serving.knative.dev/revision" in p["metadata"]["labels"] and not p["metadata"].get("deletionTimestamp")]
         wait_for("only the stable revision's pod", lambda: predictor_pods() == [pred["latestRolledoutRevision"]], 90,
                  describe=predictor_pods)
         assert [t["revisionName"] for t in pred["traffic"]] == [pred["latestRolledoutRevision"]]
