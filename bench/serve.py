@@ -224,6 +224,29 @@ def controls_cost(n: int = 20000) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
+def key_check_timing(rounds: int = 7, n: int = 20000) -> dict[str, float]:
+    """Median ns per ``ApiKeys.identify`` for the right key and for wrong keys that differ at the first byte, at
+    the last byte, are shorter, or are absent -- as ratios to the near miss (wrong at the last byte). A compare
+    that exits early would make the first-byte miss faster than the near miss, leaking how much of a guess is
+    right; lmops hashes and compares every key, so the misses are ~1x. (The right key costs a little more: it
+    builds the key's id, and its answer, a 200, says as much anyway.) Interleaved rounds, so that the machine's
+    noise falls on every case alike."""
+    from lmops.serve.auth import ApiKeys
+
+    right = "sk-" + "a" * 40
+    keys = ApiKeys([right, "sk-" + "b" * 40, "sk-" + "c" * 40])
+    cases = {"right key": f"Bearer {right}", "wrong at first byte": f"Bearer x{right[1:]}",
+             "wrong at last byte": f"Bearer {right[:-1]}x", "short key": "Bearer sk-a", "no key": None}
+    times: dict[str, list[float]] = {c: [] for c in cases}
+    for _ in range(rounds):
+        for case, header in cases.items():
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                keys.identify(header)
+            times[case].append((time.perf_counter_ns() - t0) / n)
+    return {case: statistics.median(t) for case, t in times.items()}
+
+
 def throughput(server: Server, clients: int, per_client: int, new_tokens: int) -> float:
     errors: list[str] = []
 
@@ -326,6 +349,7 @@ def main() -> None:
         if not args.overhead_only:
             fp32_dir, latency = int8_against_fp32(args, tmp)
         cost_us = controls_cost()
+        key_ns = key_check_timing()
     print(f"\n1-2: {model_dir if args.model else 'tiny-preset random Llama (2x64)'}; {args.new_tokens} new tokens, "
           f"greedy, 1 torch thread")
     print(f"{'measure':<44} {'value':>10}  target")
@@ -340,6 +364,8 @@ def main() -> None:
           f"{'OK' if og['overhead_ms'] <= 3 else 'MISSED'}")
     print(f"{'  keys + limits + cache cost (on - off)':<44} {og['overhead_ms'] - o['overhead_ms']:>8.2f}ms")
     print(f"{'  keys + limits + cache key, CPU in process':<44} {cost_us:>8.1f}us per request")
+    for case, ns in key_ns.items():
+        print(f"{'key check, ' + case:<44} {ns:>8.0f}ns  ({ns / key_ns['wrong at last byte']:.2f}x the near miss)")
     print(f"{'response cache hit, median':<44} {hit_ms:>8.2f}ms  ({o['local_ms'] / hit_ms:.1f}x faster than "
           "generating in process)")
     if args.overhead_only:

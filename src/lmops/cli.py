@@ -332,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                          " ModelDeployment in the --namespace(s), then exit. The operator holds them so that it"
                          " sees each deletion; once it is uninstalled for good they would keep those objects, and"
                          " their namespace, from ever being deleted (the Helm chart's uninstall runs this)")
+    sp.add_argument("--wait-pods-gone", metavar="SELECTOR",
+                    help="with --release-finalizers: first wait until no pod with these labels (k=v,k2=v2: the"
+                         " operator's) is left, since a running operator puts its finalizer back")
     sp.set_defaults(fn=cmd_operator)
     from lmops.cluster.commands import add_parser as add_cluster
 

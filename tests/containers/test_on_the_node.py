@@ -117,7 +117,7 @@ def test_the_operator_from_the_helm_chart_runs_reconciles_and_upgrades(kube_clus
     assert [s["metadata"]["name"] for s in sas] == ["default"]
     assert kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "modeldeployments.lmops.dev", None,
                     client=client) is not None
-    # its pre-delete hook released the operator's finalizer: the ModelDeployment stays, and can now be deleted
+    # its post-delete hook released the operator's finalizer once the operator's pod was gone: the ModelDeployment stays, and can now be deleted
     left = kube.get("lmops.dev/v1alpha1", "ModelDeployment", md["metadata"]["name"], ns, client=client)
     assert not [f for f in left["metadata"].get("finalizers") or [] if f.startswith("lmops.dev/")], left["metadata"]
     kube.delete("lmops.dev/v1alpha1", "ModelDeployment", md["metadata"]["name"], ns, client=client)

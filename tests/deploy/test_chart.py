@@ -62,7 +62,7 @@ def test_chart_crds_are_the_manifests_crds():
 
 
 def test_chart_role_is_the_manifests_role():
-    role = next(d for d in render() if d["kind"] == "Role")
+    role = next(d for d in render() if d["kind"] == "Role" and d["metadata"]["name"] == "lmops-operator")
     assert role["rules"] == yaml.safe_load((REPO / "manifests" / "rbac" / "role.yaml").read_text())["rules"]
 
 
@@ -132,3 +132,21 @@ def test_values_schema_refuses(values, where):
         with pytest.raises(Exception) as e:
             chart.validate_schema(values)
     assert where in str(e.value)
+
+
+def test_uninstall_hook_waits_for_the_operator_not_for_itself():
+    """The finalizers are released after the operator's pods are gone (a running operator puts them back); the
+    hook's own pod must not match the operator's selector, or it would wait for itself."""
+    docs = render()
+    job = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "lmops-release-finalizers")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-delete"
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    selector = dict(p.split("=") for p in command[command.index("--wait-pods-gone") + 1].split(","))
+    operator = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "lmops-operator")
+    assert operator["spec"]["selector"]["matchLabels"] == selector
+    assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    # the release's ServiceAccount is gone by then: the hook brings its own, with only what it needs
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "lmops-release-finalizers"
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "lmops-release-finalizers")
+    assert {v for r in role["rules"] for v in r["verbs"]} == {"get", "list", "patch"}
+

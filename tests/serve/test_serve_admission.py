@@ -66,6 +66,22 @@ def test_keys_from_file_and_environment(tmp_path):
     assert not ApiKeys(load_keys(ServeConfig(), {})).enabled
 
 
+def test_a_server_container_gets_the_key_file_s_keys_not_its_path(tmp_path, monkeypatch):
+    """A server container does not see deploy's files: the keys travel as $LMOPS_API_KEYS, and the config it
+    reads names no file (which it would fail to read)."""
+    from lmops.serve.container import server_keys
+
+    monkeypatch.delenv("LMOPS_API_KEYS", raising=False)
+    f = tmp_path / "keys"
+    f.write_text("sk-one\nsk-two\n")
+    serve, env = server_keys(ServeConfig(api_key_file=str(f)))
+    assert serve.api_key_file is None and env == {"LMOPS_API_KEYS": "sk-one,sk-two"}
+    assert load_keys(serve, env) == ["sk-one", "sk-two"]  # what the server in the container will read
+    assert server_keys(ServeConfig()) == (ServeConfig(), {})
+    with pytest.raises(ApiKeyError, match="cannot read it"):
+        server_keys(ServeConfig(api_key_file=str(tmp_path / "missing")))
+
+
 @pytest.mark.parametrize("content, error", [(None, "cannot read it"), ("# nothing\n\n", "holds no key"),
                                             ("sk-a\nsk b\n", "whitespace")])
 def test_bad_key_files_are_clear_errors_that_never_show_a_key(tmp_path, content, error):

@@ -9,6 +9,19 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 app.kubernetes.io/name: lmops-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+{{- /* a label map as a selector string: k=v,k2=v2 (sorted, as Helm ranges over maps) */ -}}
+{{- define "lmops.selectorString" -}}
+{{- $pairs := list }}{{- range $k, $v := . }}{{- $pairs = append $pairs (printf "%s=%s" $k $v) }}{{- end }}
+{{- join "," $pairs }}
+{{- end -}}
+{{- /* the uninstall hook's labels: lmops' own, but not the operator's name, so the hook never counts as one */ -}}
+{{- define "lmops.hookLabels" -}}
+app.kubernetes.io/name: lmops-release-finalizers
+app.kubernetes.io/part-of: lmops
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
 
 {{- /* the image setting: tag (default appVersion) and the variant suffix, as lmops' ImageConfig.ref("cpu") */ -}}
 {{- define "lmops.tag" -}}

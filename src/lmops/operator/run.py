@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import logging
 import os
+import time
 from pathlib import Path
 
 from lmops.config import REPO_ROOT, ImageConfig, ServeConfig
@@ -53,7 +54,7 @@ def load_handlers(path: Path = HANDLERS) -> None:
 
 def release_finalizers(namespaces: list[str], client=None) -> list[str]:
     """Drop the operator's finalizer from every LMTrainingJob and ModelDeployment in ``namespaces``: for an
-    operator uninstalled for good (the chart's pre-delete hook), whose objects could otherwise never be
+    operator uninstalled for good (the chart's post-delete hook), whose objects could otherwise never be
     deleted -- nor their namespace, which stays Terminating. Returns "Kind namespace/name" per object."""
     from lmops import kube
     from lmops.crd import API_VERSION
@@ -68,12 +69,37 @@ def release_finalizers(namespaces: list[str], client=None) -> list[str]:
     return released
 
 
+def wait_pods_gone(namespaces: list[str], selector: str, timeout_s: float = 180, client=None) -> None:
+    """Wait until no pod matching the label ``selector`` ("k=v,k2=v2") is left in ``namespaces``: a running
+    operator (kopf) puts its finalizer back on the next event of each object, so releasing them is only final
+    once the operator's pods are gone. Raises on timeout, naming the pods that stayed."""
+    from lmops import kube
+
+    try:
+        wanted = dict(pair.split("=", 1) for pair in selector.split(",") if pair)
+    except ValueError:
+        raise LmopsError(f"--wait-pods-gone {selector!r}: expected a label selector like k=v,k2=v2") from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = [f"{ns}/{p['metadata']['name']}" for ns in namespaces
+                for p in kube.list_objects("v1", "Pod", ns, client=client)[0]
+                if wanted.items() <= (p["metadata"].get("labels") or {}).items()]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise LmopsError(f"the operator's pods ({selector}) were still there after {timeout_s:.0f} s: {left};"
+                             " its finalizers were not released (a running operator would put them back)")
+        time.sleep(1)
+
+
 def run(args) -> int:
     import kopf
 
     if args.release_finalizers:
         if not args.namespace:
             raise LmopsError("--release-finalizers needs the namespaces (--namespace, repeatable)")
+        if args.wait_pods_gone:
+            wait_pods_gone(args.namespace, args.wait_pods_gone)
         released = release_finalizers(args.namespace)
         print("released the lmops finalizer of: " + (", ".join(released) if released else "nothing"))
         return 0

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from lmops.config import Config
-from lmops.serve.auth import client_key
+from lmops.config import Config, ServeConfig
+from lmops.serve.auth import ENV_KEYS, client_key, load_keys
 from lmops.serve.endpoint import protocol_urls, registry_env, smoke_test, wait_ready, with_port
 
 SERVE_IMAGE_ENV = "LMOPS_SERVE_IMAGE"
@@ -35,7 +35,7 @@ def container_name(model_name: str) -> str:
 
 def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     """Start the server container for ``model_uri``, wait until it is ready, smoke-test it."""
-    serve = with_port(cfg.serve)
+    serve, keys_env = server_keys(with_port(cfg.serve))
     port = serve.port
     config_path = out / "serve-config.yaml"
     config_path.write_text(yaml.safe_dump(cfg.model_copy(update={"serve": serve}).model_dump(mode="json"),
@@ -43,11 +43,10 @@ def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
     name = container_name(serve.model_name)
     remove(name)
     client = _client()
-    # LMOPS_API_KEYS: the server's keys as the user gave them (serve.api_key_file is a host path: not mounted)
     env = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "LMOPS_CODE_VERSION", "LMOPS_S3_ENDPOINT_URL",
-                                      "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                      "LMOPS_API_KEYS")
+                                      "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
            if os.environ.get(k)}
+    env.update(keys_env)
     env.update(registry_env(cfg))  # the run's MLflow server, also when given only as a pipeline parameter
     container = client.containers.run(
         os.environ[SERVE_IMAGE_ENV], ["lmops", "serve", "-c", str(config_path), "--model", model_uri],
@@ -69,6 +68,14 @@ def deploy_container(cfg: Config, model_uri: str, out: Path) -> dict[str, Any]:
             "container": name, "image": os.environ[SERVE_IMAGE_ENV], "host": serve.host, "port": port,
             "log": f"podman logs {name}  (or docker logs)", "config": str(config_path), "protocols": urls,
             "smoke": smoke}
+
+
+def server_keys(serve: ServeConfig) -> tuple[ServeConfig, dict[str, str]]:
+    """The server container's API keys: read here (``serve.api_key_file`` is a path where deploy runs, which the
+    container does not see) and given as ``$LMOPS_API_KEYS``, the way vLLM's image takes ``$VLLM_API_KEY``; the
+    config the container reads names no file. An unreadable or empty key file fails here, before any container."""
+    keys = load_keys(serve)
+    return serve.model_copy(update={"api_key_file": None}), ({ENV_KEYS: ",".join(keys)} if keys else {})
 
 
 def _wait_ready(container: Any, ready_url: str, timeout: float) -> None:
