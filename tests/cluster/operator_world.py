@@ -38,6 +38,15 @@ def install_operator_pod(cluster, namespace: str, tracking_uri: str, image: str,
                             webhook_secret=SECRET if webhooks else None)
 
 
+def stop_operator(op: Operator | OperatorPod) -> None:
+    """A test's end: a process stopped; a pod's Deployment deleted and its pod waited for (no `helm uninstall`:
+    its post-delete hook Job would cost a pod start, and the test's namespace, deleted next, takes the rest)."""
+    if isinstance(op, OperatorPod):
+        op.stop(uninstall=False)
+    else:
+        op.stop()
+
+
 def wait_for(what: str, fn, timeout: float, interval: float = 0.3, operator: Operator | OperatorPod | None = None,
              describe=None):
     deadline = time.time() + timeout

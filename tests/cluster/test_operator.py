@@ -1,10 +1,10 @@
 """The operator on `lmops cluster` (real API server with RBAC, the KServe stand-in's predictor pods of the lmops
 image on the node), a real MLflow server. The operator runs in its pod, installed from the Helm chart (its
 ServiceAccount and Role, the lmops image from the node's containerd); the kill test deletes that pod with grace 0
-mid-rollout. Two tests run it as a process with the ServiceAccount token of manifests/rbac instead: the invalid
-spec (nothing to roll out: a pod's start would only cost time) and the kill test's failpoints (a process that
-SIGKILLs itself stays dead, so what MLflow holds at that moment can be checked; a pod's container would be
-restarted at once). The operator is given MLflow's address as pods reach it (the node's relay): it renders that
+at four points of a rollout. Two tests run it as a process with the ServiceAccount token of manifests/rbac
+instead: the invalid spec (nothing to roll out: a pod's start would only cost time) and the kill test's rollback
+with its failpoints (a process that SIGKILLs itself stays dead, so what MLflow holds at that moment can be
+checked; a pod's container would be restarted, or replaced, at once and go on writing). The operator is given MLflow's address as pods reach it (the node's relay): it renders that
 address into the InferenceService, whose predictor resolves ``models:/`` itself.
 
 One model, four versions: v1 and v2 good (untrained, different seeds: the same bits per byte within a few
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from operator_world import (SECRET, install_operator_pod, md_body, register_versions,  # noqa: I001
-                            service_account_kubeconfig, start_operator, wait_for)
+                            service_account_kubeconfig, start_operator, stop_operator, wait_for)
 
 from lmops import kube
 from lmops.crd import API_VERSION
@@ -132,7 +132,7 @@ def test_rollout_promote_and_roll_back(operator_env, versions, mlflow_server, ml
                  describe=predictor_pods)
         assert [t["revisionName"] for t in pred["traffic"]] == [pred["latestRolledoutRevision"]]
     finally:
-        op.stop()
+        stop_operator(op)
 
 
 def test_operator_token_is_least_privilege(operator_env):
@@ -170,7 +170,7 @@ def test_invalid_resources_refused_or_flagged(operator_env, mlflow_server, mlflo
         assert "spec.rollout.steps[1].trafficPercent" in cond["message"]
         assert kube.get(*ISVC, "falling", ns, client=admin) is None, "nothing is served from an invalid spec"
     finally:
-        op.stop()
+        stop_operator(op)
 
 
 def canary_applied(admin, ns, name, version) -> bool:
@@ -240,9 +240,9 @@ def _answers(url: str) -> bool:
 def test_operator_pod_killed_at_every_stage_converges_without_double_promotion(operator_env, versions, mlflow_server,
                                                                               mlflow_for_pods, node_image, tmp_path):
     """The operator's pod is deleted with grace 0 (its container killed at once) as soon as each state is seen,
-    and the Deployment starts another: canary recorded, canary applied, second step, promoted, rollback recorded.
-    Then the operator as a process dies at failpoints between the rollback's MLflow writes (alias moved, history
-    written, tags half written, outcome tags half written), and a pod finishes the rollback. The end is the
+    and the Deployment starts another: canary recorded, canary applied, second step, promoted. Then the operator
+    as a process is SIGKILLed once the rollback is recorded, and dies at failpoints between the rollback's MLflow
+    writes (alias moved, history written, tags half written, outcome tags half written). The end is the
     uninterrupted end: one promotion, one rollback, history entries unique and in order, alias and traffic right,
     and in MLflow every alias move once with its previous holder and every tag of the rollback written."""
     from mlflow import MlflowClient
@@ -257,6 +257,7 @@ def test_operator_pod_killed_at_every_stage_converges_without_double_promotion(o
             client.delete_model_version_tag(model, v["worse"], key)
     set_alias(mlflow_server, model, v["good1"])
     name = "md-kill"
+    start = lambda: start_operator(kubeconfig, ns, mlflow_for_pods, tmp_path, poll_s=1)  # noqa: E731
     op = install_operator_pod(cluster, ns, mlflow_for_pods, node_image, poll_s=1)
     kube.apply({**md_body(name, model), "metadata": {"name": name, "namespace": ns}}, client=admin)
     kills = []
@@ -275,14 +276,17 @@ def test_operator_pod_killed_at_every_stage_converges_without_double_promotion(o
             op.kill()
             kills.append(label)
         wait_for("promotion finished", deployed(admin, ns, name, v["good2"]), 120, operator=op)
+        assert len(set(op.killed)) == 4, op.killed  # four pods, each killed once
+        # the rollback on the operator as a process: its kills are failpoints too, and a pod's replacement would
+        # go on with the rollback before they could be set
+        stop_operator(op)
+        op = start()
         set_alias(mlflow_server, model, v["worse"])
         wait_for("rollback recorded", lambda: status(admin, ns, name).get("phase") == "RollingBack"
                  or (v["worse"], "RolledBack") in outcomes(status(admin, ns, name)), 240, interval=0.05, operator=op,
                  describe=lambda: status(admin, ns, name).get("history"))
         op.kill()
         kills.append("rollback recorded")
-        assert len(set(op.killed)) == 5, op.killed  # five pods, each killed once
-        op.stop()  # helm uninstall: the failpoints need an operator that stays dead
         # then between the rollback's MLflow writes: the operator dies at each failpoint, and what MLflow holds
         # at that moment is checked; the restarts write what is missing, once
         rejected = lambda: client.get_model_version(model, v["worse"]).tags  # noqa: E731
@@ -304,7 +308,7 @@ def test_operator_pod_killed_at_every_stage_converges_without_double_promotion(o
             assert sum(k.startswith("lmops.rollout.") and k in tags for k in (
                 "lmops.rollout.outcome", "lmops.rollout.reason", "lmops.rollout.at", "lmops.rollout.deployment",
                 "lmops.rollout.rolledback")) == outcome_tags, (point, tags)
-        op = install_operator_pod(cluster, ns, mlflow_for_pods, node_image, poll_s=1)
+        op = start()
         wait_for("rollback finished", lambda: status(admin, ns, name).get("phase") == "Stable"
                  and served(admin, ns, name) == (v["good2"], None), 120, operator=op)
         st = status(admin, ns, name)
@@ -327,4 +331,4 @@ def test_operator_pod_killed_at_every_stage_converges_without_double_promotion(o
         mine = [e for e in events if e["involvedObject"]["name"] == name and e["source"].get("component") == "lmops-operator"]
         assert sorted(e["reason"] for e in mine) == sorted(o for _, o in outcomes(st))
     finally:
-        op.stop()
+        stop_operator(op)

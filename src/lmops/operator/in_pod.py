@@ -52,17 +52,18 @@ class OperatorPod:
         pods = self.pods()
         return pods[0] if pods else None
 
-    def wait_ready(self, timeout_s: float = 180) -> dict:
-        """The operator's pod Ready (its /healthz answers); RuntimeError with the pod's reason if it cannot start."""
+    def wait_running(self, timeout_s: float = 180) -> dict:
+        """The operator's container running (Ready follows at the chart's next readiness probe, up to 10 s later,
+        which only the webhook Service waits for); RuntimeError with the pod's reason if it cannot start."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             pod = self.pod()
-            if pod and any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or []):
+            if pod and any((cs.get("state") or {}).get("running") for cs in pod["status"].get("containerStatuses") or []):
                 return pod
-            if self.failure():
-                raise RuntimeError(f"the operator pod cannot run: {self.failure()}\n{self.text()[-3000:]}")
+            if failure := self.failure():
+                raise RuntimeError(f"the operator pod cannot run: {failure}\n{self.text()[-3000:]}")
             time.sleep(0.5)
-        raise RuntimeError(f"the operator pod was not Ready after {timeout_s:.0f}s: "
+        raise RuntimeError(f"the operator pod was not running after {timeout_s:.0f}s: "
                            f"{(self.pod() or {}).get('status')}\n{self.text()[-3000:]}")
 
     def failure(self) -> str | None:
@@ -105,11 +106,15 @@ class OperatorPod:
         self.killed.append(name)
         return name
 
-    def stop(self, timeout_s: float = 120) -> None:
-        """``helm uninstall``: the chart's objects go (the operator first, then its finalizers are released by the
-        chart's hook) and the operator's pods are waited for."""
-        _helm(self.kubeconfig, self.namespace).uninstall(self.release, wait="watcher", timeout=int(timeout_s),
-                                                          ignore_not_found=True)
+    def stop(self, timeout_s: float = 120, *, uninstall: bool = True) -> None:
+        """``helm uninstall`` (the chart's objects go, then its post-delete hook releases the operator's
+        finalizers) and the operator's pods waited for. ``uninstall=False``: only the operator's Deployment is
+        deleted and its pods waited for (a test's namespace, deleted next, takes the rest)."""
+        if uninstall:
+            _helm(self.kubeconfig, self.namespace).uninstall(self.release, wait="watcher", timeout=int(timeout_s),
+                                                              ignore_not_found=True)
+        else:
+            kube.delete("apps/v1", "Deployment", f"{self.release}-operator", self.namespace, client=self.client)
         deadline = time.monotonic() + timeout_s
         while self.pods() and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -124,7 +129,7 @@ def _helm(kubeconfig: str, namespace: str):
 def install_operator(cluster, namespace: str, tracking_uri: str, image: str, *, poll_s: float = 2.0,
                      webhook_secret: str | None = None, release: str = "lmops", timeout_s: float = 240,
                      values: dict | None = None) -> OperatorPod:
-    """`helm install` of the chart's operator into ``namespace`` and wait for its pod to be Ready.
+    """`helm install` of the chart's operator into ``namespace`` and wait for its container to run.
     ``tracking_uri``: MLflow as pods reach it. ``webhook_secret``: registry webhooks on, with this HMAC secret (a
     Secret ``<release>-webhook`` made here; the chart never holds secrets); MLflow posts them to
     ``webhook_url``, the operator's webhook Service. ``values``: more chart values, merged over these."""
@@ -139,7 +144,7 @@ def install_operator(cluster, namespace: str, tracking_uri: str, image: str, *, 
     _helm(cluster.kubeconfig, namespace).install(str(CHART), release, chart_values, namespace=namespace,
                                                  timeout=int(timeout_s))
     op = OperatorPod(client, cluster.kubeconfig, namespace, release)
-    op.wait_ready(timeout_s)
+    op.wait_running(timeout_s)
     if webhook_secret is not None:
         svc = kube.get("v1", "Service", f"{release}-operator-webhook", namespace, client=client)
         op.webhook_url = f"http://{svc['spec']['clusterIP']}/mlflow/webhook"  # kube-proxy: this machine reaches it
