@@ -196,6 +196,16 @@ def main() -> int:
             print(f"  webhook -> canary {webhook[-1]:.2f}s, canary pod Ready {pod_ready[-1]:.2f}s; failing gate -> "
                   f"rollback done {rollback[-1]:.2f}s ({started} server starts)", flush=True)
         mlflow.delete_webhook(hook.webhook_id)
+        if args.operator == "pod":  # the operator's pod killed (grace 0): until the Deployment's next one runs, is Ready
+            t0 = time.monotonic()
+            killed = op.kill()
+            running = wait_until(lambda: (p := op.pod()) and p["metadata"]["name"] != killed and any(
+                (c.get("state") or {}).get("running") for c in p["status"].get("containerStatuses") or []), 120, 0.1,
+                "a new operator pod") and time.monotonic() - t0
+            wait_until(lambda: any(c["type"] == "Ready" and c["status"] == "True"
+                                   for c in (op.pod() or {}).get("status", {}).get("conditions") or []), 120, 0.1, "Ready")
+            print(f"  operator pod killed -> the next one running {running:.1f}s, Ready {time.monotonic() - t0:.1f}s",
+                  flush=True)
         op.stop()
         op = (install_operator_pod(cluster, ns, pods_mlflow, built.ref, poll_s=5) if args.operator == "pod"
               else start_operator(kubeconfig, ns, pods_mlflow, root / "op", poll_s=5))
