@@ -256,7 +256,8 @@ def test_rayjob_outcome(status, state, words):
      "attempt 1 of 2 ended FAILED; KubeRay retries it .backoffLimit 1.: exit 1"),
     ({"jobDeploymentStatus": "Running", "jobStatus": "FAILED", "failed": 1}, 2, "running", "attempt 2 of 3"),
     # the last attempt's failure ends the wait, and says how many there were
-    ({"jobDeploymentStatus": "Running", "jobStatus": "FAILED", "failed": 1, "message": "exit 1"}, 1, "failed", "exit 1"),
+    ({"jobDeploymentStatus": "Running", "jobStatus": "FAILED", "failed": 1, "message": "exit 1"}, 1, "failed",
+     "^exit 1 .attempt 2 of 2.$"),
     ({"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "failed": 2, "reason": "AppFailed", "message": "exit 1"},
      1, "failed", "AppFailed: exit 1 .2 attempts failed."),
     ({"jobDeploymentStatus": "New", "failed": 1}, 1, "pending", None),

@@ -41,12 +41,11 @@ class OperatorPod:
     _past_logs: list[str] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
 
-    def pods(self) -> list[dict]:
-        """The release's operator pods that are not being deleted."""
-        pods, _ = kube.list_objects("v1", "Pod", self.namespace, client=self.client)
-        labels = {"app.kubernetes.io/name": "lmops-operator", "app.kubernetes.io/instance": self.release}
-        return [p for p in pods if labels.items() <= (p["metadata"].get("labels") or {}).items()
-                and not p["metadata"].get("deletionTimestamp")]
+    def pods(self, *, terminating: bool = False) -> list[dict]:
+        """The release's operator pods; ``terminating``: also those being deleted (their operator may still run)."""
+        pods, _ = kube.list_objects("v1", "Pod", self.namespace, client=self.client, label_selector=
+                                    f"app.kubernetes.io/name=lmops-operator,app.kubernetes.io/instance={self.release}")
+        return [p for p in pods if terminating or not p["metadata"].get("deletionTimestamp")]
 
     def pod(self) -> dict | None:
         pods = self.pods()
@@ -116,7 +115,10 @@ class OperatorPod:
         else:
             kube.delete("apps/v1", "Deployment", f"{self.release}-operator", self.namespace, client=self.client)
         deadline = time.monotonic() + timeout_s
-        while self.pods() and time.monotonic() < deadline:
+        while self.pods(terminating=True):  # gone, not just deleted: a terminating pod's operator still acts
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the operator pods of release {self.release} in {self.namespace} were still there"
+                                   f" {timeout_s:.0f}s after it was stopped")
             time.sleep(0.5)
 
 

@@ -63,7 +63,8 @@ def rayjob_outcome(status: dict[str, Any] | None, backoff_limit: int = 0) -> tup
         if dep == "Running" and failed < backoff_limit:
             return RUNNING, (f"attempt {failed + 1} of {backoff_limit + 1} ended {job}; KubeRay retries it"
                              f" (backoffLimit {backoff_limit}){': ' + detail if detail else ''}")
-        return FAILED, detail or f"the Ray job ended {job}"
+        return FAILED, (detail or f"the Ray job ended {job}") + (
+            f" (attempt {failed + 1} of {backoff_limit + 1})" if backoff_limit and dep == "Running" else "")
     if dep == "Complete":
         if job == "SUCCEEDED":
             return SUCCEEDED, detail or None
