@@ -227,21 +227,25 @@ def served(api_version: str, plural: str, client=None) -> bool:
     return any(r.get("name") == plural for r in json.loads(resp.data).get("resources") or [])
 
 
-def list_objects(api_version: str, kind: str, namespace: str | None = None, client=None) -> tuple[list[dict[str, Any]], str]:
-    """(objects, the list's resourceVersion) of one kind, in one namespace or all."""
+def list_objects(api_version: str, kind: str, namespace: str | None = None, client=None,
+                 *, label_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
+    """(objects, the list's resourceVersion) of one kind, in one namespace or all; ``label_selector`` as
+    kubectl's ``-l``."""
     what = f"{kind} list in {namespace or 'all namespaces'}"
     dyn = _dynamic(client, what)
     resource = _resource(dyn, api_version, kind, what)
-    out = _call(dyn, "list", what, resource, namespace, dyn.get, resource, namespace=namespace).to_dict()
+    selector = {"label_selector": label_selector} if label_selector else {}
+    out = _call(dyn, "list", what, resource, namespace, dyn.get, resource, namespace=namespace, **selector).to_dict()
     return out.get("items") or [], out["metadata"]["resourceVersion"]
 
 
 def delete(api_version: str, kind: str, name: str, namespace: str | None, client=None,
-           *, propagation_policy: str = "Background") -> bool:
+           *, propagation_policy: str = "Background", grace_period_s: int | None = None) -> bool:
     """Delete one object; True when it was there, False when it was already gone.
 
     ``propagation_policy``: Background lets the garbage collector remove what the object owns (a
-    RayJob's RayCluster and submitter Job) after the call returns.
+    RayJob's RayCluster and submitter Job) after the call returns. ``grace_period_s``: a pod's termination
+    grace (0: its containers are killed at once, as a node failure would).
     """
     from kubernetes.client.exceptions import ApiException
 
@@ -250,7 +254,8 @@ def delete(api_version: str, kind: str, name: str, namespace: str | None, client
     resource = _resource(dyn, api_version, kind, what)
     try:
         _call(dyn, "delete", what, resource, namespace, dyn.delete, resource, name=name, namespace=namespace,
-              body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation_policy})
+              body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation_policy,
+                    **({"gracePeriodSeconds": grace_period_s} if grace_period_s is not None else {})})
     except ApiException:  # 404
         return False
     return True
