@@ -114,9 +114,9 @@ def termination_message(row: dict[str, Any]) -> str:
     return text
 
 
-def _write_message(text: str, path: str = TERMINATION_LOG) -> None:
+def _write_message(text: str) -> None:
     try:
-        Path(path).write_text(text)
+        Path(TERMINATION_LOG).write_text(text)
     except OSError as e:  # outside a pod (no kubelet-mounted file): the log line below still says it
         print(f"[stage-job] termination message not written ({e})", file=sys.stderr)
 

@@ -64,7 +64,7 @@ class Target:
                 JOB_LABEL: self.name, STAGE_LABEL: stage}
 
     def env(self) -> dict[str, str]:
-        env = {"PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+        env = {"PYTHONUNBUFFERED": "1"}
         if self.s3_endpoint_url:
             env.update(LMOPS_S3_ENDPOINT_URL=self.s3_endpoint_url, AWS_ENDPOINT_URL_S3=self.s3_endpoint_url)
         if self.tracking_uri:
@@ -102,7 +102,8 @@ def stage_job(stage: str, spec: LMTrainingJobSpec, target: Target, cfg: Config, 
                     "--run-id", run_id, "--spec-b64", encode_spec(spec.model_dump(mode="json", by_alias=True,
                                                                                    exclude_none=True))],
         "workingDir": TMP.path,
-        "env": [{"name": k, "value": v} for k, v in sorted(target.env().items())],
+        # a stage that uses Ray (compress) starts its own in the pod: no token to share with anyone
+        "env": [{"name": k, "value": v} for k, v in sorted({**target.env(), "RAY_AUTH_MODE": "disabled"}.items())],
         "resources": {"requests": {"cpu": res.cpu, "memory": res.memory},
                       "limits": {"cpu": cpu_limit, "memory": memory_limit}},
         # the stage's outcome (or its error) is the termination message; a crash leaves its last log lines there
