@@ -204,3 +204,24 @@ def test_sample_job_runs_as_stage_jobs_and_a_rayjob_through_operator_kills(
         assert st()["registeredVersion"] == version  # the same model: register finds its version
     finally:
         op.stop()
+
+
+def test_operator_role_grants_stage_objects_and_nothing_more(kube_cluster, kube_namespace, tmp_path):
+    """The Role of manifests/rbac (the chart's) on the real API server with RBAC, used with the operator's
+    ServiceAccount token: what the kubernetes executor does is allowed, verbs beyond it are 403."""
+    ns = kube_namespace
+    _, token = service_account_kubeconfig(kube_cluster, ns, tmp_path / "sa.kubeconfig")
+    sa = kube_cluster.client(token)
+    assert kube.get(*JOB, "nope", ns, client=sa) is None and kube.get(*RAYJOB, "nope", ns, client=sa) is None
+    assert kube.get("v1", "Pod", "nope", ns, client=sa) is None and kube.list_objects("v1", "Pod", ns, client=sa)[0] == []
+    for verb, call in [("delete jobs", lambda: kube.delete(*JOB, "any", ns, client=sa)),
+                       ("list jobs", lambda: kube.list_objects(*JOB, ns, client=sa)),
+                       ("delete rayjobs", lambda: kube.delete(*RAYJOB, "any", ns, client=sa)),
+                       ("delete pods", lambda: kube.delete("v1", "Pod", "any", ns, client=sa)),
+                       ("create pods", lambda: kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                           "name": "x", "namespace": ns}, "spec": {"containers": [{"name": "c", "image": "x"}]}},
+                           client=sa)),
+                       ("get secrets", lambda: kube.get("v1", "Secret", "s3-creds", ns, client=sa))]:
+        with pytest.raises(kube.KubeError) as e:
+            call()
+        assert e.value.status == 403, verb

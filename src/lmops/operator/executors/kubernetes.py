@@ -153,5 +153,5 @@ def _message_json(pod: dict[str, Any] | None) -> dict[str, Any]:
 def settings_env() -> dict[str, str | None]:
     """The operator's defaults for every job (the chart's stageJobs values)."""
     return {"staging_uri": os.environ.get("LMOPS_STAGING_URI") or None,
-            "s3_secret": os.environ.get("LMOPS_STAGE_S3_SECRET") or None,
+            "s3_secret": os.environ.get("LMOPS_STAGE_S3_CREDENTIALS_REF") or None,
             "s3_endpoint_url": os.environ.get("LMOPS_STAGE_S3_ENDPOINT_URL") or None}
