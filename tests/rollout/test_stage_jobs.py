@@ -55,3 +55,22 @@ def test_a_failed_gate_skips_register_and_succeeds_with_nothing_registered():
     run = run_state(observed(**objs))
     assert run.state == "Succeeded" and run.stages["register"] == "Skipped" and run.registered_version is None
     assert "FAIL perplexity" in run.message
+
+
+def test_a_ready_stage_is_recorded_then_started_and_a_running_job_keeps_its_spec():
+    import datetime as dt
+    import json
+
+    from lmops.crd.training import parse_training_job
+    from lmops.rollout import StartRun, decide_training
+
+    now = dt.datetime(2026, 12, 6, tzinfo=dt.timezone.utc)
+    spec = parse_training_job({"modelName": "m"})
+    first = decide_training(spec, {}, None, run_id="r", generation=1, now=now)
+    assert first.status["executor"] == "kubernetes" and json.loads(first.status["runSpec"])["modelName"] == "m"
+    assert first.actions == [StartRun("r", spec)]
+    after_build = decide_training(spec, first.status, run_state(observed(build=done("build"))), run_id="r",
+                                  generation=2, now=now)
+    assert after_build.status["stages"][0]["state"] == "Succeeded" and after_build.actions == [StartRun("r", spec)]
+    changed = next(c for c in after_build.status["conditions"] if c["type"] == "SpecChanged")
+    assert changed["reason"] == "RefusedWhileRunning" and "generation 2 is not applied" in changed["message"]
