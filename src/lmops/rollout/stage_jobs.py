@@ -86,4 +86,4 @@ def _detail(obj: StageObject) -> dict[str, Any]:
 
 def _metrics(m: dict[str, Any]) -> dict[str, float]:
     named = {"perplexity": m.get("perplexity"), "bitsPerByte": m.get("bits_per_byte")}
-    return {k: float(v) for k, v in named.items() if isinstance(v, (int, float))}
+    return {k: round(float(v), 4) for k, v in named.items() if isinstance(v, (int, float))}
