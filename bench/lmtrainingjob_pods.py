@@ -125,6 +125,9 @@ def main() -> None:
                 pod_relay.stop(proc)
             if folder.exists():
                 control_plane.down(folder, echo=lambda line: None)
+            from lmops.pipeline.servers import stop_all
+
+            stop_all()  # the local run's Ray (its state folder is this bench's)
             stop_process_group(mlflow)
             moto.terminate()
 
