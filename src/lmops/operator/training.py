@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from lmops import kube
@@ -45,8 +46,6 @@ def reconcile(obj: dict[str, Any], settings: Settings, *, client=None) -> float 
 
 
 def _run_spec(status: dict[str, Any]):
-    import json
-
     try:
         return parse_training_job(json.loads(status["runSpec"]), check_config=False) if status.get("runSpec") else None
     except (ValueError, SpecError):

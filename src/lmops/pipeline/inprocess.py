@@ -31,7 +31,8 @@ def run_chain(root: Path, *, config: str, overrides: list[str], model_name: str,
     def task(name: str, fn) -> dict[str, Any]:
         print(f"Executing task '{name}'", flush=True)
         rows[name] = fn()
-        print(f"Task '{name}' finished with status SUCCESS", flush=True)
+        print(f"Task '{name}' finished with status {'CACHED' if rows[name].get('status') == 'cached' else 'SUCCESS'}",
+              flush=True)
         return rows[name]
 
     task("resolve-config", lambda: steps.resolve_config(

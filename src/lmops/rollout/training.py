@@ -9,8 +9,8 @@ starts; a later edit is reported (condition SpecChanged), not applied to a runni
 from __future__ import annotations
 
 import copy
-import json
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
