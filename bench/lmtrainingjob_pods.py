@@ -3,7 +3,8 @@ of the lmops image on the node, outputs through S3) against the same preset run 
 `lmops pipeline run --runner inprocess --until register` (the local executor's path; `make run` without deploy),
 in one run.
 
-    flock /tmp/lmops-node.lock .venv/bin/python bench/lmtrainingjob_pods.py
+    flock /tmp/lmops-node.lock .venv/bin/python -P bench/lmtrainingjob_pods.py   (-P: bench/operator.py would shadow
+    the standard library's operator module)
 
 Figures: wall seconds of each (LMTrainingJob: apply -> Succeeded) and their ratio; per stage, the overhead of
 running it as a pod: Job created -> pod Running (scheduling, the container's start) and Running -> done
