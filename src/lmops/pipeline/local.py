@@ -43,7 +43,7 @@ class PipelineRunError(LmopsError, RuntimeError):
 def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name: str = "",
                  sources: list[str] | None = None, tracking_uri: str | None = None,
                  ray_address: str | None = None, quiet_kfp: bool = True, launcher: str = "local",
-                 deploy_target: str = "local", runner: str = "subprocess") -> dict[str, Any]:
+                 deploy_target: str = "local", runner: str = "subprocess", until: str | None = None) -> dict[str, Any]:
     """Run the whole pipeline locally; returns the summary (see ``summarize``).
 
     tracking_uri: an MLflow server to use instead of the recorded local one (started when missing).
@@ -84,6 +84,9 @@ def _run_pipeline(config: str, overrides: list[str] | None, *, model_name: str, 
     if launcher not in LAUNCHERS or deploy_target not in DEPLOY_TARGETS or runner not in RUNNERS:
         raise LmopsError(f"launcher={launcher!r}, deploy_target={deploy_target!r}, runner={runner!r}: expected a"
                          f" launcher in {LAUNCHERS}, a deploy target in {DEPLOY_TARGETS} and a runner in {RUNNERS}")
+    if until is not None and (until != "register" or runner != "inprocess"):
+        raise LmopsError(f"until={until!r} with runner={runner!r}: a run can stop after register (no deploy) with the"
+                         " inprocess runner only (the compiled pipeline always ends with deploy)")
     cfg = load_config(config, overrides)  # a bad config fails here, before anything starts
     in_containers = runner == "container"
     if in_containers:  # no image, no engine: say so now (`make images`), before any server starts
@@ -139,7 +142,7 @@ def _run_pipeline(config: str, overrides: list[str] | None, *, model_name: str, 
         if in_process:
             from lmops.pipeline.inprocess import run_chain
 
-            rows = run_chain(root, **args)
+            rows = run_chain(root, **args, until=until)
             return run_summary(rows, time.time() - started, run_dir=str(root), mlflow_url=url)
         from kfp import local
 

@@ -38,8 +38,16 @@ def run(cfg: Config, tokens_uri: str, checkpoint_uri: str, *, work_dir: str | Pa
     source = tokens_uri if storage.is_s3(tokens_uri) else None
     if not storage.is_s3(checkpoint_uri):
         return train_stage(cfg, tokens, checkpoint_uri, cache_dir=None, log=log, tokens_source=source)
-    result = train_stage(cfg, tokens, work / "checkpoint" / _short(checkpoint_uri), cache_dir=None, log=log,
-                         tokens_source=source)
+    out = work / "checkpoint" / _short(checkpoint_uri)
+    from lmops.manifest import MANIFEST
+
+    if storage.exists(f"{checkpoint_uri.rstrip('/')}/{MANIFEST}"):
+        # an earlier run's checkpoint there: train_stage's cache key says whether it is still this run's
+        storage.download_dir(checkpoint_uri, out)
+    result = train_stage(cfg, tokens, out, cache_dir=None, log=log, tokens_source=source)
+    if result.cached:
+        log(f"{LOG_PREFIX} checkpoint at {checkpoint_uri} is cached (same key); nothing trained or uploaded")
+        return result
     publish_checkpoint(result.path, checkpoint_uri)
     log(f"{LOG_PREFIX} checkpoint: {result.path} -> {checkpoint_uri}")
     return result
