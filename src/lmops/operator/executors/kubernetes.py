@@ -19,7 +19,8 @@ from lmops.operator.executors.stage_objects import STAGE_LABEL, Target, check_ta
 from lmops.rollout import RunState
 from lmops.rollout.stage_jobs import ACTIVE, BROKEN, DONE, StageObject, run_state
 from lmops.train.kuberay.render import API_VERSION as RAY_API, KIND as RAYJOB
-from lmops.train.kuberay.submit import FAILED as RAY_FAILED, SUCCEEDED as RAY_SUCCEEDED, rayjob_outcome
+from lmops.train.kuberay.submit import FAILED as RAY_FAILED, SUCCEEDED as RAY_SUCCEEDED
+from lmops.train.kuberay.submit import rayjob_backoff_limit, rayjob_outcome
 
 LOG_LINES = 10  # a failed stage's last log lines kept in status
 
@@ -123,7 +124,7 @@ class KubernetesExecutor:
 
 def _rayjob_stage(name: str, ray: dict[str, Any]) -> StageObject:
     st = ray.get("status") or {}
-    outcome, msg = rayjob_outcome(st)
+    outcome, msg = rayjob_outcome(st, rayjob_backoff_limit(ray))  # a failed attempt with retries left is not the end
     start, end = st.get("startTime"), st.get("endTime")
     if outcome == RAY_SUCCEEDED:
         return StageObject(name, DONE, start, end, result={"detail": f"RayJob {name}: {st.get('jobStatus')}"})

@@ -130,7 +130,7 @@ def submit_and_wait(manifest: dict[str, Any], *, timeout_s: float, poll_s: float
     client = client or kube.api_client()
     existing = kube.get(API_VERSION, KIND, name, ns, client=client)
     if existing is not None:
-        state, msg = rayjob_outcome(existing.get("status"), _backoff_limit(existing))
+        state, msg = rayjob_outcome(existing.get("status"), rayjob_backoff_limit(existing))
         same = existing.get("spec", {}).get("entrypoint") == manifest["spec"]["entrypoint"]
         if same and state == SUCCEEDED:
             log(f"{LOG_PREFIX} {where} already succeeded with this entrypoint; not training again")
@@ -170,7 +170,7 @@ def submit_and_wait(manifest: dict[str, Any], *, timeout_s: float, poll_s: float
         if obj is not None:
             status = obj.get("status") or {}
             now = (status.get("jobDeploymentStatus") or "", status.get("jobStatus") or "")
-            state, msg = rayjob_outcome(status, _backoff_limit(obj))
+            state, msg = rayjob_outcome(status, rayjob_backoff_limit(obj))
             if now != last:
                 log(_transition(where, last, now, status, shown, msg))
                 last = now
@@ -187,7 +187,7 @@ def submit_and_wait(manifest: dict[str, Any], *, timeout_s: float, poll_s: float
         time.sleep(min(poll_s, left))
 
 
-def _backoff_limit(rayjob: dict[str, Any]) -> int:
+def rayjob_backoff_limit(rayjob: dict[str, Any]) -> int:
     return int((rayjob.get("spec") or {}).get("backoffLimit") or 0)
 
 
