@@ -61,7 +61,7 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     with _environment_kept(RUN_ENV):
         return _run_pipeline(config, overrides, model_name=model_name, sources=sources, tracking_uri=tracking_uri,
                              ray_address=ray_address, quiet_kfp=quiet_kfp, launcher=launcher,
-                             deploy_target=deploy_target, runner=runner)
+                             deploy_target=deploy_target, runner=runner, until=until)
 
 
 RUN_ENV = ("LMOPS_STATE_DIR", "PATH", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", LOCAL_RAY_ENV)
@@ -80,7 +80,7 @@ def _environment_kept(names: tuple[str, ...]):
 
 def _run_pipeline(config: str, overrides: list[str] | None, *, model_name: str, sources: list[str] | None,
                   tracking_uri: str | None, ray_address: str | None, quiet_kfp: bool, launcher: str,
-                  deploy_target: str, runner: str) -> dict[str, Any]:
+                  deploy_target: str, runner: str, until: str | None) -> dict[str, Any]:
     if launcher not in LAUNCHERS or deploy_target not in DEPLOY_TARGETS or runner not in RUNNERS:
         raise LmopsError(f"launcher={launcher!r}, deploy_target={deploy_target!r}, runner={runner!r}: expected a"
                          f" launcher in {LAUNCHERS}, a deploy target in {DEPLOY_TARGETS} and a runner in {RUNNERS}")
