@@ -1,11 +1,12 @@
 """Benchmark: the operator's reaction times on `lmops cluster` (real API server, KServe stand-in making predictor
 pods of the lmops image on the node, real MLflow).
 
-    flock /tmp/lmops-node.lock .venv/bin/python bench/operator.py [--rounds 3]
+    flock /tmp/lmops-node.lock .venv/bin/python bench/operator.py [--rounds 3] [--operator pod|process]
 
 Starts its own control plane and node (the machine's one node: run it under the node lock), builds and loads
 the lmops image (cached by its build key), an MLflow server (webhooks allowed; pods reach it through a relay on
-the node's address) and the operator (with the ServiceAccount token of manifests/rbac), registers four versions
+the node's address) and the operator -- in its pod from the Helm chart (``--operator pod``, the default: MLflow
+posts webhooks to its Service) or as a process with the ServiceAccount token of manifests/rbac -- registers four versions
 (two good, one that scores worse, one that does not load):
 - ``webhook -> canary``: an alias change (MLflow delivers the webhook) to the canary InferenceService
   applied, with a 30 s poll that cannot be what woke it; target <= 2 s. And on to ``canary pod Ready``: the
@@ -38,7 +39,8 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from operator_world import SECRET, md_body, register_versions, service_account_kubeconfig, start_operator  # noqa: E402
+from operator_world import (SECRET, install_operator_pod, md_body, register_versions,  # noqa: E402
+                            service_account_kubeconfig, start_operator)
 
 from lmops import kube  # noqa: E402
 from lmops.crd import API_VERSION  # noqa: E402
@@ -134,6 +136,8 @@ class World:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--operator", choices=("pod", "process"), default="pod",
+                    help="the operator in its pod (helm install of helm/lmops) or as a process")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from mlflow import MlflowClient
@@ -166,9 +170,14 @@ def main() -> int:
         mlflow = MlflowClient(mlflow_url)
         w = World(admin, ns, "bench", model, mlflow)
         w.set_alias(v["good1"])
-        port = free_port()
-        op = start_operator(kubeconfig, ns, pods_mlflow, root / "op", poll_s=30, webhook_port=port)
-        wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30, 0.1, "webhook receiver")
+        t = time.monotonic()
+        if args.operator == "pod":
+            op = install_operator_pod(cluster, ns, pods_mlflow, built.ref, poll_s=30, webhooks=True)
+        else:
+            port = free_port()
+            op = start_operator(kubeconfig, ns, pods_mlflow, root / "op", poll_s=30, webhook_port=port)
+            wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30, 0.1, "webhook receiver")
+        print(f"operator ({args.operator}) up in {time.monotonic() - t:.1f}s", flush=True)
         hook = mlflow.create_webhook(name="bench", url=op.webhook_url, secret=SECRET, events=["model_version_alias.created"])
         kube.apply({**md_body("bench", model), "metadata": {"name": "bench", "namespace": ns}}, client=admin)
         wait_until(lambda: w.stable(v["good1"]), 300, 0.2, "first version")
@@ -187,8 +196,19 @@ def main() -> int:
             print(f"  webhook -> canary {webhook[-1]:.2f}s, canary pod Ready {pod_ready[-1]:.2f}s; failing gate -> "
                   f"rollback done {rollback[-1]:.2f}s ({started} server starts)", flush=True)
         mlflow.delete_webhook(hook.webhook_id)
+        if args.operator == "pod":  # the operator's pod killed (grace 0): until the Deployment's next one runs, is Ready
+            t0 = time.monotonic()
+            killed = op.kill()
+            running = wait_until(lambda: (p := op.pod()) and p["metadata"]["name"] != killed and any(
+                (c.get("state") or {}).get("running") for c in p["status"].get("containerStatuses") or []), 120, 0.1,
+                "a new operator pod") and time.monotonic() - t0
+            wait_until(lambda: any(c["type"] == "Ready" and c["status"] == "True"
+                                   for c in (op.pod() or {}).get("status", {}).get("conditions") or []), 120, 0.1, "Ready")
+            print(f"  operator pod killed -> the next one running {running:.1f}s, Ready {time.monotonic() - t0:.1f}s",
+                  flush=True)
         op.stop()
-        op = start_operator(kubeconfig, ns, pods_mlflow, root / "op", poll_s=5)
+        op = (install_operator_pod(cluster, ns, pods_mlflow, built.ref, poll_s=5) if args.operator == "pod"
+              else start_operator(kubeconfig, ns, pods_mlflow, root / "op", poll_s=5))
         for _ in range(args.rounds):
             nxt = v["good2"] if current == v["good1"] else v["good1"]
             poll.append(w.time_to_canary(nxt)[0])

@@ -16,13 +16,20 @@ Needs the machine's node free (one node per machine) and `make images IMAGE_VARI
 
 from __future__ import annotations
 
-import argparse
-import subprocess
+import os
 import sys
-import tempfile
-import threading
-import time
-from pathlib import Path
+
+# bench/ holds operator.py and tokenize.py, which would shadow the stdlib modules of those names (argparse imports
+# operator): take this folder off sys.path before anything else is imported
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # tiny_tokens: the tests' tiny tokenized corpus

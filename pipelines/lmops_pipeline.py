@@ -9,6 +9,10 @@ that file in the Kubeflow UI; ``make run`` runs the same function through kfp's 
   pod, which gets ``train_pod_gpus`` GPUs (kfp accelerator limit) and the same node selector and tolerations.
   (One task rather than an If/Else of two: kfp 2.17's local runner cannot pick an artifact out of
   ``dsl.OneOf``, and ``make run`` runs this very pipeline.)
+- Build and tokenize follow the launcher too when their engine is Ray Data (``build.engine`` /
+  ``tokenize.engine`` ray, or auto): with ``kuberay`` each submits a RayJob of its own (CPU data worker pods
+  sized by ``build.ray`` / ``tokenize.ray``, inputs and outputs in S3) and fetches its output; otherwise the
+  stage runs in the task's pod. A ``local`` engine always runs in the pod.
 - Register and deploy run only when the evaluation gate passed against the current champion (``dsl.If``).
 - kfp caching is on for build and tokenize (pure functions of their inputs), off for the rest: evaluation
   reads the champion, and registration and deployment change the world. The resolved config reaches every
@@ -51,7 +55,8 @@ def lmops_pipeline(
     model_name: MLflow registered model name (registry.model_name).
     sources: data sources (paths, globs, s3:// URIs); empty = the config's build.sources.
     num_workers: Ray Train workers (DDP ranks). gpus_per_worker: GPUs per worker (0 = CPU).
-    launcher: "kuberay" (submit a RayJob) or "local" (Ray inside the train pod).
+    launcher: "kuberay" (submit a RayJob: train, and build / tokenize when their engine is ray or auto) or "local"
+    (Ray inside the task pods).
     train_pod_gpus: GPUs of the train pod itself (launcher=local; keep 0 with kuberay, whose workers get theirs).
     mlflow_tracking_uri: MLflow server for tracking, the champion gate and the registry; empty = $MLFLOW_TRACKING_URI.
     deploy_target: "kubernetes" (KServe InferenceService) or "local" (a model server beside the pipeline).
@@ -72,8 +77,10 @@ def lmops_pipeline(
     resolved = cfg.outputs["config"]  # the YAML text: cache keys follow the content
     image = cfg.outputs["cpu_image"]
 
-    built = c.build(config=resolved).set_display_name("build").set_caching_options(True)
-    tokens = c.tokenize(config=resolved, dataset=built.outputs["dataset"])
+    # with launcher=kuberay and a ray engine (build.engine / tokenize.engine ray, or auto), each data task
+    # submits a RayJob of its own and waits for it, as train does
+    built = c.build(config=resolved, launcher=launcher).set_display_name("build").set_caching_options(True)
+    tokens = c.tokenize(config=resolved, launcher=launcher, dataset=built.outputs["dataset"])
     tokens.set_display_name("tokenize").set_caching_options(True)
 
     trained = c.train(config=resolved, tokens=tokens.outputs["tokens"], launcher=launcher,

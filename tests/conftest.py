@@ -204,6 +204,13 @@ def kube_namespace(kube_cluster, request):
                   client=kube_cluster.client())
     yield name
     kube.delete("v1", "Namespace", name, None, client=kube_cluster.client())
+    # wait (bounded) until it is gone: its pods, still terminating, would otherwise hold the 2-CPU node's CPU
+    # while the next test's pods wait to be scheduled. Objects an absent operator still holds by a finalizer
+    # keep the namespace Terminating: the wait then ends at its bound, as before.
+    try:
+        kube.wait_for("v1", "Namespace", name, None, lambda o: o is None, timeout_s=90, client=kube_cluster.client())
+    except Exception:  # noqa: BLE001 - a namespace slow to go is not this test's failure
+        pass
 
 
 @pytest.fixture

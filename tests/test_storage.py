@@ -37,6 +37,20 @@ def test_s3_roundtrip_listing_and_dirs(s3, tmp_path):
     assert storage.read_bytes(f"s3://{bucket}/copy/sub/y.jsonl") == b"two!"
 
 
+def test_byte_ranges_read_the_same_locally_and_from_s3(s3, tmp_path):
+    _, bucket = s3
+    data = bytes(range(256)) * 40
+    (tmp_path / "f.bin").write_bytes(data)
+    storage.write_bytes(f"s3://{bucket}/f.bin", data)
+    for uri in (str(tmp_path / "f.bin"), f"s3://{bucket}/f.bin"):
+        for start, end in ((0, 1), (5, 300), (10_000, len(data)), (7, 7)):
+            assert storage.read_range(uri, start, end) == data[start:end], (uri, start, end)
+    with pytest.raises(StorageError, match="NoSuchKey"):
+        storage.read_range(f"s3://{bucket}/missing", 0, 10)
+    with pytest.raises(StorageError, match="no such file"):
+        storage.read_range(str(tmp_path / "missing"), 0, 10)
+
+
 def test_s3_errors_are_clear(s3):
     _, bucket = s3
     with pytest.raises(StorageError, match="NoSuchKey"):

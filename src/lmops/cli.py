@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
                            # a Ray cluster of the user's (RAY_ADDRESS) is used; else the recorded local one
                            ray_address=os.environ.get("RAY_ADDRESS"),
                            quiet_kfp=not args.verbose, launcher=args.launcher, deploy_target=args.deploy_target,
-                           runner=args.runner)
+                           runner=args.runner, until=args.until)
     if not args.json:
         print_summary(summary)
     return summary
@@ -235,6 +235,8 @@ def _run_options(sp: argparse.ArgumentParser) -> None:
                          " (needs --set kuberay.staging_uri=s3://...)")
     sp.add_argument("--deploy-target", choices=["local", "kubernetes"], default="local",
                     help="run: a local model server (default), or an InferenceService on $KUBECONFIG's cluster")
+    sp.add_argument("--until", choices=["register"], default=None,
+                    help="run: stop after this stage (register: a training run, no model server; --runner inprocess)")
     sp.add_argument("--runner", choices=["subprocess", "container", "inprocess"], default="subprocess",
                     help="run: each task as a subprocess of this environment (default), as a container of the"
                          " lmops image (kfp's DockerRunner via docker or podman; build it first: make images), or"

@@ -240,11 +240,12 @@ def list_objects(api_version: str, kind: str, namespace: str | None = None, clie
 
 
 def delete(api_version: str, kind: str, name: str, namespace: str | None, client=None,
-           *, propagation_policy: str = "Background") -> bool:
+           *, propagation_policy: str = "Background", grace_period_s: int | None = None) -> bool:
     """Delete one object; True when it was there, False when it was already gone.
 
     ``propagation_policy``: Background lets the garbage collector remove what the object owns (a
-    RayJob's RayCluster and submitter Job) after the call returns.
+    RayJob's RayCluster and submitter Job) after the call returns. ``grace_period_s``: a pod's termination
+    grace (0: its containers are killed at once, as a node failure would).
     """
     from kubernetes.client.exceptions import ApiException
 
@@ -253,7 +254,8 @@ def delete(api_version: str, kind: str, name: str, namespace: str | None, client
     resource = _resource(dyn, api_version, kind, what)
     try:
         _call(dyn, "delete", what, resource, namespace, dyn.delete, resource, name=name, namespace=namespace,
-              body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation_policy})
+              body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation_policy,
+                    **({"gracePeriodSeconds": grace_period_s} if grace_period_s is not None else {})})
     except ApiException:  # 404
         return False
     return True

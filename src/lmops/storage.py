@@ -149,6 +149,22 @@ def read_bytes(uri: str) -> bytes:
         raise StorageError(f"{uri}: is a directory, expected a file") from None
 
 
+def read_range(uri: str, start: int, end: int) -> bytes:
+    """Bytes ``start`` (inclusive) to ``end`` (exclusive) of a file: one ranged GET on S3, a seek locally."""
+    if end <= start:
+        return b""
+    if is_s3(uri):
+        bucket, key = parse_s3(uri)
+        obj = _s3_call(uri, "read", s3_client().get_object, Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+        return obj["Body"].read()
+    try:
+        with open(uri, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    except FileNotFoundError:
+        raise StorageError(f"{uri}: no such file") from None
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     if is_s3(uri):
         bucket, key = parse_s3(uri)

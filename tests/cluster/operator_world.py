@@ -1,5 +1,6 @@
-"""What the operator tests on `lmops cluster` share: the operator's RBAC in a test namespace and a kubeconfig
-with its ServiceAccount's token, the operator as a real process, model versions in a real MLflow, waiting."""
+"""What the operator tests on `lmops cluster` share: the operator in its pod from the Helm chart; the operator's RBAC
+in a test namespace and a kubeconfig with its ServiceAccount's token, for the operator as a real process where a
+test needs one; model versions in a real MLflow; waiting."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 from pathlib import Path
 
 
+from lmops.operator.in_pod import OperatorPod, install_operator
 from lmops.operator.local import OperatorProcess as Operator
 from lmops.operator.local import service_account_kubeconfig  # noqa: F401 (the tests' import point)
 from lmops.operator.local import start_operator as _start
@@ -28,16 +30,35 @@ def start_operator(kubeconfig: Path, namespace: str, tracking_uri: str, work: Pa
                   webhook_secret=SECRET, env={"LMOPS_FAILPOINT": failpoint} if failpoint else None)
 
 
-def wait_for(what: str, fn, timeout: float, interval: float = 0.3, operator: Operator | None = None, describe=None):
+def install_operator_pod(cluster, namespace: str, tracking_uri: str, image: str, *, poll_s: float = 2.0,
+                         webhooks: bool = False) -> OperatorPod:
+    """The operator in its pod (`helm install` of helm/lmops, release ``op``: its objects ``op-operator*`` stay
+    clear of manifests/rbac's ``lmops-operator``), MLflow at ``tracking_uri`` as pods reach it."""
+    return install_operator(cluster, namespace, tracking_uri, image, poll_s=poll_s, release="op",
+                            webhook_secret=SECRET if webhooks else None)
+
+
+def stop_operator(op: Operator | OperatorPod) -> None:
+    """A test's end: a process stopped; a pod's Deployment deleted and its pod waited for (no `helm uninstall`:
+    its post-delete hook Job would cost a pod start, and the test's namespace, deleted next, takes the rest)."""
+    if isinstance(op, OperatorPod):
+        op.stop(uninstall=False)
+    else:
+        op.stop()
+
+
+def wait_for(what: str, fn, timeout: float, interval: float = 0.3, operator: Operator | OperatorPod | None = None,
+             describe=None):
     deadline = time.time() + timeout
-    last = None
+    last, checked = None, 0.0
     while time.time() < deadline:
         last = fn()
         if last:
             return last
-        if operator is not None and operator.proc.poll() is not None:
-            raise AssertionError(f"operator exited ({operator.proc.returncode}) waiting for {what}:\n"
-                                 f"{operator.text()[-4000:]}")
+        if operator is not None and time.time() - checked > 2:  # a pod's check is an API call: not every poll
+            checked = time.time()
+            if failure := operator.failure():
+                raise AssertionError(f"{failure} waiting for {what}:\n{operator.text()[-4000:]}")
         time.sleep(interval)
     tail = f"\noperator log:\n{operator.text()[-4000:]}" if operator else ""
     state = f"\nstate: {describe()}" if describe else ""

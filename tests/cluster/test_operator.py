@@ -1,6 +1,10 @@
 """The operator on `lmops cluster` (real API server with RBAC, the KServe stand-in's predictor pods of the lmops
-image on the node), a real MLflow server, running as its own process with the ServiceAccount token of
-manifests/rbac. The operator is given MLflow's address as pods reach it (the node's relay): it renders that
+image on the node), a real MLflow server. The operator runs in its pod, installed from the Helm chart (its
+ServiceAccount and Role, the lmops image from the node's containerd); the kill test deletes that pod with grace 0
+at four points of a rollout. Two tests run it as a process with the ServiceAccount token of manifests/rbac
+instead: the invalid spec (nothing to roll out: a pod's start would only cost time) and the kill test's rollback
+with its failpoints (a process that SIGKILLs itself stays dead, so what MLflow holds at that moment can be
+checked; a pod's container would be restarted, or replaced, at once and go on writing). The operator is given MLflow's address as pods reach it (the node's relay): it renders that
 address into the InferenceService, whose predictor resolves ``models:/`` itself.
 
 One model, four versions: v1 and v2 good (untrained, different seeds: the same bits per byte within a few
@@ -16,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from operator_world import (SECRET, md_body, register_versions, service_account_kubeconfig,  # noqa: I001
-                            start_operator, wait_for)
+from operator_world import (SECRET, install_operator_pod, md_body, register_versions,  # noqa: I001
+                            service_account_kubeconfig, start_operator, stop_operator, wait_for)
 
 from lmops import kube
 from lmops.crd import API_VERSION
@@ -70,12 +74,12 @@ def served(admin, ns, name) -> tuple[str | None, int | None]:
     return (uri.rsplit("/", 1)[1] if uri else None), pred.get("canaryTrafficPercent")
 
 
-def test_rollout_promote_and_roll_back(operator_env, versions, mlflow_server, mlflow_for_pods, tmp_path):
-    cluster, ns, kubeconfig, _ = operator_env
+def test_rollout_promote_and_roll_back(operator_env, versions, mlflow_server, mlflow_for_pods, node_image):
+    cluster, ns, _, _ = operator_env
     admin = cluster.client()
     model, v = versions
     set_alias(mlflow_server, model, v["good1"])
-    op = start_operator(kubeconfig, ns, mlflow_for_pods, tmp_path, poll_s=2)
+    op = install_operator_pod(cluster, ns, mlflow_for_pods, node_image, poll_s=2)
     try:
         kube.apply({**md_body("demo", model), "metadata": {"name": "demo", "namespace": ns}}, client=admin)
         wait_for("first version deployed and ready", lambda: (lambda s: s.get("stableVersion") == v["good1"] and any(
@@ -122,13 +126,13 @@ def test_rollout_promote_and_roll_back(operator_env, versions, mlflow_server, ml
 
         def predictor_pods():
             pods, _ = kube.list_objects("v1", "Pod", ns, client=admin)
-            return [p["metadata"]["labels"].get("serving.knative.dev/revision") for p in pods
-                    if not p["metadata"].get("deletionTimestamp")]
+            return [p["metadata"]["labels"]["serving.knative.dev/revision"] for p in pods  # the operator's pod aside
+                    if "serving.knative.dev/revision" in p["metadata"]["labels"] and not p["metadata"].get("deletionTimestamp")]
         wait_for("only the stable revision's pod", lambda: predictor_pods() == [pred["latestRolledoutRevision"]], 90,
                  describe=predictor_pods)
         assert [t["revisionName"] for t in pred["traffic"]] == [pred["latestRolledoutRevision"]]
     finally:
-        op.stop()
+        stop_operator(op)
 
 
 def test_operator_token_is_least_privilege(operator_env):
@@ -166,7 +170,7 @@ def test_invalid_resources_refused_or_flagged(operator_env, mlflow_server, mlflo
         assert "spec.rollout.steps[1].trafficPercent" in cond["message"]
         assert kube.get(*ISVC, "falling", ns, client=admin) is None, "nothing is served from an invalid spec"
     finally:
-        op.stop()
+        stop_operator(op)
 
 
 def canary_applied(admin, ns, name, version) -> bool:
@@ -180,25 +184,23 @@ def deployed(admin, ns, name, version):
 
 
 @pytest.mark.parametrize("path", ["webhook", "poll"])
-def test_webhook_and_poll_paths_converge(path, operator_env, versions, mlflow_server, mlflow_for_pods, tmp_path):
+def test_webhook_and_poll_paths_converge(path, operator_env, versions, mlflow_server, mlflow_for_pods, node_image):
     """With webhooks the canary starts within seconds although the poll is a minute; with webhooks off the poll
-    alone gets there."""
+    alone gets there. MLflow posts its webhooks to the operator pod's webhook Service."""
     from mlflow import MlflowClient
 
-    from conftest import free_port
-
-    cluster, ns, kubeconfig, _ = operator_env
+    cluster, ns, _, _ = operator_env
     admin = cluster.client()
     model, v = versions
     set_alias(mlflow_server, model, v["good1"])
-    port = free_port() if path == "webhook" else None
-    op = start_operator(kubeconfig, ns, mlflow_for_pods, tmp_path, poll_s=60 if port else 2, webhook_port=port)
+    hooks = path == "webhook"
+    op = install_operator_pod(cluster, ns, mlflow_for_pods, node_image, poll_s=60 if hooks else 2, webhooks=hooks)
     client = MlflowClient(mlflow_server)
     hook = None
     name = f"md-{path}"
     try:
-        if port:
-            wait_for("webhook receiver up", lambda: _port_open(port), 30, operator=op)
+        if hooks:
+            wait_for("webhook receiver up", lambda: _answers(op.webhook_url), 30, operator=op)
             hook = client.create_webhook(name=f"{name}-{uuid.uuid4().hex[:4]}", url=op.webhook_url, secret=SECRET,
                                          events=["model_version_alias.created"])
         kube.apply({**md_body(name, model), "metadata": {"name": name, "namespace": ns}}, client=admin)
@@ -208,7 +210,7 @@ def test_webhook_and_poll_paths_converge(path, operator_env, versions, mlflow_se
         wait_for("canary InferenceService", lambda: canary_applied(admin, ns, name, v["good2"]), 90, interval=0.05,
                  operator=op)
         took = time.monotonic() - t0
-        assert took < (10 if port else 30), f"{path}: canary after {took:.1f}s"
+        assert took < (10 if hooks else 30), f"{path}: canary after {took:.1f}s"
         wait_for("promoted", lambda: (v["good2"], "Promoted") in outcomes(status(admin, ns, name)), 240, operator=op,
                  describe=lambda: status(admin, ns, name).get("history"))
     finally:
@@ -225,19 +227,24 @@ def alias_moves(client, model: str) -> list[tuple]:
     return [(e["action"], e["previous"], e["version"]) for e in json.loads(raw or "[]")]
 
 
-def _port_open(port: int) -> bool:
+def _answers(url: str) -> bool:
     import socket
+    from urllib.parse import urlsplit
 
+    parts = urlsplit(url)
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        s.settimeout(1)
+        return s.connect_ex((parts.hostname, parts.port or 80)) == 0
 
 
-def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env, versions, mlflow_server, mlflow_for_pods, tmp_path):
-    """The operator is SIGKILLed as soon as each state is seen, and restarted: canary recorded, canary applied,
-    second step, promoted, rollback recorded; then at failpoints between the rollback's MLflow writes (alias moved,
-    history written, tags half written, outcome tags half written). The end is the uninterrupted end: one
-    promotion, one rollback, history entries unique and in order, alias and traffic right, and in MLflow every
-    alias move once with its previous holder and every tag of the rollback written."""
+def test_operator_pod_killed_at_every_stage_converges_without_double_promotion(operator_env, versions, mlflow_server,
+                                                                              mlflow_for_pods, node_image, tmp_path):
+    """The operator's pod is deleted with grace 0 (its container killed at once) as soon as each state is seen,
+    and the Deployment starts another: canary recorded, canary applied, second step, promoted. Then the operator
+    as a process is SIGKILLed once the rollback is recorded, and dies at failpoints between the rollback's MLflow
+    writes (alias moved, history written, tags half written, outcome tags half written). The end is the
+    uninterrupted end: one promotion, one rollback, history entries unique and in order, alias and traffic right,
+    and in MLflow every alias move once with its previous holder and every tag of the rollback written."""
     from mlflow import MlflowClient
 
     cluster, ns, kubeconfig, _ = operator_env
@@ -251,7 +258,7 @@ def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env,
     set_alias(mlflow_server, model, v["good1"])
     name = "md-kill"
     start = lambda: start_operator(kubeconfig, ns, mlflow_for_pods, tmp_path, poll_s=1)  # noqa: E731
-    op = start()
+    op = install_operator_pod(cluster, ns, mlflow_for_pods, node_image, poll_s=1)
     kube.apply({**md_body(name, model), "metadata": {"name": name, "namespace": ns}}, client=admin)
     kills = []
     try:
@@ -268,8 +275,12 @@ def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env,
                      describe=lambda: status(admin, ns, name).get("history"))
             op.kill()
             kills.append(label)
-            op = start()
         wait_for("promotion finished", deployed(admin, ns, name, v["good2"]), 120, operator=op)
+        assert len(set(op.killed)) == 4, op.killed  # four pods, each killed once
+        # the rollback on the operator as a process: its kills are failpoints too, and a pod's replacement would
+        # go on with the rollback before they could be set
+        stop_operator(op)
+        op = start()
         set_alias(mlflow_server, model, v["worse"])
         wait_for("rollback recorded", lambda: status(admin, ns, name).get("phase") == "RollingBack"
                  or (v["worse"], "RolledBack") in outcomes(status(admin, ns, name)), 240, interval=0.05, operator=op,
@@ -320,4 +331,4 @@ def test_sigkill_at_every_stage_converges_without_double_promotion(operator_env,
         mine = [e for e in events if e["involvedObject"]["name"] == name and e["source"].get("component") == "lmops-operator"]
         assert sorted(e["reason"] for e in mine) == sorted(o for _, o in outcomes(st))
     finally:
-        op.stop()
+        stop_operator(op)

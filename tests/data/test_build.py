@@ -16,6 +16,7 @@ import pytest
 from build_inputs import all_texts, assert_accounted, build, cfg, prose, records, write_jsonl
 
 from lmops.config import DedupConfig, SplitConfig
+from lmops.data.build import build_dataset
 from lmops.data.clean import clean_text, text_id
 from lmops.data.dataset import iter_records, open_dataset
 from lmops.manifest import ManifestError
@@ -46,6 +47,18 @@ def test_jsonl_with_configured_field(tmp_path):
     sources = {r["source"] for recs in records(tmp_path / "out").values() for r in recs}
     assert sources == {f"{f}:1", f"{f}:2"}
     assert_accounted(res.manifest.counts)
+
+
+def test_one_progress_line_per_phase_with_its_rates_and_the_phase_times_in_the_manifest(tmp_path):
+    f = write_jsonl(tmp_path / "d.jsonl", [{"text": prose(i)} for i in range(20)] + [{"text": prose(3)}])
+    lines: list[str] = []
+    res = build_dataset(cfg(f), tmp_path / "out", log=lines.append)
+    phases = ["read_clean", "exact_dedup", "near_dedup", "split_write"]
+    progress = [line for line in lines if line.startswith("[build] local: ")]
+    assert [line.split()[2] for line in progress] == phases, lines
+    assert all(" docs/s, " in line and " MB/s" in line for line in progress), progress
+    assert "1 exact duplicate(s)" in progress[1]
+    assert list(res.manifest.metrics["phase_seconds"]) == phases
 
 
 def test_parquet_column_and_null_rows(tmp_path):

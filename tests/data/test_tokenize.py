@@ -94,6 +94,8 @@ def test_manifest_counts_and_metrics(trained):
     assert m.counts["dtype"] == "uint16" and m.counts["tokenizer"] == "trained"
     assert set(m.files) >= {"train.bin", "val.bin", "test.bin", "calibration.bin", "tokenizer/tokenizer.json"}
     assert m.metrics["tokens_per_s"] > 0 and m.metrics["encode_seconds"] >= 0
+    assert m.metrics["phase_seconds"] == {"tokenizer": m.metrics["tokenizer_seconds"],
+                                          "encode": m.metrics["encode_seconds"]}
 
 
 def test_no_calibration_file_without_a_calibration_split(tmp_path):

@@ -5,12 +5,14 @@ server, and a failing stage stops the run with its error."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import requests
 from micro_pipeline import MICRO, write_corpus
 
 from lmops.pipeline import servers
-from lmops.pipeline.local import PipelineRunError, run_pipeline
+from lmops.pipeline.local import RUN_ENV, PipelineRunError, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -96,8 +98,11 @@ def test_the_in_process_runner_runs_the_same_chain(first_run, state, mlflow_serv
     served by the kfp run's cache) and the same registered version."""
     root, corpus = state
     overrides = [*MICRO, f"cache_dir={micro_stage_cache}"]
+    before = {k: os.environ.get(k) for k in RUN_ENV}
     s = run_pipeline("micro", overrides, model_name="lm-pipeline", sources=[str(corpus)], tracking_uri=mlflow_server,
                      ray_address=ray_address, runner="inprocess")
+    # the run's MLflow URI, Ray address and PATH were this process's only while it ran
+    assert {k: os.environ.get(k) for k in RUN_ENV} == before
     assert [r["stage"] for r in s["rows"]] == [r["stage"] for r in first_run["rows"]], s["rows"]
     kfp_rows = {r["stage"]: r for r in first_run["rows"]}
     for r in s["rows"]:
@@ -111,9 +116,11 @@ def test_the_in_process_runner_runs_the_same_chain(first_run, state, mlflow_serv
 def test_a_failing_stage_stops_the_run_with_its_error(state, mlflow_server, ray_address, tmp_path, capsys):
     empty = tmp_path / "no-data"
     empty.mkdir()
+    before = {k: os.environ.get(k) for k in RUN_ENV}
     with pytest.raises(PipelineRunError, match="task 'build'"):
         run_pipeline("micro", MICRO, model_name="lm-pipeline-fail", sources=[str(empty)], tracking_uri=mlflow_server,
                      ray_address=ray_address)
+    assert {k: os.environ.get(k) for k in RUN_ENV} == before
     out = capsys.readouterr().out
     assert "no-data" in out  # the build stage's own message, in the task log
     assert "Executing task \x1b[96m'train'" not in out and "'train'" not in out.split("'build'")[-1]

@@ -161,3 +161,16 @@ def test_bad_task_pod_settings_name_their_yaml_path():
         with pytest.raises(ConfigError, match=where):
             config_from_dict({"pipeline": bad})
     assert config_from_dict({"pipeline": {"s3_secret": None}}).pipeline.s3_secret is None
+
+
+# ---------------------------------------------------------------- run arguments, refused before anything starts
+@pytest.mark.parametrize("kwargs, error", [({"until": "register", "runner": "subprocess"}, "until='register' with"),
+                                           ({"until": "deploy", "runner": "inprocess"}, "until='deploy' with"),
+                                           ({"launcher": "ray"}, "launcher='ray'")])
+def test_run_arguments_that_cannot_work_are_refused_first(kwargs, error):
+    """Through run_pipeline itself (which wraps the run to give the caller its environment back): every argument
+    reaches the checks, before any server starts."""
+    from lmops.pipeline.local import run_pipeline
+
+    with pytest.raises(LmopsError, match=error):
+        run_pipeline("micro", **kwargs)

@@ -250,6 +250,27 @@ def test_rayjob_outcome(status, state, words):
         assert msg is None
 
 
+@pytest.mark.parametrize("status, backoff_limit, state, words", [
+    # an attempt's Ray job failed before KubeRay counted it: with retries left, KubeRay goes Retrying
+    ({"jobDeploymentStatus": "Running", "jobStatus": "FAILED", "message": "exit 1"}, 1, "running",
+     "attempt 1 of 2 ended FAILED; KubeRay retries it .backoffLimit 1.: exit 1"),
+    ({"jobDeploymentStatus": "Running", "jobStatus": "FAILED", "failed": 1}, 2, "running", "attempt 2 of 3"),
+    # the last attempt's failure ends the wait, and says how many there were
+    ({"jobDeploymentStatus": "Running", "jobStatus": "FAILED", "failed": 1, "message": "exit 1"}, 1, "failed",
+     "^exit 1 .attempt 2 of 2.$"),
+    ({"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "failed": 2, "reason": "AppFailed", "message": "exit 1"},
+     1, "failed", "AppFailed: exit 1 .2 attempts failed."),
+    ({"jobDeploymentStatus": "New", "failed": 1}, 1, "pending", None),
+])
+def test_rayjob_outcome_with_retries(status, backoff_limit, state, words):
+    got, msg = rayjob_outcome(status, backoff_limit)
+    assert got == state
+    if words:
+        assert msg is not None and re.search(words, msg), msg
+    elif state != "failed":
+        assert msg is None
+
+
 # ---------------------------------------------------------------- the entrypoint's staging and run
 def test_token_staging_errors_name_the_uri(s3, tmp_path, monkeypatch):
     _, bucket = s3

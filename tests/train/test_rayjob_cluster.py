@@ -25,13 +25,6 @@ API, KIND = "ray.io/v1", "RayJob"
 SECRET = "s3-creds"  # the kube_s3_secret fixture's
 
 
-@pytest.fixture(autouse=True)
-def _no_host_mlflow(monkeypatch):
-    """An in-process pipeline run earlier in the session leaves MLFLOW_TRACKING_URI (a 127.0.0.1 server) in this
-    process's environment, and the RayJob rendering passes that variable to its pods, which cannot reach it."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 def _cfg(ns: str, tmp_path, env: dict | None = None, kuberay: dict | None = None, **train):
     return config_from_dict({
         "workdir": str(tmp_path), "cache_dir": None,
@@ -270,3 +263,42 @@ def test_a_ray_pod_that_cannot_start_fails_the_rayjob_with_its_reason(broken, re
     status = kube.get(RAY, "RayJob", f"broken-{broken}", ns, client=client)["status"]
     (cond,) = [c for c in status["rayClusterStatus"]["conditions"] if c["type"] == "HeadPodReady"]
     assert cond["status"] == "False" and cond["reason"] == reason
+
+
+def test_an_unschedulable_ray_pod_is_named_while_waiting_and_in_the_timeout(kube_cluster, node_image, kube_namespace,
+                                                                            kube_s3_secret, tmp_path):
+    """A head pod asking for more CPU than the node has stays Pending: KubeRay's status only says Initializing,
+    so the wait reads the pod's FailedScheduling message, logs it and puts it in its timeout error. No pod runs."""
+    client, ns = kube_cluster.client(), kube_namespace
+    job = _job(ns, tmp_path, "too-big", "true")
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    head["resources"] = {"requests": {"cpu": "64", "memory": "1Gi"}, "limits": {"cpu": "64", "memory": "1Gi"}}
+    lines: list[str] = []
+    with pytest.raises(RayJobError) as e:
+        submit_and_wait(job, timeout_s=20, poll_s=0.5, log=lines.append, client=client)
+    msg = str(e.value)
+    assert "did not finish within 20s" in msg and "Still Pending: pod too-big-" in msg, msg
+    assert "cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu" in msg, msg
+    logged = [line for line in lines if "cannot be scheduled" in line]
+    assert len(logged) == 1 and "Insufficient cpu" in logged[0], lines  # once, not every poll
+
+
+def test_backoff_limit_retries_with_a_new_ray_cluster_then_fails(kube_cluster, node_image, kube_namespace,
+                                                                 kube_s3_secret, tmp_path):
+    """backoffLimit 1: the failed Ray job is one attempt; KubeRay goes Retrying (the attempt's RayCluster and
+    submitter deleted), a second attempt on a new Ray cluster fails too, then the RayJob is Failed with
+    ``status.failed`` 2 -- and lmops' wait follows it to the end instead of stopping at the first failure."""
+    client, ns = kube_cluster.client(), kube_namespace
+    job = _job(ns, tmp_path, "flaky", _python("raise SystemExit('attempt failed')"), backoffLimit=1)
+    lines: list[str] = []
+    with pytest.raises(RayJobError) as e:
+        submit_and_wait(job, timeout_s=400, poll_s=0.5, log=lines.append, client=client)
+    # the last attempt's failed Ray job ends the wait (as without retries), before or after KubeRay's verdict
+    assert re.search(r"\((attempt 2 of 2|2 attempts failed)\)", str(e.value)), str(e.value)
+    status = kube.wait_for(API, KIND, "flaky", ns, lambda o: o and o["status"].get("jobDeploymentStatus") == "Failed",
+                           timeout_s=120, client=client)["status"]
+    assert status["reason"] == "AppFailed" and status["failed"] == 2 and not status.get("succeeded"), status
+    assert any(re.search(r"Running -> (Retrying|New)", line) for line in lines), lines
+    clusters = [re.search(r"ray cluster (\S+)", line).group(1) for line in lines if "ray cluster " in line]
+    assert len(set(clusters)) == 2, lines  # each attempt had its own Ray cluster
+    assert kube.get(RAY, "RayCluster", clusters[0], ns, client=client) is None  # the first one deleted

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmops.config.base import Section
+from lmops.config.k8s import quantity
 
 
 Engine = Literal["local", "ray", "auto"]
@@ -21,6 +22,25 @@ class RayDataConfig(Section):
     block_mb: float = Field(16.0, gt=0, le=4096)
     """Tokenize: MB of dataset text per encode task. Build reads one source file per task, so its blocks
     are the files: split very large files to bound a worker's memory."""
+    worker_replicas: int = Field(2, ge=0)
+    """launcher: kuberay: data worker pods of the stage's RayJob (0 = the head pod does the work)."""
+    worker_cpu: str = "2"
+    """launcher: kuberay: CPU limit of each data worker pod (its Ray CPUs, as KubeRay derives them)."""
+    worker_cpu_request: str | None = None
+    """launcher: kuberay: CPU request of each data worker pod when lower than its limit; None = the limit."""
+    worker_memory: str = "8Gi"
+    """launcher: kuberay: memory request and limit of each data worker pod (one source file's documents, or one
+    shuffle partition, per task: see block_mb)."""
+
+    @field_validator("worker_cpu", "worker_memory", mode="before")
+    @classmethod
+    def _quantity(cls, v: Any) -> str:
+        return quantity(v)
+
+    @field_validator("worker_cpu_request", mode="before")
+    @classmethod
+    def _optional_quantity(cls, v: Any) -> str | None:
+        return None if v is None else quantity(v)
 
 
 # ---------------------------------------------------------------- stage 1: build
@@ -78,8 +98,9 @@ class BuildConfig(Section):
     """Size cap of one output .jsonl shard."""
     engine: Engine = "local"
     """local: one process (all documents in memory, for corpora up to a few GB); ray: Ray Data, streaming, on
-    the Ray that RAY_ADDRESS names (or a local one); auto: ray when RAY_ADDRESS is set, else local. Both give
-    the same bytes."""
+    the Ray that RAY_ADDRESS names (or a local one), or with the pipeline's ``launcher: kuberay`` on a RayJob
+    of its own (pods sized by ``ray``); auto: ray when RAY_ADDRESS is set or the launcher is kuberay, else
+    local. Both give the same bytes."""
     ray: RayDataConfig = Field(default_factory=RayDataConfig)
 
     @model_validator(mode="after")
@@ -111,6 +132,6 @@ class TokenizeConfig(Section):
     """Train the tokenizer on the train split's first documents up to this many MB of text (dataset order,
     hence deterministic); None = the whole split. Both engines use the same sample."""
     engine: Engine = "local"
-    """local: encode in this process; ray: encode on Ray Data workers; auto: ray when RAY_ADDRESS is set.
-    Both write the same bytes."""
+    """local: encode in this process; ray: encode on Ray Data workers (with ``launcher: kuberay``, on a RayJob
+    of its own); auto: ray when RAY_ADDRESS is set or the launcher is kuberay. Both write the same bytes."""
     ray: RayDataConfig = Field(default_factory=RayDataConfig)

@@ -1,4 +1,4 @@
-"""LMTrainingJob spec: the pipeline's parameters and how to run them (executor local or kfp)."""
+"""LMTrainingJob spec: the pipeline's parameters and how to run them (executor kubernetes, kfp or local)."""
 
 from __future__ import annotations
 
@@ -26,13 +26,36 @@ class KfpSpec(CamelModel):
     enable_caching: bool = True
 
 
+class KubernetesSpec(CamelModel):
+    """Executor ``kubernetes``: a batch/v1 Job per stage and a KubeRay RayJob for train, in the job's namespace.
+    Unset fields come from the operator's own settings (the chart's ``stageJobs`` values)."""
+
+    staging_uri: str | None = Field(None, pattern=r"^s3://[^/]+(/.*)?$")
+    """s3:// prefix the stages pass their outputs through: ``<stagingUri>/<namespace>/<name>/<stage>/``."""
+    s3_secret: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    """Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, given to every stage pod by reference (envFrom)."""
+    s3_endpoint_url: str | None = None
+    """S3 endpoint of the stage pods (MinIO, moto); unset = AWS S3."""
+    backoff_limit: int = Field(1, ge=0, le=10)
+    """Retries of a failed stage pod (each Job's backoffLimit) before the LMTrainingJob is Failed."""
+    service_account: str | None = None
+    """ServiceAccount of the stage pods (the namespace's default when unset)."""
+
+
 class ExecutorSpec(CamelModel):
-    type: Literal["local", "kfp"] = "local"
+    type: Literal["kubernetes", "kfp", "local"] | None = None
+    """Unset: kfp when kfp.host is given, else kubernetes."""
     kfp: KfpSpec | None = None
+    kubernetes: KubernetesSpec | None = None
+
+    @property
+    def kind(self) -> str:
+        """The executor that runs the job (``type``, or its default)."""
+        return self.type or ("kfp" if self.kfp and self.kfp.host else "kubernetes")
 
     @model_validator(mode="after")
     def _kfp_needs_host(self):
-        if self.type == "kfp" and not (self.kfp and self.kfp.host):
+        if self.kind == "kfp" and not (self.kfp and self.kfp.host):
             raise FieldProblem("kfp.host", "executor kfp needs the Kubeflow Pipelines endpoint (e.g. http://ml-pipeline.kubeflow:8888)")
         return self
 

@@ -24,17 +24,19 @@ from typing import Any, Callable
 
 from lmops.config import BuildConfig
 from lmops.data import (
-    accounting, build_steps, clean, compressed, dedup, engine, listing, ray_build, sources, split,
+    accounting, build_steps, clean, compressed, dedup, engine, listing, progress, ray_build, sources, split,
 )
 from lmops.data.accounting import Tally
 from lmops.data.build_steps import STAGE, clean_documents, finish, nothing_kept
 from lmops.data.dedup import Doc, exact_dedup, near_dedup
+from lmops.data.progress import phase_line
 from lmops.data.sources import iter_documents, list_sources, sources_digest
 from lmops.data.split import assign_split, split_names, write_shards
 from lmops.manifest import StageResult, code_digest, run_stage
 
 CODE = code_digest(__file__, accounting.__file__, build_steps.__file__, clean.__file__, compressed.__file__,
-                   dedup.__file__, listing.__file__, ray_build.__file__, sources.__file__, split.__file__)
+                   dedup.__file__, listing.__file__, progress.__file__, ray_build.__file__, sources.__file__,
+                   split.__file__)
 
 
 def _stderr(msg: str) -> None:
@@ -85,6 +87,10 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
         tally.skip_path(p.uri, p.reason, p.detail, named=p.named)
     docs = list(clean_documents(iter_documents(files, cfg, tally), cfg, tally))
     t_read = time.perf_counter()
+    if not docs:  # said at once: the error is then the only line the stage prints
+        raise nothing_kept(len(files), cfg, tally)
+    n_docs, nbytes = len(docs), tally.input_bytes
+    phase_line(log, STAGE, "local", "read_clean", n_docs, nbytes, t_read - t0)
 
     if cfg.dedup.exact:
         docs, dropped = exact_dedup(docs)
@@ -92,18 +98,21 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
     else:
         docs.sort(key=lambda d: (d.id, d.source))
     t_exact = time.perf_counter()
+    phase_line(log, STAGE, "local", "exact_dedup", n_docs, nbytes, t_exact - t_read,
+               f"{tally.docs_dropped.get('exact_duplicate', 0)} exact duplicate(s)")
     if cfg.dedup.near and docs:
         docs, dropped = near_dedup(docs, cfg.dedup, workers)
         tally.drop("near_duplicate", dropped)
     t_near = time.perf_counter()
+    phase_line(log, STAGE, "local", "near_dedup", n_docs, nbytes, t_near - t_exact,
+               f"{tally.docs_dropped.get('near_duplicate', 0)} near duplicate(s)")
 
-    if not docs:
-        raise nothing_kept(len(files), cfg, tally)
     by_split: dict[str, list[Doc]] = {name: [] for name in split_names(cfg.split)}
     for d in docs:
         by_split[assign_split(d.text, cfg.split)].append(d)
     splits = {name: write_shards(out, name, ds, cfg.shard_max_bytes) for name, ds in by_split.items()}
     t_write = time.perf_counter()
+    phase_line(log, STAGE, "local", "split_write", n_docs, nbytes, t_write - t_near)
     phases = {"read_clean": t_read - t0, "exact_dedup": t_exact - t_read, "near_dedup": t_near - t_exact,
               "split_write": t_write - t_near}
     return finish(tally, len(docs), splits, phases, log, engine="local")

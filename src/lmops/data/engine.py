@@ -1,7 +1,8 @@
 """Which engine runs a data stage, and the Ray Data settings of ``engine: ray``.
 
 ``auto`` means ray when ``RAY_ADDRESS`` names a cluster (a KubeRay RayJob's driver has it set, as has
-``make run``'s shared local Ray), else local. The settings here change how the work is spread, never
+``make run``'s shared local Ray) or the pipeline's launcher is kuberay (the stage then runs as a RayJob of
+its own: lmops.pipeline.steps), else local. The settings here change how the work is spread, never
 its result: the ray stages sort or key every decision by content, not by block order or worker count.
 """
 
@@ -19,10 +20,10 @@ if TYPE_CHECKING:
     from ray.data import DataContext
 
 
-def resolve(engine: str) -> str:
-    """"local" or "ray" for a configured engine (local, ray or auto)."""
+def resolve(engine: str, launcher: str = "local") -> str:
+    """"local" or "ray" for a configured engine (local, ray or auto) under the pipeline's launcher."""
     if engine == "auto":
-        return "ray" if os.environ.get("RAY_ADDRESS") else "local"
+        return "ray" if launcher == "kuberay" or os.environ.get("RAY_ADDRESS") else "local"
     return engine
 
 

@@ -35,6 +35,7 @@ from lmops.data import engine, listing, sources
 from lmops.data.accounting import Tally
 from lmops.data.build_steps import STAGE, clean_documents, finish, nothing_kept
 from lmops.data.dedup import band_keys, resolve_near_duplicates, signatures
+from lmops.data.progress import phase_line
 from lmops.data.split import ShardWriter, assign_split, record_line, split_names
 from lmops.errors import LmopsError
 
@@ -61,21 +62,23 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
                 raise part
             tally.merge(part)
         n_docs = tally.docs_read - sum(tally.docs_dropped.values())
+        if not n_docs:  # said at once: the error is then the only line the stage prints
+            raise nothing_kept(len(files), cfg, tally)
         t_read = time.perf_counter()
-        _progress(log, "read_clean", n_docs, tally.input_bytes, t_read - t0)
+        phase_line(log, STAGE, "ray", "read_clean", n_docs, tally.input_bytes, t_read - t0)
 
         dropped_near: set[str] = set()
         clusters = 0
         if cfg.dedup.near and n_docs:
             dropped_near, clusters = _near_duplicates(docs, cfg)
         t_near = time.perf_counter()
-        _progress(log, "near_dedup", n_docs, tally.input_bytes, t_near - t_read,
-                  f"{len(dropped_near)} near duplicate(s) in {clusters} cluster(s)")
+        phase_line(log, STAGE, "ray", "near_dedup", n_docs, tally.input_bytes, t_near - t_read,
+                   f"{len(dropped_near)} near duplicate(s) in {clusters} cluster(s)")
 
         writers = {name: ShardWriter(out, name, cfg.shard_max_bytes) for name in split_names(cfg.split)}
         kept, exact, near = _write_sorted(docs, writers, dropped_near, cfg)
         t_write = time.perf_counter()
-        _progress(log, "exact_dedup_write", n_docs, tally.input_bytes, t_write - t_near)
+        phase_line(log, STAGE, "ray", "exact_dedup_write", n_docs, tally.input_bytes, t_write - t_near)
     tally.drop("exact_duplicate", exact)
     tally.drop("near_duplicate", near)
     if not kept:
@@ -83,11 +86,6 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
     splits = {name: w.close() for name, w in writers.items()}
     phases = {"read_clean": t_read - t0, "near_dedup": t_near - t_read, "exact_dedup_write": t_write - t_near}
     return finish(tally, kept, splits, phases, log, engine="ray", near_duplicate_clusters=clusters)
-
-
-def _progress(log: Callable[[str], None], phase: str, docs: int, nbytes: int, seconds: float, note: str = "") -> None:
-    rate = f"{docs / seconds:.0f} docs/s, {nbytes / 1e6 / seconds:.2f} MB/s" if seconds > 0 else "-"
-    log(f"[{STAGE}] ray: {phase} {seconds:.1f}s ({docs} docs, {rate})" + (f": {note}" if note else ""))
 
 
 # ---------------------------------------------------------------- 1. read + clean, one file per task

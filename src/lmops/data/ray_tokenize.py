@@ -4,7 +4,9 @@ The dataset's shards are cut into line-aligned byte ranges of about ``ray.block_
 its range, encodes it in ``batch_size`` batches with the tokenizer (sent as its tokenizer.json text) and
 returns the packed bytes. Ray Data keeps the tasks' order (preserve_order), so the driver appends each
 range to its split's file in dataset order and holds only the ranges in flight. The workers read the
-shards by path: on a cluster, the dataset directory must be on storage every node mounts.
+shards by path, or with ``shards_uri`` (an s3:// copy of the dataset directory: a RayJob's pods share no
+disk) by ranged GETs from S3; the ranges are cut on the driver's local copy, which was verified against the
+manifest.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from lmops import storage
 from lmops.config import TokenizeConfig
 from lmops.data import engine
 from lmops.data.dataset import split_shards
+from lmops.data.progress import phase_line
 from lmops.data.tokenizer import TOKENIZER_JSON, batched, packing_encoder_from_json
 from lmops.data.tokens import STRUCT_ITEM, pack_ids
 from lmops.manifest import Manifest, ManifestError
@@ -41,12 +45,16 @@ def line_ranges(path: Path, block_bytes: int) -> Iterator[tuple[int, int]]:
 
 
 def encode_splits(tok_dir: Path, dataset_dir: Path, dataset: Manifest, splits: list[str], out: Path,
-                  dtype: str, eos_id: int, cfg: TokenizeConfig, log: Callable[[str], None]) -> list[tuple[int, int]]:
+                  dtype: str, eos_id: int, cfg: TokenizeConfig, log: Callable[[str], None],
+                  shards_uri: str | None = None) -> list[tuple[int, int]]:
     """Write ``<split>.bin`` for each split on Ray Data; (documents, tokens) per split, as tokenize.encode_splits."""
     import ray.data
 
     block = max(1, int(cfg.ray.block_mb * 1e6))
-    items = [{"part": i, "path": str(dataset_dir / shard), "start": s, "end": e}
+    def where(shard: str) -> str:
+        return f"{shards_uri.rstrip('/')}/{shard}" if shards_uri else str(dataset_dir / shard)
+
+    items = [{"part": i, "path": where(shard), "start": s, "end": e}
              for i, split in enumerate(splits) for shard in split_shards(dataset, split)
              for s, e in line_ranges(dataset_dir / shard, block)]
     counts = [[0, 0] for _ in splits]
@@ -65,10 +73,8 @@ def encode_splits(tok_dir: Path, dataset_dir: Path, dataset: Manifest, splits: l
                     files[part].write(packed)
                     counts[part][0] += docs
                     counts[part][1] += len(packed) // struct.calcsize(STRUCT_ITEM[dtype])
-    seconds = max(time.perf_counter() - started, 1e-9)
-    docs = sum(c[0] for c in counts)
-    log(f"[{STAGE}] ray: encode {seconds:.1f}s ({len(items)} blocks, {docs} docs, "
-        f"{docs / seconds:.0f} docs/s, {total_bytes / 1e6 / seconds:.2f} MB/s)")
+    phase_line(log, STAGE, "ray", "encode", sum(c[0] for c in counts), total_bytes, time.perf_counter() - started,
+               f"{len(items)} blocks, {sum(c[1] for c in counts)} tokens")
     return [(d, t) for d, t in counts]
 
 
@@ -86,9 +92,7 @@ def _encode_ranges(batch, *, tokenizer_json: str, item: str, eos_id: int, batch_
     parts, packed_all, docs_all = [], [], []
     for part, path, start, end in zip(batch["part"].to_pylist(), batch["path"].to_pylist(),
                                       batch["start"].to_pylist(), batch["end"].to_pylist()):
-        with open(path, "rb") as f:
-            f.seek(start)
-            data = f.read(end - start)
+        data = storage.read_range(path, start, end)
         texts = _texts(data, path, start)
         packed = b"".join(pack_ids(encode(b, add_special_tokens=False), eos_id, item) for b in batched(texts, batch_size))
         parts.append(part)

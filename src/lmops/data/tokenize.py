@@ -26,9 +26,10 @@ from typing import Any
 from lmops import storage
 from lmops.config import TokenizeConfig
 from lmops.data import dataset as dataset_mod
-from lmops.data import engine, ray_tokenize, tokens
+from lmops.data import engine, progress, ray_tokenize, tokens
 from lmops.data import tokenizer as tokenizer_mod
-from lmops.data.dataset import iter_texts, open_dataset
+from lmops.data.dataset import iter_texts, open_dataset, split_shards
+from lmops.data.progress import phase_line
 from lmops.data.tokenizer import (
     TokenizerError, batched, load_existing, packing_encoder, save_trained, train_bpe, training_sample,
 )
@@ -71,8 +72,12 @@ def tokenize_dataset(
     *,
     cache_dir: str | Path | None = None,
     log: Callable[[str], None] = _stderr,
+    shards_uri: str | None = None,
 ) -> StageResult:
-    """Tokenize a build-stage output directory into ``out_dir`` (skipped when cached)."""
+    """Tokenize a build-stage output directory into ``out_dir`` (skipped when cached).
+
+    ``shards_uri``: engine ray only: an s3:// copy of ``dataset_dir`` that the Ray workers read instead of the
+    local files (a RayJob's worker pods do not share the driver's disk)."""
     dataset_dir = Path(dataset_dir)
     # The key needs only the dataset's manifest; the shards are verified in produce(), when read.
     dataset = read_manifest(dataset_dir, stage="build")
@@ -85,7 +90,7 @@ def tokenize_dataset(
             inputs["tokenizer"] = {"digest": content_digest(file_table(source)), "path": cfg.tokenizer}
 
         def produce(out: Path) -> dict[str, Any]:
-            return _produce(cfg, dataset_dir, source, out, log)
+            return _produce(cfg, dataset_dir, source, out, log, shards_uri)
 
         return run_stage(STAGE, out_dir, code=_code(), config=key_config(cfg), inputs=inputs,
                          produce=produce, cache_dir=cache_dir, log=log)
@@ -101,11 +106,12 @@ def key_config(cfg: TokenizeConfig) -> dict[str, Any]:
 
 
 def _code() -> str:
-    return code_digest(__file__, tokenizer_mod.__file__, dataset_mod.__file__, tokens.__file__, ray_tokenize.__file__)
+    return code_digest(__file__, tokenizer_mod.__file__, dataset_mod.__file__, tokens.__file__, ray_tokenize.__file__,
+                       progress.__file__)
 
 
 def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: Path,
-             log: Callable[[str], None]) -> dict[str, Any]:
+             log: Callable[[str], None], shards_uri: str | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     dataset = open_dataset(dataset_dir)  # sha256 of every shard: a corrupted one fails here, named
     tok_dir = out / TOKENIZER_DIR
@@ -118,6 +124,8 @@ def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: P
         log(f"[{STAGE}] loading tokenizer {cfg.tokenizer}")
         load_existing(source, cfg, tok_dir)
     tokenizer_seconds = time.perf_counter() - started
+    log(f"[{STAGE}] {engine.resolve(cfg.engine)}: tokenizer {tokenizer_seconds:.1f}s"
+        f" ({'trained' if source is None else 'loaded'}, vocab {cfg.vocab_size})")
 
     encoder = packing_encoder(tok_dir)
     vocab = encoder.get_vocab(with_added_tokens=True)
@@ -130,14 +138,19 @@ def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: P
     encode_started = time.perf_counter()
     splits = splits_of(dataset)
     if engine.resolve(cfg.engine) == "ray":
-        encoded = ray_tokenize.encode_splits(tok_dir, dataset_dir, dataset, splits, out, dtype, eos_id, cfg, log)
+        encoded = ray_tokenize.encode_splits(tok_dir, dataset_dir, dataset, splits, out, dtype, eos_id, cfg, log,
+                                             shards_uri)
     else:
         parts = [(iter_texts(dataset_dir, split, dataset), out / f"{split}.bin") for split in splits]
         encoded = encode_splits(encoder, parts, dtype, eos_id, cfg.batch_size)
+    encode_seconds = time.perf_counter() - encode_started
     for split, (n_docs, n_tokens) in zip(splits, encoded):
         documents[split], tokens[split] = n_docs, n_tokens
         log(f"[{STAGE}] {split}: {documents[split]} documents, {tokens[split]} tokens")
-    encode_seconds = time.perf_counter() - encode_started
+    if engine.resolve(cfg.engine) == "local":  # the ray engine logs its own line, with its blocks
+        shard_bytes = sum(dataset.files[name]["bytes"] for split in splits for name in split_shards(dataset, split))
+        phase_line(log, STAGE, "local", "encode", sum(documents.values()), shard_bytes, encode_seconds,
+                   f"{sum(tokens.values())} tokens")
     if documents["train"] == 0:
         raise ManifestError(f"{dataset_dir}: the train split has no documents — nothing to train on")
 
@@ -152,6 +165,7 @@ def _produce(cfg: TokenizeConfig, dataset_dir: Path, source: Path | None, out: P
             "seconds": round(time.perf_counter() - started, 3),
             "tokenizer_seconds": round(tokenizer_seconds, 3),
             "encode_seconds": round(encode_seconds, 3),
+            "phase_seconds": {"tokenizer": round(tokenizer_seconds, 3), "encode": round(encode_seconds, 3)},
             "tokens_per_s": round(total / encode_seconds, 1) if encode_seconds > 0 else None,
             "batch_size": cfg.batch_size,
             "engine": engine.resolve(cfg.engine),

@@ -87,6 +87,10 @@ class OperatorProcess:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def failure(self) -> str | None:
+        """Why the operator is not running, or None (as lmops.operator.in_pod.OperatorPod.failure)."""
+        return None if self.proc.poll() is None else f"the operator exited ({self.proc.returncode})"
+
 
 def start_operator(kubeconfig: Path, namespace: str, tracking_uri: str, work: Path, *, poll_s: float = 2.0,
                    webhook_port: int | None = None, webhook_secret: str | None = None,

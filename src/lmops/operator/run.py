@@ -12,6 +12,7 @@ from pathlib import Path
 from lmops.config import REPO_ROOT, ImageConfig, ServeConfig
 from lmops.errors import LmopsError
 from lmops.operator import runtime
+from lmops.operator.executors.kubernetes import settings_env
 from lmops.operator.settings import Settings
 from lmops.serve.auth import client_key
 
@@ -29,7 +30,7 @@ def settings_from(args) -> Settings:
                     runs_dir=Path(args.runs_dir), webhook_host=args.webhook_host, webhook_port=port,
                     webhook_secret=secret, namespaces=list(args.namespace or []), image=image_from_env(),
                     api_key_secret=os.environ.get("LMOPS_SERVING_API_KEY_SECRET") or None,
-                    probe_api_key=client_key(ServeConfig()))
+                    probe_api_key=client_key(ServeConfig()), **settings_env())
 
 
 def image_from_env() -> ImageConfig:

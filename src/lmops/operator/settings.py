@@ -20,6 +20,12 @@ class Settings:
     runs_dir: Path = Path(".state/operator-runs")
     """Where the local executor keeps one folder per run."""
     kfp_client_factory: Callable[[str], Any] | None = None
+    staging_uri: str | None = None
+    """Executor kubernetes: the s3:// prefix stage outputs pass through when a job names none ($LMOPS_STAGING_URI)."""
+    s3_secret: str | None = None
+    """Executor kubernetes: the Secret with the stage pods' S3 credentials ($LMOPS_STAGE_S3_CREDENTIALS_REF)."""
+    s3_endpoint_url: str | None = None
+    """Executor kubernetes: the stage pods' S3 endpoint ($LMOPS_STAGE_S3_ENDPOINT_URL; unset = AWS S3)."""
     webhook_host: str = "127.0.0.1"
     webhook_port: int | None = None
     """None: no webhook receiver (poll only)."""

@@ -43,21 +43,50 @@ class PipelineRunError(LmopsError, RuntimeError):
 def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name: str = "",
                  sources: list[str] | None = None, tracking_uri: str | None = None,
                  ray_address: str | None = None, quiet_kfp: bool = True, launcher: str = "local",
-                 deploy_target: str = "local", runner: str = "subprocess") -> dict[str, Any]:
+                 deploy_target: str = "local", runner: str = "subprocess", until: str | None = None) -> dict[str, Any]:
     """Run the whole pipeline locally; returns the summary (see ``summarize``).
 
     tracking_uri: an MLflow server to use instead of the recorded local one (started when missing).
     ray_address: a Ray cluster for the train and compress tasks instead of the recorded local runtime
     (started when missing).
-    launcher / deploy_target: the pipeline's parameters. "kuberay" submits the train task's RayJob and
+    launcher / deploy_target: the pipeline's parameters. "kuberay" submits the train task's RayJob (and build's
+    and tokenize's when their engine is ray or auto) and
     "kubernetes" applies the InferenceService to the cluster $KUBECONFIG names (`lmops cluster up` on this
     machine); kuberay needs kuberay.staging_uri, since kfp's local artifacts are folders the job cannot read.
     runner: "subprocess" (kfp's SubprocessRunner, this environment), "container" (kfp's DockerRunner: each
     task in the lmops image, through docker or podman; lmops.pipeline.containers) or "inprocess" (no kfp: the
     same steps called in this process, outputs under the config's workdir; lmops.pipeline.inprocess)."""
+    # the run sets these for its tasks (subprocesses) and its own steps; the caller gets its environment back,
+    # so that e.g. a 127.0.0.1 MLflow URI does not outlive the run and reach a later RayJob's pods
+    with _environment_kept(RUN_ENV):
+        return _run_pipeline(config, overrides, model_name=model_name, sources=sources, tracking_uri=tracking_uri,
+                             ray_address=ray_address, quiet_kfp=quiet_kfp, launcher=launcher,
+                             deploy_target=deploy_target, runner=runner, until=until)
+
+
+RUN_ENV = ("LMOPS_STATE_DIR", "PATH", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", LOCAL_RAY_ENV)
+"""The variables a pipeline run sets in this process, put back as they were when it ends."""
+
+
+@contextlib.contextmanager
+def _environment_kept(names: tuple[str, ...]):
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            _restore_env(name, value)
+
+
+def _run_pipeline(config: str, overrides: list[str] | None, *, model_name: str, sources: list[str] | None,
+                  tracking_uri: str | None, ray_address: str | None, quiet_kfp: bool, launcher: str,
+                  deploy_target: str, runner: str, until: str | None) -> dict[str, Any]:
     if launcher not in LAUNCHERS or deploy_target not in DEPLOY_TARGETS or runner not in RUNNERS:
         raise LmopsError(f"launcher={launcher!r}, deploy_target={deploy_target!r}, runner={runner!r}: expected a"
                          f" launcher in {LAUNCHERS}, a deploy target in {DEPLOY_TARGETS} and a runner in {RUNNERS}")
+    if until is not None and (until != "register" or runner != "inprocess"):
+        raise LmopsError(f"until={until!r} with runner={runner!r}: a run can stop after register (no deploy) with the"
+                         " inprocess runner only (the compiled pipeline always ends with deploy)")
     cfg = load_config(config, overrides)  # a bad config fails here, before anything starts
     in_containers = runner == "container"
     if in_containers:  # no image, no engine: say so now (`make images`), before any server starts
@@ -105,7 +134,6 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
     # what already runs below this process (a caller's own servers, Ray...) is not the run's to stop
     before = set(descendants(os.getpid()))
     # the tasks are subprocesses: the environment is how they find the shared Ray (lmops.train.ray_train)
-    previous_address, previous_local = os.environ.get("RAY_ADDRESS"), os.environ.get(LOCAL_RAY_ENV)
     if address:
         os.environ["RAY_ADDRESS"] = address
         if not ray_address:  # our own runtime on this machine: its CPUs are all there will be (no autoscaler)
@@ -114,7 +142,7 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
         if in_process:
             from lmops.pipeline.inprocess import run_chain
 
-            rows = run_chain(root, **args)
+            rows = run_chain(root, **args, until=until)
             return run_summary(rows, time.time() - started, run_dir=str(root), mlflow_url=url)
         from kfp import local
 
@@ -147,9 +175,6 @@ def run_pipeline(config: str, overrides: list[str] | None = None, *, model_name:
         failed = _failed_task(root)
         raise PipelineRunError(f"pipeline run failed{f' in task {failed!r}' if failed else ''} (its log is above;"
                                f" outputs under {root}): {e}") from None
-    finally:
-        _restore_env("RAY_ADDRESS", previous_address)
-        _restore_env(LOCAL_RAY_ENV, previous_local)
     return summarize(root, time.time() - started, mlflow_url=url)
 
 

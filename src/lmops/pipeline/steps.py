@@ -165,18 +165,67 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
 
-def build(config: str, out_dir: str) -> dict[str, Any]:
+def build(config: str, out_dir: str, launcher: str = "local", dataset_uri: str = "") -> dict[str, Any]:
+    """Build in this process, or with ``launcher: kuberay`` and the ray engine as a RayJob (data_on_kuberay)
+    whose dataset goes to ``dataset_uri`` (the task's output artifact) and is fetched into ``out_dir``."""
+    from lmops.data import engine
     from lmops.data.build import build_dataset
 
     cfg = parse_config(config)
+    if launcher == "kuberay" and engine.resolve(cfg.build.engine, launcher) == "ray":
+        return data_on_kuberay("build", cfg, out_dir, output_uri=dataset_uri or out_dir)
     return _timed("build", lambda: build_dataset(cfg.build, out_dir, cache_dir=cfg.cache_dir))
 
 
-def tokenize(config: str, dataset_dir: str, out_dir: str) -> dict[str, Any]:
+def tokenize(config: str, dataset_dir: str, out_dir: str, launcher: str = "local", dataset_uri: str = "",
+             tokens_uri: str = "") -> dict[str, Any]:
+    """Tokenize in this process, or with ``launcher: kuberay`` and the ray engine as a RayJob (data_on_kuberay)."""
+    from lmops.data import engine
     from lmops.data.tokenize import tokenize_dataset
 
     cfg = parse_config(config)
+    if launcher == "kuberay" and engine.resolve(cfg.tokenize.engine, launcher) == "ray":
+        return data_on_kuberay("tokenize", cfg, out_dir, output_uri=tokens_uri or out_dir,
+                               input_uri=dataset_uri or dataset_dir, input_dir=dataset_dir)
     return _timed("tokenize", lambda: tokenize_dataset(cfg.tokenize, dataset_dir, out_dir, cache_dir=cfg.cache_dir))
+
+
+def data_on_kuberay(stage: str, cfg: Config, out_dir: str, *, output_uri: str, input_uri: str | None = None,
+                    input_dir: str | None = None) -> dict[str, Any]:
+    """Run build or tokenize as a KubeRay RayJob on Ray Data, then fetch its output into ``out_dir``.
+
+    The job reads its input and writes its output in S3, as training's does: an artifact in S3 as it is (the
+    output beside the task's own artifact, ``<uri>.rayjob``), else through ``kuberay.staging_uri`` (the input
+    uploaded once per content digest, the output under ``jobs/<namespace>/<job>``). The job's name follows the
+    config, the input and the output, so a retried task re-attaches to its job and a finished one is not rerun.
+    """
+    import hashlib
+
+    from lmops import storage
+    from lmops.manifest import read_manifest
+    from lmops.train.kuberay.staging import stage_output_dir, staging_prefix
+    from lmops.train.kuberay.submit import stage_log
+    from lmops.train.rayjob import stage_on_kuberay
+
+    started = time.time()
+    say = stage_log(log, stage)
+    output_uri, input_uri = s3_uri(output_uri), s3_uri(input_uri) if input_uri else None
+    key = json.dumps([cfg.digest(), input_uri, output_uri, out_dir])
+    name = f"lmops-{stage}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if input_uri is not None and not storage.is_s3(input_uri):
+        where = staging_prefix(cfg, f"the input is at {input_uri!r}, not in S3", stage)
+        input_uri = stage_output_dir(input_dir or input_uri, where, "build", log=say)
+    if storage.is_s3(output_uri):
+        output_uri = output_uri.rstrip("/") + ".rayjob"  # the task's own artifact is written after it ends
+    else:
+        where = staging_prefix(cfg, f"the output goes to {output_uri!r}, not to S3", stage)
+        output_uri = f"{where}/jobs/{cfg.kuberay.namespace}/{name}"
+    status = stage_on_kuberay(stage, cfg, name=name, input_uri=input_uri, output_uri=output_uri, log=log)
+    storage.download_dir(output_uri, Path(out_dir))
+    m = read_manifest(out_dir, stage)
+    return {"stage": stage, "status": "ran", "seconds": round(time.time() - started, 2), "path": str(out_dir),
+            "digest": m.digest[:12], "detail": f"RayJob {name}: {status.get('status', {}).get('jobStatus')}",
+            "metrics": _plain(m.metrics)}
 
 
 def train(config: str, tokens_dir: str, out_dir: str, gpus: int = 0) -> dict[str, Any]:

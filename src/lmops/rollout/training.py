@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,10 @@ class RunState:
     registered_version: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    stage_details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per stage, what status shows beside its state (its Job's name, start and end, why it failed)."""
+    next_stage: str | None = None
+    """A stage ready to start (executors that start one stage at a time): StartRun again."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,11 @@ def run_id_for(namespace: str, name: str, uid: str) -> str:
     return f"{namespace}-{name}-{uid[:8]}"
 
 
+def run_spec(spec: LMTrainingJobSpec) -> str:
+    """The spec a run started with, as recorded in status: later stages run with it, not with a later edit."""
+    return json.dumps(spec.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
+
+
 def decide_training(spec: LMTrainingJobSpec | SpecError, status: dict[str, Any], run: RunState | None, *,
                     run_id: str, generation: int, now: dt.datetime) -> TrainingDecision:
     s = copy.deepcopy(status)
@@ -63,11 +73,11 @@ def decide_training(spec: LMTrainingJobSpec | SpecError, status: dict[str, Any],
         return TrainingDecision(s)
     if phase is None or (phase == PENDING and not s.get("runId")):
         # the decision to run, recorded first; StartRun follows from it below
-        s.update(phase=PENDING, runId=run_id, executor=spec.executor.type, observedGeneration=generation,
-                 startTime=iso(now))
+        s.update(phase=PENDING, runId=run_id, executor=spec.executor.kind, observedGeneration=generation,
+                 startTime=iso(now), runSpec=run_spec(spec))
         set_condition(s, "SpecValid", True, "Valid", "", now, generation)
     elif s.get("observedGeneration") != generation and phase not in TERMINAL:
-        set_condition(s, "SpecChanged", True, "IgnoredWhileRunning",
+        set_condition(s, "SpecChanged", True, "RefusedWhileRunning",
                       f"generation {generation} is not applied: the run started with generation"
                       f" {s.get('observedGeneration')}; create a new LMTrainingJob to train with it", now)
     if phase in TERMINAL:
@@ -75,12 +85,14 @@ def decide_training(spec: LMTrainingJobSpec | SpecError, status: dict[str, Any],
     if run is None:
         return TrainingDecision(s, [StartRun(s["runId"], spec)], POLL_S)
     _mirror(s, run, now)
+    if run.next_stage and s["phase"] not in TERMINAL:  # recorded in status first, then started
+        return TrainingDecision(s, [StartRun(s["runId"], spec)], POLL_S)
     return TrainingDecision(s, [], None if s["phase"] in TERMINAL else POLL_S)
 
 
 def _mirror(s: dict[str, Any], run: RunState, now: dt.datetime) -> None:
     s["phase"] = run.state
-    s["stages"] = [{"name": k, "state": v} for k, v in run.stages.items()]
+    s["stages"] = [{"name": k, "state": v, **run.stage_details.get(k, {})} for k, v in run.stages.items()]
     if run.current_stage:
         s["currentStage"] = run.current_stage
     if run.registered_version:

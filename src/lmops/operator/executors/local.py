@@ -1,4 +1,6 @@
-"""The local executor: `lmops pipeline run` as a child process of the operator, one folder per run.
+"""The local executor: `lmops pipeline run --runner inprocess --until register` as a child process of the operator,
+one folder per run. The run ends at register: serving is a ModelDeployment's job (and a model server of its
+own would compete for the machine's ports with every other one).
 
 ``<runs_dir>/<run_id>/``: ``cmd.json`` (what ran), ``log`` (its output), ``pid``, and ``rc`` written by
 the wrapping shell when the run ends. The folder is created atomically before the process starts, so a
@@ -29,7 +31,7 @@ KFP_STATE = {"SUCCESS": "Succeeded", "FAILURE": "Failed", "SKIPPED": "Skipped", 
 
 def command(spec: LMTrainingJobSpec) -> list[str]:
     cmd = [sys.executable, "-m", "lmops.cli", "pipeline", "run", "--config", spec.config, "--json",
-           "--model-name", spec.model_name]
+           "--model-name", spec.model_name, "--runner", "inprocess", "--until", "register"]
     for item in spec.override_list():
         cmd += ["--set", item]
     for src in spec.sources:
@@ -111,7 +113,7 @@ class LocalExecutor:
 
 
 def _stages(log: str) -> tuple[dict[str, str], str | None]:
-    stages = {t: "Pending" for t in TASKS}
+    stages = {t: "Pending" for t in TASKS if t != "deploy"}
     current = None
     for line in ANSI.sub("", log).splitlines():
         if m := STARTED.search(line):

@@ -1,6 +1,8 @@
 """The RayJob's entrypoint, run on the head pod: ``python -m lmops.train.rayjob run --tokens URI --out URI
 --config-b64 B64`` fetches the tokens, runs the ordinary ``train_stage`` against the job's Ray cluster
-(RAY_ADDRESS is set there) and uploads the checkpoint directory, ``manifest.json`` last."""
+(RAY_ADDRESS is set there) and uploads the checkpoint directory, ``manifest.json`` last. ``build --out URI``
+and ``tokenize --dataset URI --out URI`` do the same for the data stages on Ray Data (their workers read
+the sources or the dataset's shards from S3 themselves)."""
 
 from __future__ import annotations
 
@@ -36,10 +38,51 @@ def run(cfg: Config, tokens_uri: str, checkpoint_uri: str, *, work_dir: str | Pa
     source = tokens_uri if storage.is_s3(tokens_uri) else None
     if not storage.is_s3(checkpoint_uri):
         return train_stage(cfg, tokens, checkpoint_uri, cache_dir=None, log=log, tokens_source=source)
-    result = train_stage(cfg, tokens, work / "checkpoint" / _short(checkpoint_uri), cache_dir=None, log=log,
-                         tokens_source=source)
+    out = work / "checkpoint" / _short(checkpoint_uri)
+    from lmops.manifest import MANIFEST
+
+    if storage.exists(f"{checkpoint_uri.rstrip('/')}/{MANIFEST}"):
+        # an earlier run's checkpoint there: train_stage's cache key says whether it is still this run's
+        storage.download_dir(checkpoint_uri, out)
+    result = train_stage(cfg, tokens, out, cache_dir=None, log=log, tokens_source=source)
+    if result.cached:
+        log(f"{LOG_PREFIX} checkpoint at {checkpoint_uri} is cached (same key); nothing trained or uploaded")
+        return result
     publish_checkpoint(result.path, checkpoint_uri)
     log(f"{LOG_PREFIX} checkpoint: {result.path} -> {checkpoint_uri}")
+    return result
+
+
+def run_build(cfg: Config, dataset_uri: str, *, work_dir: str | Path | None = None,
+              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)):
+    """Build ``cfg.build.sources`` on this job's Ray cluster; publish the dataset directory at ``dataset_uri``."""
+    from lmops.data.build import build_dataset
+
+    work = Path(work_dir or tempfile.gettempdir()) / "lmops-rayjob"
+    result = build_dataset(cfg.build, work / "dataset" / _short(dataset_uri), cache_dir=None, log=log)
+    publish_checkpoint(result.path, dataset_uri)
+    log(f"[build] dataset: {result.path} -> {dataset_uri}")
+    return result
+
+
+def run_tokenize(cfg: Config, dataset_uri: str, tokens_uri: str, *, work_dir: str | Path | None = None,
+                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)):
+    """Tokenize the dataset at ``dataset_uri`` on this job's Ray cluster; publish the tokens at ``tokens_uri``.
+
+    The driver fetches the dataset (its manifest verifies every shard, and the tokenizer's sample comes from
+    it); the workers read their byte ranges of the shards from ``dataset_uri`` itself."""
+    from lmops.data.tokenize import tokenize_dataset
+
+    work = Path(work_dir or tempfile.gettempdir()) / "lmops-rayjob"
+    try:
+        dataset = storage.download_dir(dataset_uri, work / "dataset" / _short(dataset_uri))
+    except storage.StorageError as e:
+        raise storage.StorageError(f"--dataset: cannot fetch the dataset: {e}") from None
+    shards = dataset_uri if storage.is_s3(dataset_uri) else None
+    result = tokenize_dataset(cfg.tokenize, dataset, work / "tokens" / _short(tokens_uri), cache_dir=None, log=log,
+                              shards_uri=shards)
+    publish_checkpoint(result.path, tokens_uri)
+    log(f"[tokenize] tokens: {result.path} -> {tokens_uri}")
     return result
 
 
@@ -97,15 +140,27 @@ def _short(uri: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmops.train.rayjob",
-                                     description="The entrypoint of lmops' KubeRay training job.")
+                                     description="The entrypoint of lmops' KubeRay jobs (train, build, tokenize).")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="fetch tokens, train on this Ray cluster, upload the checkpoint")
     p.add_argument("--tokens", required=True, help="the tokenize stage's output (s3:// prefix or directory)")
     p.add_argument("--out", required=True, help="where the checkpoint directory goes (s3:// prefix or directory)")
-    p.add_argument("--config-b64", required=True, help="the resolved config, base64 of its JSON")
+    b = sub.add_parser("build", help="build the config's sources on this Ray cluster (Ray Data), upload the dataset")
+    b.add_argument("--out", required=True, help="where the dataset directory goes (s3:// prefix or directory)")
+    t = sub.add_parser("tokenize", help="tokenize a dataset on this Ray cluster (Ray Data), upload the tokens")
+    t.add_argument("--dataset", required=True, help="the build stage's output (s3:// prefix or directory)")
+    t.add_argument("--out", required=True, help="where the tokens directory goes (s3:// prefix or directory)")
+    for q in (p, b, t):
+        q.add_argument("--config-b64", required=True, help="the resolved config, base64 of its JSON")
     args = parser.parse_args(argv)
     try:
-        run(decode_config(args.config_b64), args.tokens, args.out)
+        cfg = decode_config(args.config_b64)
+        if args.command == "build":
+            run_build(cfg, args.out)
+        elif args.command == "tokenize":
+            run_tokenize(cfg, args.dataset, args.out)
+        else:
+            run(cfg, args.tokens, args.out)
     except LmopsError as e:
         print(f"lmops: error: {e}", file=sys.stderr, flush=True)
         return 1

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import math
 import os
 import re
 import shlex
+import warnings
 from typing import Any
+from urllib.parse import urlsplit
 
 from lmops import storage
 from lmops.config import Config, ConfigError, config_from_dict
@@ -48,6 +51,7 @@ NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Credentials never travel this way (kuberay.env_from_secrets).
 PASSTHROUGH_ENV = ("MLFLOW_TRACKING_URI", "LMOPS_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
                    "AWS_DEFAULT_REGION")
+OPTIONAL_ENV = ("MLFLOW_TRACKING_URI",)  # the job runs without it (left out when the pods cannot reach it)
 
 
 # ---------------------------------------------------------------- the config the job trains with
@@ -108,40 +112,91 @@ def decode_config(b64: str) -> Config:
 
 
 # ---------------------------------------------------------------- the manifest
+STAGES = ("build", "tokenize", "train")
+"""The stages that run as a RayJob: the data stages on Ray Data (``engine: ray``), training on Ray Train."""
+DATA_GROUP = "data-workers"
+
+
 def entrypoint(cfg: Config, tokens_uri: str, checkpoint_uri: str) -> str:
-    return shlex.join(["python", "-m", "lmops.train.rayjob", "run", "--tokens", tokens_uri, "--out", checkpoint_uri,
+    return stage_entrypoint("train", cfg, tokens_uri, checkpoint_uri)
+
+
+def stage_entrypoint(stage: str, cfg: Config, input_uri: str | None, output_uri: str) -> str:
+    """``python -m lmops.train.rayjob <run|build|tokenize> ...``: the command the job's head pod runs."""
+    command = {"train": ["run", "--tokens", input_uri], "build": ["build"],
+               "tokenize": ["tokenize", "--dataset", input_uri]}[stage]
+    return shlex.join(["python", "-m", "lmops.train.rayjob", *command, "--out", output_uri,
                        "--config-b64", encode_config(cfg)])
+
+
+def data_config(stage: str, cfg: Config) -> Config:
+    """``cfg`` as a data stage's RayJob runs it: that stage on Ray Data, and no stage cache (the pods share no
+    disk with the submitter; Kubeflow's cache and the job's re-attachment serve a re-run)."""
+    section = getattr(cfg, stage)
+    return cfg.model_copy(update={stage: section.model_copy(update={"engine": "ray"}), "cache_dir": None})
 
 
 def render_rayjob(cfg: Config, *, name: str, tokens_uri: str, checkpoint_uri: str,
                   labels: dict[str, str] | None = None) -> dict[str, Any]:
     """The RayJob that trains ``cfg`` on the tokens at ``tokens_uri`` into ``checkpoint_uri`` (both s3://)."""
+    return render_stage_rayjob("train", cfg, name=name, input_uri=tokens_uri, output_uri=checkpoint_uri,
+                               labels=labels)
+
+
+def render_stage_rayjob(stage: str, cfg: Config, *, name: str, output_uri: str, input_uri: str | None = None,
+                        labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """The RayJob that runs one stage of ``cfg`` on KubeRay; every URI is s3:// (the pods reach only S3).
+
+    - ``build``: reads ``cfg.build.sources`` (s3://), writes the dataset directory at ``output_uri``;
+    - ``tokenize``: reads the dataset at ``input_uri``, writes the tokens directory at ``output_uri``;
+    - ``train``: reads the tokens at ``input_uri``, writes the checkpoint directory at ``output_uri``.
+
+    Data stages get a head pod (the Ray Data driver, which writes the shards) and ``<stage>.ray.worker_replicas``
+    CPU worker pods sized by ``<stage>.ray`` (no GPU, no GPU placement); training gets ``train.num_workers``
+    worker pods sized by ``kuberay.worker_*``. Every output directory appears with its manifest.json last.
+    """
+    if stage not in STAGES:
+        raise LmopsError(f"RayJob stage {stage!r}: expected one of {', '.join(STAGES)}")
     if not (NAME.match(name) and len(name) <= MAX_NAME):
         raise LmopsError(f"RayJob name {name!r}: expected lower-case letters, digits and '-', starting with a letter,"
                          f" at most {MAX_NAME} characters (KubeRay derives longer names from it)")
-    for flag, uri in (("tokens", tokens_uri), ("checkpoint", checkpoint_uri)):
-        if not storage.is_s3(uri):
+    flags = {"train": ("tokens", "checkpoint"), "tokenize": ("dataset", "tokens"), "build": (None, "dataset")}[stage]
+    for flag, uri in zip(flags, (input_uri, output_uri)):
+        if flag and not (uri and storage.is_s3(uri)):
             raise LmopsError(f"{flag} URI {uri!r}: the RayJob's pods reach only S3; give an s3:// URI")
     kr = cfg.kuberay
-    job_cfg = cluster_config(cfg, checkpoint_uri)
+    if stage == "train":
+        job_cfg = cluster_config(cfg, output_uri)
+        head_cpus, pods = _head_cpus(job_cfg, kr), cfg.train.num_workers
+        group = GPU_GROUP if kr.gpus_per_worker else CPU_GROUP
+        worker_resources = _resources(kr.worker_cpu, kr.worker_memory, kr.gpus_per_worker, kr.worker_cpu_request)
+        variant: Variant = "cuda" if kr.gpus_per_worker else "cpu"
+    else:
+        local = [s for s in cfg.build.sources if not storage.is_s3(s)] if stage == "build" else []
+        if local:
+            raise LmopsError(f"build.sources {local}: the RayJob's pods reach only S3; give s3:// sources (or run"
+                             " build with engine: local in the task's pod)")
+        job_cfg, rc = data_config(stage, cfg), getattr(cfg, stage).ray
+        group, pods, variant = DATA_GROUP, rc.worker_replicas, "cpu"
+        # the head runs the driver; with worker pods it takes no Ray Data task (its memory is the driver's)
+        head_cpus = "0" if pods else str(math.ceil(cpu_cores(kr.head_cpu, "kuberay.head_cpu")))
+        worker_resources = _resources(rc.worker_cpu, rc.worker_memory, 0, rc.worker_cpu_request)
     meta_labels = {"app.kubernetes.io/managed-by": "lmops", "app.kubernetes.io/name": "lmops",
-                   "app.kubernetes.io/component": "train", "lmops.dev/rayjob": name, **(labels or {})}
+                   "app.kubernetes.io/component": stage, "lmops.dev/rayjob": name, **(labels or {})}
     env = job_env(kr)
     image = cfg.image
-    head_resources = _resources(kr.head_cpu, kr.head_memory, 0, kr.head_cpu_request)
-    worker_resources = _resources(kr.worker_cpu, kr.worker_memory, kr.gpus_per_worker, kr.worker_cpu_request)
-    head = _container(HEAD_CONTAINER, kr, image, "cpu", head_resources, env)
+    head = _container(HEAD_CONTAINER, kr, image, "cpu", _resources(kr.head_cpu, kr.head_memory, 0, kr.head_cpu_request),
+                      env)
     head["ports"] = [{"containerPort": 6379, "name": "gcs-server", "protocol": "TCP"},
                      {"containerPort": 8265, "name": "dashboard", "protocol": "TCP"},
                      {"containerPort": 10001, "name": "client", "protocol": "TCP"}]
-    worker = _container(WORKER_CONTAINER, kr, image, "cuda" if kr.gpus_per_worker else "cpu", worker_resources, env)
-    pods = cfg.train.num_workers
+    worker = _container(WORKER_CONTAINER, kr, image, variant, worker_resources, env)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {"name": name, "namespace": kr.namespace, "labels": meta_labels},
         "spec": {
-            "entrypoint": entrypoint(job_cfg, tokens_uri, checkpoint_uri),
+            "entrypoint": stage_entrypoint(stage, job_cfg, input_uri, output_uri),
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": kr.ttl_seconds_after_finished,
@@ -152,19 +207,19 @@ def render_rayjob(cfg: Config, *, name: str, tokens_uri: str, checkpoint_uri: st
             "rayClusterSpec": {
                 "rayVersion": RAY_VERSION,
                 "headGroupSpec": {
-                    # num-cpus 0 unless kuberay.head_ranks: no training rank lands on the head; the driver and
-                    # Ray Train's controller need no CPU reservation
-                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": _head_cpus(job_cfg, kr)},
-                    "template": _pod(meta_labels, head, kr, worker=False),
+                    # training: num-cpus 0 unless kuberay.head_ranks (no rank lands on the head; the driver and
+                    # Ray Train's controller need no CPU reservation); data: 0 beside worker pods
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": head_cpus},
+                    "template": _pod(meta_labels, head, kr, placed=False),
                 },
                 "workerGroupSpecs": [{
-                    "groupName": GPU_GROUP if kr.gpus_per_worker else CPU_GROUP,
+                    "groupName": group,
                     "replicas": pods,
                     "minReplicas": pods,
                     "maxReplicas": pods,
                     "rayStartParams": {},  # KubeRay sets num-cpus / num-gpus from the container's limits
-                    # the worker pods alone get the placement (node selector, GPU toleration)
-                    "template": _pod(meta_labels, worker, kr, worker=True),
+                    # training's worker pods alone get the placement (node selector, GPU toleration)
+                    "template": _pod(meta_labels, worker, kr, placed=stage == "train"),
                 }],
             },
         },
@@ -174,17 +229,41 @@ def render_rayjob(cfg: Config, *, name: str, tokens_uri: str, checkpoint_uri: st
 def job_env(kr: KubeRayConfig, environ: dict[str, str] | None = None) -> list[dict[str, str]]:
     """Plain env of every pod: the pass-through settings, then kuberay.env (which wins).
 
+    A pass-through value naming this machine (127.0.0.1, localhost, ::1) means nothing in a pod. The S3
+    endpoint is the job's only way to its inputs and outputs: such a value is refused, naming the variable,
+    unless kuberay.env gives the pods their own. MLflow is optional to the job (the stage records its metrics
+    in the manifest either way): such a MLFLOW_TRACKING_URI is left out with a warning.
+
     RAY_AUTH_MODE is left alone: KubeRay decides the cluster's auth (its authOptions set the mode and
     token on every pod), and the driver connects through RAY_ADDRESS, which never turns auth on by itself.
     """
     environ = os.environ if environ is None else environ
-    env = {k: environ[k] for k in PASSTHROUGH_ENV if environ.get(k)}
-    if env.get("LMOPS_S3_ENDPOINT_URL") and not (env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3")):
+    env = {k: environ[k] for k in PASSTHROUGH_ENV if environ.get(k) and k not in kr.env}
+    for name in [k for k, v in env.items() if is_loopback(v)]:
+        if name in OPTIONAL_ENV:
+            warnings.warn(f"{name}={env.pop(name)} names this machine, which the RayJob's pods cannot reach: not"
+                          f" passed to them (set kuberay.env.{name} to an address the pods reach)", stacklevel=2)
+        else:
+            raise LmopsError(f"{name}={env[name]} names this machine, which the RayJob's pods cannot reach: set"
+                             f" kuberay.env.{name} to an address the pods reach (e.g. the S3 service's)")
+    aws_endpoint = (env.keys() | kr.env.keys()) & {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"}
+    if env.get("LMOPS_S3_ENDPOINT_URL") and not aws_endpoint:
         # Ray Train writes checkpoints to s3:// through pyarrow, which knows only the AWS variables
         env["AWS_ENDPOINT_URL_S3"] = env["LMOPS_S3_ENDPOINT_URL"]
     env["PYTHONUNBUFFERED"] = "1"  # the job's log lines reach `kubectl logs` as they are printed
     env.update(kr.env)
     return [{"name": k, "value": v} for k, v in sorted(env.items())]
+
+
+def is_loopback(uri: str) -> bool:
+    """Whether a URL's host is this machine's loopback (what a pod resolves to itself)."""
+    host = urlsplit(uri if "//" in uri else f"//{uri}").hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _head_cpus(job_cfg: Config, kr: KubeRayConfig) -> str:
@@ -210,16 +289,16 @@ def _container(name: str, kr: KubeRayConfig, image: ImageConfig, variant: Varian
     return container
 
 
-def _pod(labels: dict[str, str], container: dict[str, Any], kr: KubeRayConfig, *, worker: bool) -> dict[str, Any]:
+def _pod(labels: dict[str, str], container: dict[str, Any], kr: KubeRayConfig, *, placed: bool) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [container]}
     if kr.service_account:
         spec["serviceAccountName"] = kr.service_account
     # KubeRay's head Service selects app.kubernetes.io/name=kuberay, and a template label of that name replaces
     # KubeRay's on the pods: with ours, the Service would select no pod and the workers never find the head
     labels = {k: v for k, v in labels.items() if k != "app.kubernetes.io/name"}
-    if worker and kr.node_selector:
+    if placed and kr.node_selector:
         spec["nodeSelector"] = dict(kr.node_selector)
-    tolerations = kr.worker_tolerations() if worker else []
+    tolerations = kr.worker_tolerations() if placed else []
     if tolerations:
         spec["tolerations"] = tolerations
     harden(spec, RAY_DIRS)

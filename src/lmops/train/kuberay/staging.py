@@ -36,24 +36,34 @@ def job_uris(cfg: Config, tokens_uri: str, tokens_dir: str | Path, checkpoint_ur
     return tokens_uri, checkpoint_uri
 
 
-def staging_prefix(cfg: Config, why: str) -> str:
+def staging_prefix(cfg: Config, why: str, stage: str = "train") -> str:
     """``kuberay.staging_uri``, or an error that names it and says why it is needed."""
     if not cfg.kuberay.staging_uri:
-        raise LmopsError(f"train on KubeRay: {why}, and the RayJob's pods reach only S3: set kuberay.staging_uri to"
-                         " an s3:// prefix that the train task and the job's pods can both reach (the tokens are"
-                         " copied there, the job writes its checkpoint there); not needed where Kubeflow's artifact"
+        raise LmopsError(f"{stage} on KubeRay: {why}, and the RayJob's pods reach only S3: set kuberay.staging_uri to"
+                         f" an s3:// prefix that the {stage} task and the job's pods can both reach (its input is"
+                         " copied there, the job writes its output there); not needed where Kubeflow's artifact"
                          " store is S3 or MinIO")
     return cfg.kuberay.staging_uri
 
 
 def stage_tokens_dir(tokens_dir: str | Path, prefix: str, *, log: Callable[[str], None] = print) -> str:
     """Upload the tokenize stage's output to ``<prefix>/tokens/<digest>`` unless it is already there."""
-    digest = input_digest(tokens_dir, "tokenize")  # verifies the files against their manifest first
-    uri = f"{prefix}/tokens/{digest}"
+    return stage_output_dir(tokens_dir, prefix, "tokenize", log=log)
+
+
+FOLDERS = {"build": "dataset", "tokenize": "tokens"}
+"""The staging folder of each stage's output, by the stage that wrote it."""
+
+
+def stage_output_dir(local_dir: str | Path, prefix: str, stage: str, *, log: Callable[[str], None] = print) -> str:
+    """Upload a stage's output directory to ``<prefix>/<folder>/<digest>`` unless it is already there."""
+    digest = input_digest(local_dir, stage)  # verifies the files against their manifest first
+    what = FOLDERS[stage]
+    uri = f"{prefix}/{what}/{digest}"
     # the manifest goes up last (publish_checkpoint), so finding it means every file it names is there
     if storage.exists(f"{uri}/{MANIFEST}"):
-        log(f"{LOG_PREFIX} tokens already staged at {uri}")
+        log(f"{LOG_PREFIX} {what} already staged at {uri}")
         return uri
-    publish_checkpoint(Path(tokens_dir), uri)
-    log(f"{LOG_PREFIX} tokens staged at {uri} (the RayJob's pods reach only S3)")
+    publish_checkpoint(Path(local_dir), uri)
+    log(f"{LOG_PREFIX} {what} staged at {uri} (the RayJob's pods reach only S3)")
     return uri

@@ -11,7 +11,7 @@ from typing import Any
 from lmops import kube
 from lmops.config import Config
 from lmops.errors import LmopsError
-from lmops.train.kuberay.render import API_VERSION, GPU_RESOURCE, KIND, render_rayjob
+from lmops.train.kuberay.render import API_VERSION, GPU_RESOURCE, KIND, render_stage_rayjob
 
 # Extra client-side wait past the RayJob's own deadline, so KubeRay's DeadlineExceeded (with its
 # message) is normally what ends a too-long job, and this timeout is only the backstop.
@@ -32,14 +32,16 @@ POD_CANNOT_START = ("ErrImageNeverPull", "InvalidImageName", "ImagePullBackOff",
                     "CreateContainerError", "CrashLoopBackOff")
 
 
-def rayjob_outcome(status: dict[str, Any] | None) -> tuple[str, str | None]:
+def rayjob_outcome(status: dict[str, Any] | None, backoff_limit: int = 0) -> tuple[str, str | None]:
     """(pending | running | succeeded | failed, message) from a RayJob's ``status``; no I/O.
 
     KubeRay reports two things: ``jobDeploymentStatus`` (the RayJob's lifecycle: "", Initializing,
     Running, Complete, Failed, ValidationFailed, Suspending, Suspended, Retrying, Waiting) and
     ``jobStatus`` (the Ray job's: "", PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED). Success needs both
     (SUCCEEDED and Complete); KubeRay 1.1 marks a failed job Complete, later versions Failed with
-    ``reason`` AppFailed / SubmissionFailed / DeadlineExceeded, so either failure signal ends the wait.
+    ``reason`` AppFailed / SubmissionFailed / DeadlineExceeded, so either failure signal ends the wait --
+    except while the RayJob's ``backoffLimit`` leaves retries: then a failed Ray job is one attempt, and KubeRay
+    goes Retrying with a new Ray cluster (``status.failed`` counts the attempts that failed).
     """
     status = status or {}
     dep = status.get("jobDeploymentStatus") or ""
@@ -51,11 +53,18 @@ def rayjob_outcome(status: dict[str, Any] | None) -> tuple[str, str | None]:
     if stuck:
         return FAILED, stuck
     if dep == "Failed":
-        return FAILED, detail or f"the RayJob failed (job status {job or 'none'})"
+        attempts = int(status.get("failed") or 0)
+        return FAILED, (detail or f"the RayJob failed (job status {job or 'none'})") + (
+            f" ({attempts} attempts failed)" if attempts > 1 else "")
     if dep == "Retrying":  # backoffLimit > 0: a new Ray cluster, a new attempt
         return RUNNING, f"retrying with a new Ray cluster{': ' + detail if detail else ''}"
     if job in ("FAILED", "STOPPED"):
-        return FAILED, detail or f"the Ray job ended {job}"
+        failed = int(status.get("failed") or 0)  # the attempts before this one
+        if dep == "Running" and failed < backoff_limit:
+            return RUNNING, (f"attempt {failed + 1} of {backoff_limit + 1} ended {job}; KubeRay retries it"
+                             f" (backoffLimit {backoff_limit}){': ' + detail if detail else ''}")
+        return FAILED, (detail or f"the Ray job ended {job}") + (
+            f" (attempt {failed + 1} of {backoff_limit + 1})" if backoff_limit and dep == "Running" else "")
     if dep == "Complete":
         if job == "SUCCEEDED":
             return SUCCEEDED, detail or None
@@ -82,6 +91,23 @@ def pods_cannot_start(status: dict[str, Any]) -> str | None:
     return None
 
 
+def unschedulable_pods(ns: str, name: str, status: dict[str, Any], client) -> list[str]:
+    """The RayJob's Pending pods that the scheduler cannot place, each with its FailedScheduling message (the
+    PodScheduled condition's, as ``kubectl describe pod`` shows it): the Ray pods (``ray.io/cluster``) and the
+    submitter's (``job-name``: KubeRay names the submitter Job after the RayJob). KubeRay's status does not
+    say it -- the RayJob just stays Initializing -- and a cluster autoscaler may still add a node, so this is
+    reported, not a failure."""
+    selectors = [f"ray.io/cluster={status['rayClusterName']}"] if status.get("rayClusterName") else []
+    found = []
+    for selector in [*selectors, f"job-name={name}"]:
+        for pod in kube.list_objects("v1", "Pod", ns, client=client, label_selector=selector)[0]:
+            st = pod.get("status") or {}
+            cond = next((c for c in st.get("conditions") or [] if c.get("type") == "PodScheduled"), {})
+            if st.get("phase") == "Pending" and cond.get("reason") == "Unschedulable":
+                found.append(f"pod {pod['metadata']['name']} cannot be scheduled: {cond.get('message') or 'no message'}")
+    return found
+
+
 def _detail(status: dict[str, Any]) -> str:
     reason, message = status.get("reason") or "", status.get("message") or ""
     return f"{reason}: {message}" if reason and message else reason or message
@@ -104,7 +130,7 @@ def submit_and_wait(manifest: dict[str, Any], *, timeout_s: float, poll_s: float
     client = client or kube.api_client()
     existing = kube.get(API_VERSION, KIND, name, ns, client=client)
     if existing is not None:
-        state, msg = rayjob_outcome(existing.get("status"))
+        state, msg = rayjob_outcome(existing.get("status"), rayjob_backoff_limit(existing))
         same = existing.get("spec", {}).get("entrypoint") == manifest["spec"]["entrypoint"]
         if same and state == SUCCEEDED:
             log(f"{LOG_PREFIX} {where} already succeeded with this entrypoint; not training again")
@@ -126,6 +152,7 @@ def submit_and_wait(manifest: dict[str, Any], *, timeout_s: float, poll_s: float
     shown: set[str] = set()
     errors = 0
     status: dict[str, Any] = {}
+    unschedulable: list[str] = []  # the last look at pods waiting for the scheduler
     while True:
         try:
             obj = kube.get(API_VERSION, KIND, name, ns, client=client)
@@ -143,7 +170,7 @@ def submit_and_wait(manifest: dict[str, Any], *, timeout_s: float, poll_s: float
         if obj is not None:
             status = obj.get("status") or {}
             now = (status.get("jobDeploymentStatus") or "", status.get("jobStatus") or "")
-            state, msg = rayjob_outcome(status)
+            state, msg = rayjob_outcome(status, rayjob_backoff_limit(obj))
             if now != last:
                 log(_transition(where, last, now, status, shown, msg))
                 last = now
@@ -151,10 +178,42 @@ def submit_and_wait(manifest: dict[str, Any], *, timeout_s: float, poll_s: float
                 return obj
             if state == FAILED:
                 raise RayJobError(_failure(where, ns, name, status, msg))
+            if _waiting_for_pods(status):
+                unschedulable = _look_at_pods(where, ns, name, status, client, shown, log)
         left = deadline - time.monotonic()
         if left <= 0:
-            raise RayJobError(_timeout(where, ns, name, status, timeout_s, client, delete_on_timeout, log))
+            raise RayJobError(_timeout(where, ns, name, status, timeout_s, client, delete_on_timeout, log)
+                              + "".join(f" Still Pending: {line}." for line in unschedulable))
         time.sleep(min(poll_s, left))
+
+
+def rayjob_backoff_limit(rayjob: dict[str, Any]) -> int:
+    return int((rayjob.get("spec") or {}).get("backoffLimit") or 0)
+
+
+def _waiting_for_pods(status: dict[str, Any]) -> bool:
+    """The Ray cluster is not up yet, or the submitter has not started the Ray job."""
+    return (status.get("jobDeploymentStatus") or "") in ("", "Initializing", "Retrying") or \
+        (status.get("jobStatus") or "") in ("", "PENDING")
+
+
+def _look_at_pods(where: str, ns: str, name: str, status: dict[str, Any], client, shown: set[str],
+                  log: Callable[[str], None]) -> list[str]:
+    """unschedulable_pods, each new message logged once; nothing when pods may not be listed (a Role without
+    pods: list only loses this hint)."""
+    try:
+        found = unschedulable_pods(ns, name, status, client)
+    except kube.KubeError as e:
+        if "pods-unlisted" not in shown:
+            shown.add("pods-unlisted")
+            log(f"{LOG_PREFIX} {where}: cannot list its pods to say why they wait ({e})")
+        return []
+    for line in found:
+        reason = line.split(": ", 1)[1]
+        if f"unschedulable={reason}" not in shown:  # the same reason for the next pod is not news
+            shown.add(f"unschedulable={reason}")
+            log(f"{LOG_PREFIX} {where}: {line}")
+    return found
 
 
 def train_on_kuberay(cfg: Config, tokens_uri: str, checkpoint_uri: str, *, name: str,
@@ -163,11 +222,27 @@ def train_on_kuberay(cfg: Config, tokens_uri: str, checkpoint_uri: str, *, name:
 
     The checkpoint directory (with its manifest.json) is at ``checkpoint_uri`` when this returns.
     """
-    manifest = render_rayjob(cfg, name=name, tokens_uri=tokens_uri, checkpoint_uri=checkpoint_uri)
+    return stage_on_kuberay("train", cfg, name=name, input_uri=tokens_uri, output_uri=checkpoint_uri, log=log,
+                            client=client)
+
+
+def stage_on_kuberay(stage: str, cfg: Config, *, name: str, output_uri: str, input_uri: str | None = None,
+                     log: Callable[[str], None] = print, client=None) -> dict[str, Any]:
+    """Run one stage as a RayJob (render_stage_rayjob), submit it and wait: ``{"name", "namespace", "status",
+    "manifest"}``. The stage's output directory (with its manifest.json) is at ``output_uri`` when this returns."""
+    manifest = render_stage_rayjob(stage, cfg, name=name, input_uri=input_uri, output_uri=output_uri)
     kr = cfg.kuberay
+    log = stage_log(log, stage)
     obj = submit_and_wait(manifest, timeout_s=kr.timeout_s + DEADLINE_GRACE_S, poll_s=kr.poll_s, log=log,
                           client=client, delete_on_timeout=kr.delete_on_timeout)
     return {"name": name, "namespace": kr.namespace, "status": obj.get("status") or {}, "manifest": manifest}
+
+
+def stage_log(log: Callable[[str], None], stage: str) -> Callable[[str], None]:
+    """``log`` with the KubeRay lines (which start with ``[train]``) naming ``stage`` instead."""
+    if stage == "train":
+        return log
+    return lambda line: log(f"[{stage}]{line[len(LOG_PREFIX):]}" if line.startswith(LOG_PREFIX) else line)
 
 
 def _wait_gone(name: str, ns: str, client, *, timeout_s: float, poll_s: float) -> None:

@@ -1,0 +1,158 @@
+"""The ``kubernetes`` executor: an LMTrainingJob's stages as batch/v1 Jobs and a KubeRay RayJob, one at a time.
+
+``state`` observes each stage's object by its deterministic name (and a finished Job's pod, whose termination
+message is the stage's outcome) and lets lmops.rollout.stage_jobs decide; ``start`` creates the one stage
+that decision names. Creating is idempotent (a 409 is "already there"), and nothing lives in this process:
+an operator killed between any two calls resumes from what it finds in the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from lmops import kube
+from lmops.crd.training import LMTrainingJobSpec
+from lmops.failpoints import failpoint
+from lmops.operator.executors.stage_objects import STAGE_LABEL, Target, check_target, job_config, stage_job, train_rayjob
+from lmops.rollout import RunState
+from lmops.rollout.stage_jobs import ACTIVE, BROKEN, DONE, StageObject, run_state
+from lmops.train.kuberay.render import API_VERSION as RAY_API, KIND as RAYJOB
+from lmops.train.kuberay.submit import FAILED as RAY_FAILED, SUCCEEDED as RAY_SUCCEEDED
+from lmops.train.kuberay.submit import rayjob_backoff_limit, rayjob_outcome
+
+LOG_LINES = 10  # a failed stage's last log lines kept in status
+
+
+def target_for(obj: dict[str, Any], spec: LMTrainingJobSpec, settings) -> Target:
+    meta = obj["metadata"]
+    k = spec.executor.kubernetes
+    pick = lambda field, default: (getattr(k, field) if k and getattr(k, field) is not None else default)  # noqa: E731
+    return Target(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
+                  staging_uri=pick("staging_uri", settings.staging_uri) or "",
+                  s3_secret=pick("s3_secret", settings.s3_secret),
+                  s3_endpoint_url=pick("s3_endpoint_url", settings.s3_endpoint_url),
+                  backoff_limit=k.backoff_limit if k else 1, service_account=pick("service_account", None),
+                  image=settings.image, tracking_uri=spec.mlflow_tracking_uri or settings.tracking_uri)
+
+
+class KubernetesExecutor:
+    def __init__(self, target: Target, client=None):
+        self.target = target
+        self.client = client
+
+    # ------------------------------------------------------------ observing
+    def state(self, run_id: str) -> RunState | None:
+        observed = self.observe()
+        if all(o is None for o in observed.values()):
+            return None
+        return run_state(observed)
+
+    def observe(self) -> dict[str, StageObject | None]:
+        from lmops.pipeline.stage_job import STAGES
+
+        t = self.target
+        pods = None
+        out: dict[str, StageObject | None] = {}
+        for stage in STAGES:
+            name = t.object_name(stage)
+            if stage == "train":
+                ray = kube.get(RAY_API, RAYJOB, name, t.namespace, client=self.client)
+                out[stage] = None if ray is None else _rayjob_stage(name, ray)
+                continue
+            job = kube.get("batch/v1", "Job", name, t.namespace, client=self.client)
+            if job is None:
+                out[stage] = None
+                continue
+            if pods is None:  # one list for the whole reconcile, only once a Job exists
+                pods = [p for p in kube.list_objects("v1", "Pod", t.namespace, client=self.client)[0]
+                        if (p["metadata"].get("labels") or {}).get(STAGE_LABEL)]
+            out[stage] = self._job_stage(name, job, [p for p in pods if p["metadata"]["labels"].get("job-name") == name])
+        return out
+
+    def _job_stage(self, name: str, job: dict[str, Any], pods: list[dict[str, Any]]) -> StageObject:
+        st = job.get("status") or {}
+        conds = {c["type"]: c for c in st.get("conditions") or [] if c.get("status") == "True"}
+        start, end = st.get("startTime"), st.get("completionTime")
+        if "Complete" in conds or st.get("succeeded"):
+            done = next((p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"), None)
+            return StageObject(name, DONE, start, end, result=_message_json(done))
+        if "Failed" in conds:
+            failed = sorted((p for p in pods if (p.get("status") or {}).get("phase") == "Failed"),
+                            key=lambda p: p["metadata"].get("creationTimestamp") or "")
+            last = failed[-1] if failed else None
+            term = _terminated(last)
+            error = _message_json(last).get("error") or (term.get("message") or "").strip()
+            logs = self._log_tail(last) if last else ""
+            reason = f"{conds['Failed'].get('reason') or 'Failed'} (pod {term.get('reason') or 'unknown'}," \
+                     f" exit code {term.get('exitCode')}, {st.get('failed', 0)} attempt(s))"
+            message = error + (f"\nlast log lines:\n{logs}" if logs and logs.strip() not in error else "")
+            return StageObject(name, BROKEN, start, conds["Failed"].get("lastTransitionTime"), reason=reason,
+                               message=message)
+        return StageObject(name, ACTIVE, start)
+
+    def _log_tail(self, pod: dict[str, Any]) -> str:
+        from kubernetes import client as k8s
+
+        try:
+            return k8s.CoreV1Api(self.client or kube.api_client()).read_namespaced_pod_log(
+                pod["metadata"]["name"], self.target.namespace, tail_lines=LOG_LINES)
+        except Exception as e:  # noqa: BLE001 - the log is a hint; its absence is said, not fatal
+            return f"(log not readable: {getattr(e, 'reason', e)})"
+
+    # ------------------------------------------------------------ acting
+    def start(self, run_id: str, spec: LMTrainingJobSpec) -> bool:
+        """Create the next stage's object (the first stage when none exists); False when there is none to
+        create or it exists already."""
+        check_target(self.target)
+        observed = self.observe()
+        stage = (run_state(observed).next_stage if any(observed.values()) else "build")
+        if stage is None:
+            return False
+        cfg = job_config(spec, self.target)
+        obj = train_rayjob(self.target, cfg) if stage == "train" else stage_job(stage, spec, self.target, cfg, run_id)
+        failpoint(f"jobs.before_create.{stage}")
+        created = kube.create(obj, client=self.client)
+        failpoint(f"jobs.created.{stage}")
+        return created
+
+    def cancel(self, run_id: str) -> None:
+        """Nothing to do: the stage objects are owned by the LMTrainingJob, so deleting it deletes them (and the
+        garbage collector stops their pods)."""
+
+
+def _rayjob_stage(name: str, ray: dict[str, Any]) -> StageObject:
+    st = ray.get("status") or {}
+    outcome, msg = rayjob_outcome(st, rayjob_backoff_limit(ray))  # a failed attempt with retries left is not the end
+    start, end = st.get("startTime"), st.get("endTime")
+    if outcome == RAY_SUCCEEDED:
+        return StageObject(name, DONE, start, end, result={"detail": f"RayJob {name}: {st.get('jobStatus')}"})
+    if outcome == RAY_FAILED:
+        return StageObject(name, BROKEN, start, end, reason=st.get("reason") or st.get("jobDeploymentStatus") or "Failed",
+                           message=f"{msg or ''} (logs: kubectl logs job/{name})")
+    return StageObject(name, ACTIVE, start)
+
+
+def _terminated(pod: dict[str, Any] | None) -> dict[str, Any]:
+    for cs in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            return term
+    return {}
+
+
+def _message_json(pod: dict[str, Any] | None) -> dict[str, Any]:
+    text = (_terminated(pod).get("message") or "").strip()
+    try:
+        out = json.loads(text) if text.startswith("{") else {}
+    except json.JSONDecodeError:
+        out = {}
+    return out if isinstance(out, dict) else {}
+
+
+def settings_env() -> dict[str, str | None]:
+    """The operator's defaults for every job (the chart's stageJobs values)."""
+    return {"staging_uri": os.environ.get("LMOPS_STAGING_URI") or None,
+            "s3_secret": os.environ.get("LMOPS_STAGE_S3_CREDENTIALS_REF") or None,
+            "s3_endpoint_url": os.environ.get("LMOPS_STAGE_S3_ENDPOINT_URL") or None}
