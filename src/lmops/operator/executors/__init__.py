@@ -16,7 +16,7 @@ def for_spec(spec: LMTrainingJobSpec, settings, obj: dict | None = None, client=
     if spec.executor.kind == "kubernetes":
         from lmops.operator.executors.kubernetes import KubernetesExecutor, target_for
 
-        return KubernetesExecutor(target_for(obj, spec, settings), client)
+        return KubernetesExecutor(target_for(obj, spec, settings), client, spec)
     from lmops.operator.executors.local import LocalExecutor
 
     return LocalExecutor(settings.runs_dir, settings.tracking_uri)

@@ -1,4 +1,5 @@
-"""The ``kubernetes`` executor: an LMTrainingJob's stages as batch/v1 Jobs and a KubeRay RayJob, one at a time.
+"""The ``kubernetes`` executor: an LMTrainingJob's stages as batch/v1 Jobs and KubeRay RayJobs (train; build and
+tokenize too on engine ray), one at a time.
 
 ``state`` observes each stage's object by its deterministic name (and a finished Job's pod, whose termination
 message is the stage's outcome) and lets lmops.rollout.stage_jobs decide; ``start`` creates the one stage
@@ -15,7 +16,9 @@ from typing import Any
 from lmops import kube
 from lmops.crd.training import LMTrainingJobSpec
 from lmops.failpoints import failpoint
-from lmops.operator.executors.stage_objects import STAGE_LABEL, Target, check_target, job_config, stage_job, train_rayjob
+from lmops.errors import LmopsError
+from lmops.operator.executors.stage_objects import (STAGE_LABEL, Target, check_target, job_config, runs_on_ray,
+                                                    stage_job, stage_rayjob)
 from lmops.rollout import RunState
 from lmops.rollout.stage_jobs import ACTIVE, BROKEN, DONE, StageObject, run_state
 from lmops.train.kuberay.render import API_VERSION as RAY_API, KIND as RAYJOB
@@ -38,9 +41,24 @@ def target_for(obj: dict[str, Any], spec: LMTrainingJobSpec, settings) -> Target
 
 
 class KubernetesExecutor:
-    def __init__(self, target: Target, client=None):
+    def __init__(self, target: Target, client=None, spec: LMTrainingJobSpec | None = None):
         self.target = target
         self.client = client
+        self.spec = spec
+        self._ray_stages: set[str] | None = None
+
+    def ray_stages(self) -> set[str]:
+        """The stages that are RayJobs for this job's config: train, and build / tokenize on engine ray. Train
+        alone when the config does not resolve (then no stage can start, and ``start`` says why)."""
+        if self._ray_stages is None:
+            from lmops.pipeline.stage_job import STAGES
+
+            try:
+                cfg = job_config(self.spec, self.target) if self.spec else None
+            except LmopsError:
+                cfg = None
+            self._ray_stages = {s for s in STAGES if runs_on_ray(s, cfg)} if cfg else {"train"}
+        return self._ray_stages
 
     # ------------------------------------------------------------ observing
     def state(self, run_id: str) -> RunState | None:
@@ -55,9 +73,10 @@ class KubernetesExecutor:
         t = self.target
         pods = None
         out: dict[str, StageObject | None] = {}
+        ray_stages = self.ray_stages()
         for stage in STAGES:
             name = t.object_name(stage)
-            if stage == "train":
+            if stage in ray_stages:
                 ray = kube.get(RAY_API, RAYJOB, name, t.namespace, client=self.client)
                 out[stage] = None if ray is None else _rayjob_stage(name, ray)
                 continue
@@ -111,7 +130,8 @@ class KubernetesExecutor:
         if stage is None:
             return False
         cfg = job_config(spec, self.target)
-        obj = train_rayjob(self.target, cfg) if stage == "train" else stage_job(stage, spec, self.target, cfg, run_id)
+        obj = (stage_rayjob(stage, self.target, cfg) if runs_on_ray(stage, cfg)
+               else stage_job(stage, spec, self.target, cfg, run_id))
         failpoint(f"jobs.before_create.{stage}")
         created = kube.create(obj, client=self.client)
         failpoint(f"jobs.created.{stage}")

@@ -3,9 +3,9 @@ train, owned by the LMTrainingJob (deleting it deletes them and stops their pods
 
 Every stage pod runs the lmops image with the stage's resources (the config's ``pipeline.<stage>``, the same
 the compiled Kubeflow pipeline gives its tasks), the restricted security context with a read-only root, and
-the S3 credentials by reference (``envFrom`` a Secret, never inline). The train RayJob is the one the
-pipeline's kuberay launcher submits (lmops.train.kuberay.render), reading the tokenize stage's output and
-writing the train stage's under the same staging prefix.
+the S3 credentials by reference (``envFrom`` a Secret, never inline). The train RayJob -- and build's and
+tokenize's when their engine is ray -- is the one the pipeline's kuberay launcher submits
+(lmops.train.kuberay.render), reading its input stage's output and writing its own under the staging prefix.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from lmops.security.context import CACHE, SHM, TMP, harden
 STAGE_LABEL, JOB_LABEL = "lmops.dev/stage", "lmops.dev/training-job"
 RESOURCES = {"build": "build", "tokenize": "tokenize", "evaluate": "evaluate", "compress": "compress",
              "register": "register_model"}  # stage -> its config.pipeline field
+RAY_DATA_STAGES = ("build", "tokenize")
+RAY_INPUT = {"build": None, "tokenize": "build", "train": "tokenize"}  # a RayJob stage -> the stage it reads
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ def job_config(spec: LMTrainingJobSpec, target: Target) -> Config:
         params += [f"registry.tracking_uri={target.tracking_uri}", f"train.mlflow_tracking_uri={target.tracking_uri}"]
     cfg = load_config(spec.config, params)
     raw = cfg.model_dump(mode="json")
+    if spec.sources:  # what a build RayJob reads (a build Job's pod resolves them itself, as resolve-config)
+        raw["build"]["sources"] = list(spec.sources)
     kr = raw["kuberay"]
     kr.update(namespace=target.namespace, env={**target.env(), **(kr.get("env") or {})},
               env_from_secrets=[target.s3_secret] if target.s3_secret else list(kr.get("env_from_secrets") or []))
@@ -122,12 +126,21 @@ def stage_job(stage: str, spec: LMTrainingJobSpec, target: Target, cfg: Config, 
             "spec": {"backoffLimit": target.backoff_limit, "template": {"metadata": {"labels": labels}, "spec": pod}}}
 
 
-def train_rayjob(target: Target, cfg: Config) -> dict[str, Any]:
-    """The RayJob of the train stage, as the kuberay launcher renders it, owned by the LMTrainingJob."""
-    from lmops.train.kuberay.render import render_rayjob
+def runs_on_ray(stage: str, cfg: Config) -> bool:
+    """Whether a stage is a RayJob: train always; build and tokenize when their engine is ``ray`` or ``auto``
+    (auto picks ray under a kuberay launcher, and this executor is one: its train is a RayJob)."""
+    return stage == "train" or (stage in RAY_DATA_STAGES and getattr(cfg, stage).engine in ("ray", "auto"))
 
-    manifest = render_rayjob(cfg, name=target.object_name("train"), tokens_uri=f"{target.prefix}/tokenize",
-                             checkpoint_uri=f"{target.prefix}/train", labels=target.labels("train"))
+
+def stage_rayjob(stage: str, target: Target, cfg: Config) -> dict[str, Any]:
+    """The RayJob of train (or of a data stage on Ray Data), as the pipeline's kuberay launcher renders it,
+    reading its input stage's and writing its own output under the staging prefix, owned by the LMTrainingJob."""
+    from lmops.train.kuberay.render import render_stage_rayjob
+
+    source = RAY_INPUT[stage]
+    manifest = render_stage_rayjob(stage, cfg, name=target.object_name(stage), output_uri=f"{target.prefix}/{stage}",
+                                   input_uri=f"{target.prefix}/{source}" if source else None,
+                                   labels=target.labels(stage))
     manifest["metadata"]["ownerReferences"] = [target.owner()]
     return manifest
 
