@@ -1,7 +1,9 @@
 """Stopping a local server's whole process group, and checking that nothing of it survived.
 
-Local servers (mlflow, the KServe model server) run in their own session, because they spawn helpers
-(uvicorn workers, job consumers) that outlive a killed parent; stopping one means signalling the group.
+Local servers (mlflow, the KServe model server, a local Ray runtime) run in their own session, because they
+spawn helpers (uvicorn workers, job consumers, Ray workers) that outlive a killed parent; stopping one means
+signalling the group -- and the rest of its session: Ray's raylet starts each worker in a process group of its
+own (same session), and such a worker lingers for a while after its raylet is gone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ def stop_group(pgid: int, grace: float = 10, reap: Callable[[], bool] | None = N
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
+            pass  # the group is gone; members of its session in groups of their own may not be
+        strays = _strays(pgid)
+        for pid in strays:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if not strays and not group_alive(pgid):
             break
         deadline = time.time() + wait
         while time.time() < deadline and not gone():
@@ -41,15 +51,26 @@ def stop_group(pgid: int, grace: float = 10, reap: Callable[[], bool] | None = N
 
 
 def group_alive(pgid: int) -> bool:
-    """True while any process (zombies excluded) is still in the group."""
+    """True while any process (zombies excluded) is still in the group, or in the session it leads."""
+    return bool(_members(pgid))
+
+
+def _members(pgid: int) -> dict[int, int]:
+    """Live processes (zombies excluded) in group ``pgid`` or in the session ``pgid`` leads: pid -> their pgid."""
+    out = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+        if pgid in (int(fields[2]), int(fields[3])) and fields[0] != "Z":  # fields: state ppid pgrp session
+            out[int(stat.parent.name)] = int(fields[2])
+    return out
+
+
+def _strays(pgid: int) -> list[int]:
+    """Members of the session ``pgid`` leads that sit in process groups of their own (Ray's workers)."""
+    return [pid for pid, group in _members(pgid).items() if group != pgid]
 
 
 def descendants(pid: int) -> list[int]:
