@@ -231,11 +231,18 @@ def list_objects(api_version: str, kind: str, namespace: str | None = None, clie
                  *, label_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
     """(objects, the list's resourceVersion) of one kind, in one namespace or all; ``label_selector`` as
     kubectl's ``-l``."""
+    from kubernetes.client.exceptions import ApiException
+
     what = f"{kind} list in {namespace or 'all namespaces'}"
     dyn = _dynamic(client, what)
     resource = _resource(dyn, api_version, kind, what)
     selector = {"label_selector": label_selector} if label_selector else {}
-    out = _call(dyn, "list", what, resource, namespace, dyn.get, resource, namespace=namespace, **selector).to_dict()
+    try:
+        out = _call(dyn, "list", what, resource, namespace, dyn.get, resource, namespace=namespace, **selector)
+    except ApiException as e:  # 404 on a list: discovery names the kind, but the API server does not serve it
+        raise KubeError(f"{what}: the API server does not serve {kind} ({api_version}) yet: a CRD just created"
+                        f" is served once it is Established ({_body(e).get('message') or e.reason})", 404) from None
+    out = out.to_dict()
     return out.get("items") or [], out["metadata"]["resourceVersion"]
 
 

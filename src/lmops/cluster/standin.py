@@ -94,6 +94,9 @@ class StandIn:
             except kube.KubeError as e:  # the API server restarting, or gone for good (down stops us)
                 self.log(f"watch of {self.kind}: {e}; retrying in 1s")
                 time.sleep(1)
+            except Exception as e:  # noqa: BLE001 - this thread is the stand-in's only eyes: it must not die
+                self.log(f"watch of {self.kind}: {type(e).__name__}: {e}; retrying in 1s")
+                time.sleep(1)
 
     def container_env(self, container: dict[str, Any], namespace: str,
                       mounts: dict[str, str] | None = None) -> dict[str, str]:
