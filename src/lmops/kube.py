@@ -209,22 +209,29 @@ def get(api_version: str, kind: str, name: str, namespace: str | None, client=No
 
 
 def served(api_version: str, plural: str, client=None) -> bool:
-    """True when the API server serves ``plural`` in ``api_version`` (its discovery lists it): a new CRD
-    is usable. Reads the group's small discovery document, not the CRD itself (megabytes)."""
+    """True when the API server serves ``plural`` in ``api_version``: its discovery lists it (the group's small
+    discovery document, not the CRD itself, megabytes) and a list of it answers. A new CRD shows in discovery
+    a moment before its handler serves it: a list then is a 404."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
     client = client or api_client()
+    what = f"discovery of {api_version}"
     try:
         resp = client.call_api(f"/apis/{api_version}", "GET", auth_settings=["BearerToken"], _preload_content=False,
                                _return_http_data_only=True)
+        if not any(r.get("name") == plural for r in json.loads(resp.data).get("resources") or []):
+            return False
+        what = f"a list of {plural} ({api_version})"
+        client.call_api(f"/apis/{api_version}/{plural}", "GET", query_params=[("limit", 1)],
+                        auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True)
     except ApiException as e:
         if e.status == 404:
             return False
-        raise _refused(e, "get", f"discovery of {api_version}") from None
+        raise _refused(e, "get", what) from None
     except HTTPError as e:
-        raise _unreachable(client, f"discovery of {api_version}", e) from None
-    return any(r.get("name") == plural for r in json.loads(resp.data).get("resources") or [])
+        raise _unreachable(client, what, e) from None
+    return True
 
 
 def list_objects(api_version: str, kind: str, namespace: str | None = None, client=None,
