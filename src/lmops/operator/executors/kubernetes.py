@@ -21,11 +21,13 @@ from lmops.operator.executors.stage_objects import (STAGE_LABEL, Target, check_t
                                                     stage_job, stage_rayjob)
 from lmops.rollout import RunState
 from lmops.rollout.stage_jobs import ACTIVE, BROKEN, DONE, StageObject, run_state
+from lmops.train.kuberay.entrypoint import CACHED
 from lmops.train.kuberay.render import API_VERSION as RAY_API, KIND as RAYJOB
 from lmops.train.kuberay.submit import FAILED as RAY_FAILED, SUCCEEDED as RAY_SUCCEEDED
 from lmops.train.kuberay.submit import rayjob_backoff_limit, rayjob_outcome
 
 LOG_LINES = 10  # a failed stage's last log lines kept in status
+CACHE_LOG_LINES = 40  # where a RayJob's submitter log says the job was cached (the job's last lines, then ray's)
 
 
 def target_for(obj: dict[str, Any], spec: LMTrainingJobSpec, settings) -> Target:
@@ -71,23 +73,26 @@ class KubernetesExecutor:
         from lmops.pipeline.stage_job import STAGES
 
         t = self.target
-        pods = None
+        listed: list[list[dict[str, Any]]] = []
+
+        def pods_of(job_name: str) -> list[dict[str, Any]]:
+            """The pods of one Job (a RayJob's submitter is one too); one list for the whole reconcile, made
+            only once something needs it."""
+            if not listed:
+                listed.append([p for p in kube.list_objects("v1", "Pod", t.namespace, client=self.client)[0]
+                               if (p["metadata"].get("labels") or {}).get(STAGE_LABEL)])
+            return [p for p in listed[0] if p["metadata"]["labels"].get("job-name") == job_name]
+
         out: dict[str, StageObject | None] = {}
         ray_stages = self.ray_stages()
         for stage in STAGES:
             name = t.object_name(stage)
             if stage in ray_stages:
                 ray = kube.get(RAY_API, RAYJOB, name, t.namespace, client=self.client)
-                out[stage] = None if ray is None else _rayjob_stage(name, ray)
+                out[stage] = None if ray is None else self._rayjob_stage(name, ray, pods_of)
                 continue
             job = kube.get("batch/v1", "Job", name, t.namespace, client=self.client)
-            if job is None:
-                out[stage] = None
-                continue
-            if pods is None:  # one list for the whole reconcile, only once a Job exists
-                pods = [p for p in kube.list_objects("v1", "Pod", t.namespace, client=self.client)[0]
-                        if (p["metadata"].get("labels") or {}).get(STAGE_LABEL)]
-            out[stage] = self._job_stage(name, job, [p for p in pods if p["metadata"]["labels"].get("job-name") == name])
+            out[stage] = None if job is None else self._job_stage(name, job, pods_of(name))
         return out
 
     def _job_stage(self, name: str, job: dict[str, Any], pods: list[dict[str, Any]]) -> StageObject:
@@ -111,12 +116,29 @@ class KubernetesExecutor:
                                message=message)
         return StageObject(name, ACTIVE, start)
 
-    def _log_tail(self, pod: dict[str, Any]) -> str:
+    def _rayjob_stage(self, name: str, ray: dict[str, Any], pods_of) -> StageObject:
+        st = ray.get("status") or {}
+        outcome, msg = rayjob_outcome(st, rayjob_backoff_limit(ray))  # a failed attempt with retries left is not the end
+        start, end = st.get("startTime"), st.get("endTime")
+        if outcome == RAY_SUCCEEDED:
+            result = {"detail": f"RayJob {name}: {st.get('jobStatus')}"}
+            # the job's own word that it found its checkpoint valid and trained nothing: its submitter's log
+            # (KubeRay's submitter Job has the RayJob's name and tails the job's output)
+            submitter = next((p for p in pods_of(name) if (p.get("status") or {}).get("phase") == "Succeeded"), None)
+            if submitter is not None and CACHED in self._log_tail(submitter, CACHE_LOG_LINES):
+                result["status"] = "cached"
+            return StageObject(name, DONE, start, end, result=result)
+        if outcome == RAY_FAILED:
+            return StageObject(name, BROKEN, start, end, reason=st.get("reason") or st.get("jobDeploymentStatus") or "Failed",
+                               message=f"{msg or ''} (logs: kubectl logs job/{name})")
+        return StageObject(name, ACTIVE, start)
+
+    def _log_tail(self, pod: dict[str, Any], lines: int = LOG_LINES) -> str:
         from kubernetes import client as k8s
 
         try:
             return k8s.CoreV1Api(self.client or kube.api_client()).read_namespaced_pod_log(
-                pod["metadata"]["name"], self.target.namespace, tail_lines=LOG_LINES)
+                pod["metadata"]["name"], self.target.namespace, tail_lines=lines)
         except Exception as e:  # noqa: BLE001 - the log is a hint; its absence is said, not fatal
             return f"(log not readable: {getattr(e, 'reason', e)})"
 
@@ -140,18 +162,6 @@ class KubernetesExecutor:
     def cancel(self, run_id: str) -> None:
         """Nothing to do: the stage objects are owned by the LMTrainingJob, so deleting it deletes them (and the
         garbage collector stops their pods)."""
-
-
-def _rayjob_stage(name: str, ray: dict[str, Any]) -> StageObject:
-    st = ray.get("status") or {}
-    outcome, msg = rayjob_outcome(st, rayjob_backoff_limit(ray))  # a failed attempt with retries left is not the end
-    start, end = st.get("startTime"), st.get("endTime")
-    if outcome == RAY_SUCCEEDED:
-        return StageObject(name, DONE, start, end, result={"detail": f"RayJob {name}: {st.get('jobStatus')}"})
-    if outcome == RAY_FAILED:
-        return StageObject(name, BROKEN, start, end, reason=st.get("reason") or st.get("jobDeploymentStatus") or "Failed",
-                           message=f"{msg or ''} (logs: kubectl logs job/{name})")
-    return StageObject(name, ACTIVE, start)
 
 
 def _terminated(pod: dict[str, Any] | None) -> dict[str, Any]:

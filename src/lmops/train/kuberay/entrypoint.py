@@ -21,6 +21,11 @@ from lmops.errors import LmopsError
 from lmops.train.kuberay.render import decode_config
 from lmops.train.kuberay.submit import LOG_PREFIX
 
+CACHED = "is cached (same key); nothing trained or uploaded"
+"""What the job's log says when the checkpoint there is still valid (the operator reads it from the submitter's
+log: a RayJob's status has nowhere to carry it)."""
+
+
 # ---------------------------------------------------------------- the entrypoint (runs on the head pod)
 def run(cfg: Config, tokens_uri: str, checkpoint_uri: str, *, work_dir: str | Path | None = None,
         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)):
@@ -46,7 +51,7 @@ def run(cfg: Config, tokens_uri: str, checkpoint_uri: str, *, work_dir: str | Pa
         storage.download_dir(checkpoint_uri, out)
     result = train_stage(cfg, tokens, out, cache_dir=None, log=log, tokens_source=source)
     if result.cached:
-        log(f"{LOG_PREFIX} checkpoint at {checkpoint_uri} is cached (same key); nothing trained or uploaded")
+        log(f"{LOG_PREFIX} checkpoint at {checkpoint_uri} {CACHED}")
         return result
     publish_checkpoint(result.path, checkpoint_uri)
     log(f"{LOG_PREFIX} checkpoint: {result.path} -> {checkpoint_uri}")
