@@ -15,6 +15,8 @@ class RaySpec(CamelModel):
     workers: int = Field(1, ge=1, le=256)
     gpus_per_worker: int = Field(0, ge=0, le=16)
     launcher: Literal["kuberay", "local"] = "local"
+    """Read by the kfp and local executors (the pipeline's launcher); the kubernetes executor's train is always a
+    RayJob."""
 
 
 class KfpSpec(CamelModel):
