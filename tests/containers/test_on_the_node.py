@@ -218,7 +218,7 @@ def test_a_kfp_task_pod_of_the_compiled_pipeline_runs_its_stage(kube_cluster, ku
         cfg["cache_dir"] = "/var/cache/lmops"
         task_root = "/outputs/build"
         executor_input = executor_input_utils.construct_executor_input(
-            component, {"config": yaml.safe_dump(cfg)}, task_root, block_input_artifact=True)
+            component, {"config": yaml.safe_dump(cfg), "launcher": "local"}, task_root, block_input_artifact=True)
         command = placeholder_utils.replace_placeholders(
             container["command"] + container["args"],
             executor_input_utils.executor_input_to_dict(executor_input, component),
