@@ -88,8 +88,9 @@ k8s-binaries: $(STAMP)
 # The InferenceServices of the tests run as pods of the lmops CPU image (the KServe stand-in's predictors):
 # built here first, with its progress shown (cold on a fresh machine: engine, Debian base and image, 6-8
 # minutes; cached by its build key: a second), then loaded into the session node once by a fixture.
+# --durations: CI's log names the slowest tests (the budget is 60 minutes for all of .ci/run).
 test: $(STAMP) k8s-binaries cpu-image
-	$(BIN)/python -m pytest -q -m "not containers" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not containers" --durations=30 $(PYTEST_ARGS)
 
 cpu-image: $(STAMP)
 	$(BIN)/lmops images build --variant cpu
