@@ -36,6 +36,7 @@ NS = "lmops-demo"
 SECRET = "lmops-demo-webhook-secret"  # a throwaway local demo; a cluster's comes from a Secret
 RELEASE = "lmops"  # the chart's release: Deployment lmops-operator
 S3_SECRET = "s3-creds"
+PREDICTOR_CPU = "500m"  # two predictor pods (stable and canary) and the operator's fit one 2-core node
 # The stage pods and the Ray cluster sized for one 2-core node (beside the operator's pod): a head and one worker
 # pod with a quarter to half a core requested each; a job's own overrides win.
 FIT_ONE_NODE = {
@@ -211,9 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         first = versions.get("fp32") or job_status["registeredVersion"]
         second = next((v for k, v in sorted(versions.items()) if v != first), None)
 
-        say(f"2. promote version {first} (fp32) to champion; kubectl apply the ModelDeployment")
+        say(f"2. promote version {first} (fp32) to champion; kubectl apply the sample ModelDeployment (predictors of"
+            f" {PREDICTOR_CPU} CPU)")
         mlflow.set_registered_model_alias(model, "champion", first)
-        kubectl("apply", "-f", str(REPO_ROOT / "manifests" / "samples" / "modeldeployment.yaml"))
+        md = yaml.safe_load((REPO_ROOT / "manifests" / "samples" / "modeldeployment.yaml").read_text())
+        md["spec"]["serving"]["cpu"] = PREDICTOR_CPU  # the stable and the canary's pods beside the operator's
+        (work / "modeldeployment.yaml").write_text(yaml.safe_dump(md, sort_keys=False))
+        kubectl("apply", "-f", str(work / "modeldeployment.yaml"))
         wait_until(lambda: status("ModelDeployment", model).get("stableVersion") == first
               and any(c["type"] == "Ready" and c["status"] == "True"
                       for c in status("ModelDeployment", model).get("conditions") or []), 300, 1.0, "the first version to serve")
