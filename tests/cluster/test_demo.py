@@ -1,8 +1,9 @@
 """`make demo`'s main path, twice in a row on the session's `lmops cluster`: the first run fails on purpose (a
 training job whose source does not exist), the second -- the same job name, now with the micro preset -- must
-clean what the first left and go all the way (train, register, serve, canary, a broken version rolled back).
-After each run no process the demo started may be left: every process that inherited the run's marker in its
-environment (operator, MLflow, the training run's Ray runtime and model server) must be gone."""
+clean what the first left and go all the way on pods (the operator's from the Helm chart, the stage Jobs, the
+RayJob's head and worker, the predictors: train, register, serve, canary, a broken version rolled back). After
+each run no process the demo started may be left: every process that inherited the run's marker in its
+environment (MLflow, the demo's S3, the relays) must be gone."""
 
 from __future__ import annotations
 
@@ -88,6 +89,11 @@ def test_demo_runs_again_after_a_failed_run_and_leaves_nothing_running(kube_clus
     cleaned = next(line for line in text.splitlines() if "cleaned what an earlier run left" in line)
     assert "LMTrainingJob demo-lm (Failed)" in cleaned and "MLflow data" in cleaned, cleaned
     assert "rolled back by itself" in text, text[-3000:]
+    assert "the operator runs in pod lmops-operator-" in text, text[-5000:]
+    ray_pods = text.split("training on KubeRay")[1].split("$ kubectl get lmtrainingjobs")[0]
+    assert "-head-" in ray_pods and "-worker-" in ray_pods, ray_pods
+    canary = text.split("$ kubectl get pods -l component=predictor")[1].split("[demo")[0]
+    assert canary.count("predictor-0000") >= 2, canary  # the stable and the canary revision's pods
     job = kube.get(API_VERSION, "LMTrainingJob", "demo-lm", NS, client=kube_cluster.client())["status"]
     assert job["phase"] == "Succeeded" and job["registeredVersion"] and job["metrics"]["perplexity"] > 1
     assert {s["name"]: s["state"] for s in job["stages"]}["register"] == "Succeeded"

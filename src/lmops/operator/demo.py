@@ -1,21 +1,23 @@
 """`make demo`: the loop on one machine, on `lmops cluster` (start it first: `make cluster`).
 
-kubectl apply an LMTrainingJob -> the operator trains and registers -> promote its version -> the
-ModelDeployment serves it -> promote another passing variant -> canary -> promoted -> promote a deliberately
-broken version -> the gates fail -> rolled back by itself, traffic and alias. The operator runs as its own
-process with the ServiceAccount token of manifests/rbac; MLflow is a local server with webhooks to it.
+kubectl apply an LMTrainingJob -> its stages run as pods (a Job per stage, a RayJob whose Ray cluster trains
+across a head and a worker pod) and register a version -> promote it -> the ModelDeployment serves it (a predictor
+pod) -> promote another passing variant -> a canary pod, gates, promoted -> promote a deliberately broken version
+-> the gates fail -> rolled back by itself, traffic and alias. Everything runs as pods of the lmops image on the
+node: the operator too, installed from the Helm chart (helm/lmops). On this machine: MLflow, a local server with
+webhooks to the operator, and the demo's S3 (lmops.operator.demo_s3), which the stage pods pass their outputs
+through; pods reach both through the node's relays.
 
 Re-runnable: each run starts from a clean state whatever an earlier one left (its LMTrainingJob and
 ModelDeployment deleted while the operator runs, so their finalizers go with them; a namespace left
-Terminating by objects whose operator was gone; the earlier run's MLflow data) and says what it
-cleaned. Whatever it started -- operator, MLflow, the training run's Ray runtime and model server --
-is stopped when it ends, failed or not.
+Terminating by objects whose operator was gone; an earlier release of the chart; the earlier run's MLflow data)
+and says what it cleaned. Whatever it started -- the operator's release, MLflow, S3, the relays -- is stopped
+when it ends, failed or not; the demo's objects stay (the ModelDeployment's predictor keeps serving).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -32,6 +34,18 @@ from lmops.operator.run import release_finalizers
 
 NS = "lmops-demo"
 SECRET = "lmops-demo-webhook-secret"  # a throwaway local demo; a cluster's comes from a Secret
+RELEASE = "lmops"  # the chart's release: Deployment lmops-operator
+S3_SECRET = "s3-creds"
+PREDICTOR_CPU = "500m"  # two predictor pods (stable and canary) and the operator's fit one 2-core node
+# The stage pods and the Ray cluster sized for one 2-core node (beside the operator's pod): a head and one worker
+# pod with a quarter to half a core requested each; a job's own overrides win.
+FIT_ONE_NODE = {
+    **{f"kuberay.{k}": v for k, v in {"head_cpu": "1", "head_cpu_request": "500m", "worker_cpu": "1",
+                                      "worker_cpu_request": "500m", "head_memory": "4Gi", "worker_memory": "2Gi",
+                                      "head_ranks": "1", "ttl_seconds_after_finished": "5"}.items()},
+    **{f"pipeline.{stage}.{k}": v for stage in ("build", "tokenize", "evaluate", "compress", "register_model")
+       for k, v in (("cpu", "250m"), ("memory", "1Gi"), ("memory_limit", "3Gi"))},
+}
 T0 = time.monotonic()
 
 
@@ -82,15 +96,27 @@ def delete_demo_objects(admin) -> list[str]:
     return cleaned
 
 
-def stop_run_servers(runs: Path) -> list[str]:
-    """What the training job's local run left up: its Ray runtime and model server (lmops stop, in the
-    executor's state folder)."""
-    out = subprocess.run([sys.executable, "-m", "lmops.cli", "stop", "--json"], capture_output=True, text=True,
-                         env={**os.environ, "LMOPS_STATE_DIR": str(runs / "state")})
-    try:
-        return json.loads(out.stdout).get("stopped") or []
-    except ValueError:  # nothing printed: the state folder held nothing
-        return []
+def job_on_pods(job: dict, sources_prefix: str) -> dict:
+    """The LMTrainingJob as the demo runs it: executor kubernetes (staging, Secret and S3 endpoint are the
+    operator's, set at its install), local sources uploaded to the demo's S3, pods sized for this machine."""
+    from lmops.operator import demo_s3
+
+    spec = job["spec"]
+    spec["executor"] = {"type": "kubernetes", "kubernetes": {"backoffLimit": 0}}
+    spec["sources"] = demo_s3.upload_sources(list(spec.get("sources") or []), sources_prefix)
+    spec["overrides"] = {**FIT_ONE_NODE, **(spec.get("overrides") or {})}
+    return job
+
+
+def train_pods(job_name: str) -> list[dict]:
+    """The training job's RayJob pods (head and worker; KubeRay labels them with their node type)."""
+    pods, _ = kube.list_objects("v1", "Pod", NS, label_selector=f"lmops.dev/training-job={job_name},ray.io/node-type")
+    return pods
+
+
+def predictor_pods() -> list[dict]:
+    pods, _ = kube.list_objects("v1", "Pod", NS, label_selector="component=predictor")
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
 def status(kind: str, name: str) -> dict:
@@ -106,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow import MlflowClient
 
     from lmops.cluster import control_plane
-    from lmops.operator.local import service_account_kubeconfig, start_operator, wait_until
-    from lmops.processes import free_port
+    from lmops.operator import demo_s3
+    from lmops.operator.in_pod import OperatorPod, install_operator
+    from lmops.operator.local import wait_until
     from lmops.registry.local_server import LOCAL_WEBHOOK_ENV, start_mlflow_server, stop_process_group
 
     args = parse_args(argv)
@@ -118,18 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     cluster = control_plane.up(args.cluster_folder, echo=lambda line: None)  # reports the running one
     admin = cluster.client()
     work = args.work
-    cleaned = clean_earlier_run(admin) + [f"the run servers {', '.join(names)}" for names in
-                                          [stop_run_servers(work / "runs")] if names]
+    cleaned = clean_earlier_run(admin)
     if (work / "mlflow").exists():
         shutil.rmtree(work / "mlflow")  # its versions would be mistaken for this run's
         cleaned.append(f"the earlier run's MLflow data ({work / 'mlflow'})")
     mlflow_proc, mlflow_url = start_mlflow_server(work / "mlflow", str(work / "mlflow" / "artifacts"),
                                                   env=LOCAL_WEBHOOK_ENV)
     say(f"MLflow {mlflow_url}")
-    op = relay = None
+    s3_proc = op = None
+    relays = []
     try:
-        # the predictor pods run the lmops image and resolve models:/ through MLflow: the image on the node
-        # (built and loaded unless it is there), MLflow through the node's relay
+        s3_proc, s3_url = demo_s3.start(work / "s3.log")
+        say(f"S3 (the demo's moto_server) {s3_url}, bucket {demo_s3.BUCKET}")
+        # every pod runs the lmops image (built and loaded into the node unless it is there) and reaches MLflow
+        # and S3 through the node's relays
         from lmops.cluster import node_images, pod_relay
         from lmops.images.build import build
         from lmops.images.engine import detect
@@ -137,26 +166,44 @@ def main(argv: list[str] | None = None) -> int:
         engine = detect(install=True)
         built = build("cpu", engine=engine, log=say)
         say(node_images.load(Path(cluster.folder), built.ref, engine, log=say).line())
-        relay, pods_mlflow = pod_relay.start(mlflow_url)
+        for url in (mlflow_url, s3_url):
+            relays.append(pod_relay.start(url))
+        pods_mlflow, pods_s3 = (relayed for _, relayed in relays)
         kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}, client=admin)
-        kubeconfig, _ = service_account_kubeconfig(cluster, NS, work / "operator.kubeconfig")
-        port = free_port()
-        op = start_operator(kubeconfig, NS, pods_mlflow, work, poll_s=10, webhook_port=port, webhook_secret=SECRET)
-        say(f"operator started with the ServiceAccount token of manifests/rbac (log {op.log})")
+        kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": S3_SECRET, "namespace": NS},
+                    "stringData": demo_s3.CREDENTIALS}, client=admin)
+        earlier = OperatorPod(admin, cluster.kubeconfig, NS, RELEASE)
+        running = earlier.pods(terminating=True)
+        earlier.stop()  # helm uninstall of a release an interrupted run left (nothing when there is none)
+        if running:
+            cleaned.append(f"the chart's earlier release {RELEASE}")
+        op = install_operator(cluster, NS, pods_mlflow, built.ref, poll_s=10, webhook_secret=SECRET, release=RELEASE,
+                              values={"stageJobs": {"stagingUri": f"s3://{demo_s3.BUCKET}/staging",
+                                                    "s3Secret": S3_SECRET, "s3EndpointUrl": pods_s3}})
+        say(f"helm install {RELEASE} helm/lmops: the operator runs in pod {op.pod()['metadata']['name']}")
         cleaned += delete_demo_objects(admin)
         say("cleaned what an earlier run left: " + ("; ".join(cleaned) if cleaned else "nothing"))
         mlflow = MlflowClient(mlflow_url)
-        job = yaml.safe_load(args.job.read_text())
+        job = job_on_pods(yaml.safe_load(args.job.read_text()), f"s3://{demo_s3.BUCKET}/sources")
         model, job_name = job["spec"]["modelName"], job["metadata"]["name"]
+        applied = work / "job.yaml"
+        applied.write_text(yaml.safe_dump(job, sort_keys=False))
         time.sleep(2)
-        mlflow.create_webhook(name=f"lmops-demo-{port}", url=op.webhook_url, secret=SECRET,
+        mlflow.create_webhook(name=f"lmops-demo-{RELEASE}", url=op.webhook_url, secret=SECRET,
                               events=["model_version_alias.created", "model_version.created"])
 
-        say(f"1. kubectl apply -f {args.job}")
-        kubectl("apply", "-f", str(args.job))
+        say(f"1. kubectl apply -f {args.job} (as {applied}: executor kubernetes, its local sources in the demo's S3)")
+        kubectl("apply", "-f", str(applied))
+        wait_until(lambda: status("LMTrainingJob", job_name).get("phase") in ("Succeeded", "Failed")
+                   or status("LMTrainingJob", job_name).get("currentStage") == "train" and train_pods(job_name),
+                   1800, 2, "the training job's Ray pods")
+        if status("LMTrainingJob", job_name).get("currentStage") == "train":
+            say("training on KubeRay: the RayJob's head and worker pods and its submitter")
+            kubectl("get", "pods", "-l", f"lmops.dev/training-job={job_name}")
         wait_until(lambda: status("LMTrainingJob", job_name).get("phase")
               in ("Succeeded", "Failed"), 1800, 5, "the training job to finish")
         kubectl("get", "lmtrainingjobs")
+        kubectl("get", "jobs,rayjobs")
         job_status = status("LMTrainingJob", job_name)
         if job_status["phase"] != "Succeeded":
             raise SystemExit(f"demo: the training job failed: {job_status.get('message')}")
@@ -165,9 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         first = versions.get("fp32") or job_status["registeredVersion"]
         second = next((v for k, v in sorted(versions.items()) if v != first), None)
 
-        say(f"2. promote version {first} (fp32) to champion; kubectl apply the ModelDeployment")
+        say(f"2. promote version {first} (fp32) to champion; kubectl apply the sample ModelDeployment (predictors of"
+            f" {PREDICTOR_CPU} CPU)")
         mlflow.set_registered_model_alias(model, "champion", first)
-        kubectl("apply", "-f", str(REPO_ROOT / "manifests" / "samples" / "modeldeployment.yaml"))
+        md = yaml.safe_load((REPO_ROOT / "manifests" / "samples" / "modeldeployment.yaml").read_text())
+        md["spec"]["serving"]["cpu"] = PREDICTOR_CPU  # the stable and the canary's pods beside the operator's
+        (work / "modeldeployment.yaml").write_text(yaml.safe_dump(md, sort_keys=False))
+        kubectl("apply", "-f", str(work / "modeldeployment.yaml"))
         wait_until(lambda: status("ModelDeployment", model).get("stableVersion") == first
               and any(c["type"] == "Ready" and c["status"] == "True"
                       for c in status("ModelDeployment", model).get("conditions") or []), 300, 1.0, "the first version to serve")
@@ -178,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.set_registered_model_alias(model, "champion", second)
             wait_until(lambda: status("ModelDeployment", model).get("phase") == "Progressing", 60, 0.2, "the canary")
             kubectl("get", "modeldeployments")
+            wait_until(lambda: len(predictor_pods()) >= 2, 120, 1.0, "the canary's predictor pod")
+            kubectl("get", "pods", "-l", "component=predictor")
             wait_until(lambda: status("ModelDeployment", model).get("stableVersion") == second
                   and status("ModelDeployment", model).get("phase") == "Stable", 300, 1.0, "the promotion")
             kubectl("get", "modeldeployments")
@@ -200,14 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if op is not None:
-            op.stop()
-        servers = stop_run_servers(work / "runs")
-        if relay is not None:
-            pod_relay.stop(relay)
+            op.stop()  # helm uninstall: its post-delete hook releases the operator's finalizers
+        for proc, _ in relays:
+            pod_relay.stop(proc)
+        if s3_proc is not None:
+            stop_process_group(s3_proc)
         stop_process_group(mlflow_proc)
-        say(f"stopped: the operator, MLflow{''.join(', ' + n for n in servers)}; the demo's objects stay in"
-            f" namespace {NS} (the next `make demo` removes them first; or `kubectl delete namespace {NS}` while"
-            " the operator runs)")
+        say(f"stopped: the operator's release {RELEASE}, MLflow, S3; the demo's objects stay in namespace {NS} (the"
+            f" next `make demo` removes them first, or `kubectl delete namespace {NS}`)")
 
 
 if __name__ == "__main__":
