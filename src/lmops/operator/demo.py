@@ -252,13 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         kubectl("get", "events", "--field-selector", "source=lmops-operator")
         return 0
     finally:
-        if op is not None:
-            op.stop()  # helm uninstall: its post-delete hook releases the operator's finalizers
-        for proc, _ in relays:
-            pod_relay.stop(proc)
-        if s3_proc is not None:
-            stop_process_group(s3_proc)
-        stop_process_group(mlflow_proc)
+        try:
+            if op is not None:
+                op.stop()  # helm uninstall: its post-delete hook releases the operator's finalizers
+        finally:  # this machine's processes go even when the uninstall fails or is interrupted
+            for proc, _ in relays:
+                pod_relay.stop(proc)
+            if s3_proc is not None:
+                stop_process_group(s3_proc)
+            stop_process_group(mlflow_proc)
         say(f"stopped: the operator's release {RELEASE}, MLflow, S3; the demo's objects stay in namespace {NS} (the"
             f" next `make demo` removes them first, or `kubectl delete namespace {NS}`)")
 
