@@ -3,7 +3,7 @@ runs as a batch/v1 Job per stage and a KubeRay RayJob (pods of the lmops image o
 session's moto S3), registers a version in the session's MLflow with its lineage tags, and says so in status and
 in `kubectl get lmtj`. The operator runs as its own process with the ServiceAccount token of manifests/rbac.
 
-One end-to-end run carries the assertions (minutes of pods on 2 cores): the operator is SIGKILLed at seven points
+One end-to-end run carries the assertions (minutes of pods on 2 cores): the operator is SIGKILLed at six points
 on the way (before the first Job is created, right after, while a stage runs, between two stages, right after the
 RayJob is created, during register) and restarted, and every stage still exists exactly once; a spec edit
 meanwhile is refused with a condition; a second job with a bad source URI fails with its pod's message; deleting
