@@ -115,6 +115,13 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def port_answers(host: str, port: int, timeout_s: float = 1) -> bool:
+    """Something accepts TCP connections on ``host:port`` (a server started in the background is up)."""
+    with socket.socket() as s:
+        s.settimeout(timeout_s)
+        return s.connect_ex((host, port)) == 0
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` now (the OS picks it), for a local server to listen on."""
     with socket.socket() as s:

@@ -9,13 +9,13 @@ address listens: nothing outside this machine can connect.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from urllib.parse import urlsplit, urlunsplit
 
 from lmops.cluster.node_network import NODE_IP
 from lmops.cluster.supervise import ClusterError
+from lmops.processes import port_answers
 
 
 def start(url: str, timeout_s: float = 10) -> tuple[subprocess.Popen, str]:
@@ -26,7 +26,7 @@ def start(url: str, timeout_s: float = 10) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind={NODE_IP},fork,reuseaddr", f"TCP:127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + timeout_s
-    while not _answers(NODE_IP, port):
+    while not port_answers(NODE_IP, port):
         if proc.poll() is not None or time.monotonic() > deadline:
             stop(proc)
             raise ClusterError(f"no relay for {url} on {NODE_IP}:{port} (is the node up? `lmops cluster up`): "
@@ -43,9 +43,3 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _answers(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex((host, port)) == 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from lmops import storage
 from lmops.errors import LmopsError
-from lmops.processes import free_port
+from lmops.processes import free_port, port_answers
 
 BUCKET = "lmops-demo"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo"}  # a local throwaway store's
@@ -37,7 +36,7 @@ def start(log_path: Path, timeout_s: float = 30) -> tuple[subprocess.Popen, str]
         proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     deadline = time.monotonic() + timeout_s
-    while not _answers(port):
+    while not port_answers("127.0.0.1", port):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise LmopsError(f"moto_server did not listen on 127.0.0.1:{port} (log {log_path})")
@@ -63,11 +62,3 @@ def upload_sources(sources: list[str], prefix: str) -> list[str]:
             storage.write_bytes(f"{prefix}/{i}/{path.name}", path.read_bytes())
             out.append(f"{prefix}/{i}/{path.name}")
     return out
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from lmops.errors import LmopsError
-from lmops.processes import stop_group
-from lmops.processes import free_port
+from lmops.processes import free_port, port_answers, stop_group
 
 READY_LINE = "Ray runtime started"
 
@@ -63,9 +61,7 @@ def start_ray_head(log_path: Path, *, num_cpus: int | None = None, timeout: floa
 
 def gcs_answers(address: str) -> bool:
     host, port = address.rsplit(":", 1)
-    with socket.socket() as s:
-        s.settimeout(2)
-        return s.connect_ex((host, int(port))) == 0
+    return port_answers(host, int(port), timeout_s=2)
 
 
 def _tail(path: Path, chars: int = 2000) -> str:
