@@ -73,26 +73,31 @@ class KubernetesExecutor:
         from lmops.pipeline.stage_job import STAGES
 
         t = self.target
+        ray_stages = self.ray_stages()
+        objects = {stage: kube.get(RAY_API, RAYJOB, t.object_name(stage), t.namespace, client=self.client)
+                   if stage in ray_stages else
+                   kube.get("batch/v1", "Job", t.object_name(stage), t.namespace, client=self.client)
+                   for stage in STAGES}
         listed: list[list[dict[str, Any]]] = []
 
         def pods_of(job_name: str) -> list[dict[str, Any]]:
             """The pods of one Job (a RayJob's submitter is one too); one list for the whole reconcile, made
-            only once something needs it."""
+            only once something needs it. It is made after every stage object was read, so a Job read as
+            complete has its pod listed as Succeeded (the pod's phase is set before the Job's condition)."""
             if not listed:
                 listed.append([p for p in kube.list_objects("v1", "Pod", t.namespace, client=self.client)[0]
                                if (p["metadata"].get("labels") or {}).get(STAGE_LABEL)])
             return [p for p in listed[0] if p["metadata"]["labels"].get("job-name") == job_name]
 
         out: dict[str, StageObject | None] = {}
-        ray_stages = self.ray_stages()
-        for stage in STAGES:
+        for stage, obj in objects.items():
             name = t.object_name(stage)
-            if stage in ray_stages:
-                ray = kube.get(RAY_API, RAYJOB, name, t.namespace, client=self.client)
-                out[stage] = None if ray is None else self._rayjob_stage(name, ray, pods_of)
-                continue
-            job = kube.get("batch/v1", "Job", name, t.namespace, client=self.client)
-            out[stage] = None if job is None else self._job_stage(name, job, pods_of(name))
+            if obj is None:
+                out[stage] = None
+            elif stage in ray_stages:
+                out[stage] = self._rayjob_stage(name, obj, pods_of)
+            else:
+                out[stage] = self._job_stage(name, obj, pods_of(name))
         return out
 
     def _job_stage(self, name: str, job: dict[str, Any], pods: list[dict[str, Any]]) -> StageObject:
