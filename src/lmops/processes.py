@@ -24,7 +24,7 @@ def stop_group(pgid: int, grace: float = 10, reap: Callable[[], bool] | None = N
     """
     def gone() -> bool:
         collected = reap() if reap is not None else True
-        return collected and not group_alive(pgid)
+        return collected and not session_alive(pgid)
 
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
         try:
@@ -37,7 +37,7 @@ def stop_group(pgid: int, grace: float = 10, reap: Callable[[], bool] | None = N
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        if not strays and not group_alive(pgid):
+        if not strays and not session_alive(pgid):
             break
         deadline = time.time() + wait
         while time.time() < deadline and not gone():
@@ -46,12 +46,18 @@ def stop_group(pgid: int, grace: float = 10, reap: Callable[[], bool] | None = N
         deadline = time.time() + 5  # the leader may still be on its way to becoming a zombie
         while not reap() and time.time() < deadline:
             time.sleep(0.05)
-    if group_alive(pgid):
+    if session_alive(pgid):
         raise RuntimeError(f"processes of group {pgid} survived SIGKILL")
 
 
 def group_alive(pgid: int) -> bool:
-    """True while any process (zombies excluded) is still in the group, or in the session it leads."""
+    """True while any process (zombies excluded) is still in the group: the server it leads runs."""
+    return any(group == pgid for group in _members(pgid).values())
+
+
+def session_alive(pgid: int) -> bool:
+    """True while any process (zombies excluded) is still in the group or in the session it leads -- more
+    than the server: containerd's shims, for one, live on in its session by design."""
     return bool(_members(pgid))
 
 

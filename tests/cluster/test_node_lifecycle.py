@@ -71,8 +71,11 @@ def test_down_after_a_clean_run_and_after_a_crash_leaves_nothing(machine_without
     wait_phase(cluster.client(), "sleeper", "default", ("Running",))
     for rec in cp.status(folder)["processes"].values():
         os.killpg(rec["pgid"], signal.SIGKILL)
-    time.sleep(0.5)
-    assert cp.status(folder)["state"].startswith("stale")
+    # SIGKILL is delivered asynchronously: containerd, with its many threads, can take a few seconds to be gone
+    deadline = time.monotonic() + 30
+    while not (state := cp.status(folder)["state"]).startswith("stale") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert state.startswith("stale"), state
     cp.down(folder, echo=lambda line: None)
     assert leftovers(folder) == []
     assert {k: node_network._sysctl(k) for k in node_network.SYSCTLS} == before

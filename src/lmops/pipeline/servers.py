@@ -23,7 +23,7 @@ from typing import Any
 
 from lmops.config import Config, sha256_json
 from lmops.config.serve import ExampleConfig
-from lmops.processes import group_alive, stop_group
+from lmops.processes import group_alive, session_alive, stop_group
 from lmops.serve.auth import bearer, client_key
 
 MLFLOW = "mlflow"
@@ -170,10 +170,17 @@ def stop(name: str, folder: Path | None = None) -> bool:
         from lmops.serve.container import remove
 
         remove(rec["container"])
-    elif rec is not None:
-        stop_group(int(rec["pgid"]))
+    elif (pgid := _recorded_pgid(path)) is not None and session_alive(pgid):
+        stop_group(pgid)  # also what outlived a crashed leader in its session (a Ray worker)
     path.unlink(missing_ok=True)
     return rec is not None
+
+
+def _recorded_pgid(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["pgid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _names(folder: Path | None = None) -> list[str]:
