@@ -29,9 +29,13 @@ def cmd_cluster(args: argparse.Namespace) -> dict:
     folder = Path(args.folder) if args.folder else None
     echo = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.action == "up":
-        with cp.sigterm_as_interrupt():
+        started_here = cp.status(folder)["state"] != "running"
+        with cp.interrupts_recorded() as received:
             cluster = cp.up(folder, port=args.port, standins=not args.no_standins, with_node=not args.no_node,
                             echo=echo)
+            if received and started_here:  # interrupted, but the KeyboardInterrupt was dropped: undo it all the same
+                cp.down(folder, echo=echo)
+                raise KeyboardInterrupt(f"signal {received[0]}")
         if not args.json:
             print(f"export KUBECONFIG={cluster.kubeconfig}")
         return asdict(cluster)

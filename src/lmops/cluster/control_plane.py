@@ -331,13 +331,18 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt while inside: `up` cleans up the same way for both."""
+def interrupts_recorded() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt while inside (`up` cleans up the same way for both), and are
+    recorded: Python drops an exception raised while it runs a finalizer, so an interrupted `up` can return."""
+    received: list[int] = []
+
     def handler(signum, frame):
+        received.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
