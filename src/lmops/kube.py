@@ -296,19 +296,33 @@ def remove_finalizers(api_version: str, kind: str, name: str, namespace: str | N
                       client=None) -> bool:
     """Drop the finalizers starting with ``prefix`` (lmops' own) from one object, leaving others' alone --
     for objects whose operator is gone for good (uninstalled), which would otherwise never be deleted.
-    False when the object is gone or held none. The patch carries the resourceVersion: a concurrent
-    change makes it fail rather than drop someone's new finalizer."""
-    from kubernetes.client.exceptions import ApiException
-
+    False when the object is gone or held none."""
     obj = get(api_version, kind, name, namespace, client=client)
     finalizers = (obj or {}).get("metadata", {}).get("finalizers") or []
     keep = [f for f in finalizers if not f.startswith(prefix)]
     if obj is None or keep == finalizers:
         return False
+    return _set_finalizers(obj, keep, client)
+
+
+def add_finalizer(obj: dict[str, Any], finalizer: str, client=None) -> bool:
+    """Add ``finalizer`` to the object as read (a controller's AddFinalizer + Update); False when it is there
+    already or the object is gone."""
+    finalizers = obj["metadata"].get("finalizers") or []
+    return finalizer not in finalizers and _set_finalizers(obj, [*finalizers, finalizer], client)
+
+
+def _set_finalizers(obj: dict[str, Any], finalizers: list[str], client) -> bool:
+    """The patch carries the resourceVersion read: a concurrent change makes it fail (409) rather than drop or
+    overwrite someone else's finalizer. False when the object is gone."""
+    from kubernetes.client.exceptions import ApiException
+
+    meta = obj["metadata"]
+    api_version, kind, name, namespace = obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace")
     what = f"{kind} {namespace or ''}/{name} finalizers"
     dyn = _dynamic(client, what)
     resource = _resource(dyn, api_version, kind, what)
-    body = {"metadata": {"finalizers": keep, "resourceVersion": obj["metadata"]["resourceVersion"]}}
+    body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
     try:
         _call(dyn, "patch", what, resource, namespace, dyn.patch, resource, body=body, name=name,
               namespace=namespace, content_type="application/merge-patch+json")

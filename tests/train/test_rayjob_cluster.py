@@ -1,17 +1,20 @@
 """Submitting RayJobs and waiting for them on the real API server (`lmops cluster`), with the KubeRay stand-in
 making the Ray cluster as pods of the lmops image on the node: success (the checkpoint arrives in S3), KubeRay's
-reason on failure, a timeout (the job is deleted), KubeRay's deadline, re-attaching to a running job, and a
-ServiceAccount without rayjobs permissions; then what KubeRay does with the pods: a worker pod killed mid-run is
-replaced and training resumes from the last checkpoint in S3, shutdownAfterJobFinishes removes the cluster after
-the TTL, and a pod that cannot start fails the RayJob with the pod's own reason (not a timeout)."""
+reason on failure, a timeout (the job is deleted), KubeRay's deadline, re-attaching to a running job, KubeRay's
+finalizer stopping a deleted job, and a ServiceAccount without rayjobs permissions; then what KubeRay does with
+the pods: a worker pod killed mid-run is replaced and training resumes from the last checkpoint in S3,
+shutdownAfterJobFinishes removes the cluster after the TTL, and a pod that cannot start fails the RayJob with the
+pod's own reason (not a timeout)."""
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shlex
 import sys
 import time
+import urllib.request
 
 import pytest
 from ray_pods import SMALL_PODS
@@ -23,6 +26,7 @@ from lmops.train.rayjob import RayJobError, render_rayjob, submit_and_wait, trai
 pytestmark = pytest.mark.cluster
 API, KIND = "ray.io/v1", "RayJob"
 SECRET = "s3-creds"  # the kube_s3_secret fixture's
+HOLD = "lmops.dev/test-hold"
 
 
 def _cfg(ns: str, tmp_path, env: dict | None = None, kuberay: dict | None = None, **train):
@@ -123,6 +127,32 @@ def test_rerun_reattaches_to_the_running_job(kube_cluster, node_image, kube_name
     assert submit_and_wait(job, timeout_s=10, poll_s=0.2, log=lines.append, client=client)["status"]["jobId"] == \
         running["status"]["jobId"]
     assert "already succeeded with this entrypoint; not training again" in lines[0]
+
+
+def test_deleting_a_running_rayjob_stops_its_ray_job_before_it_goes(kube_cluster, node_image, kube_namespace,
+                                                                    kube_s3_secret, tmp_path):
+    """KubeRay's finalizer: the Ray job is stopped through the dashboard, then the RayJob goes. A hold on the
+    RayCluster (a finalizer of the test's) keeps the head pod up after the RayJob is gone, so the dashboard
+    can be asked: without the finalizer's stop the job would still be RUNNING there."""
+    client, ns = kube_cluster.client(), kube_namespace
+    kube.apply(_job(ns, tmp_path, "doomed", _python("import time; time.sleep(300)")), client=client)
+    running = kube.wait_for(API, KIND, "doomed", ns, lambda o: o and (o.get("status") or {}).get("jobStatus") == "RUNNING",
+                            timeout_s=180, client=client)
+    assert running["metadata"]["finalizers"] == ["ray.io/rayjob-finalizer"]
+    status = running["status"]
+    cluster = kube.get(API, "RayCluster", status["rayClusterName"], ns, client=client)
+    assert kube.add_finalizer(cluster, HOLD, client=client)
+    try:
+        kube.delete(API, KIND, "doomed", ns, client=client)
+        kube.wait_for(API, KIND, "doomed", ns, lambda o: o is None, timeout_s=60, client=client)
+        url = f"http://{status['rayClusterStatus']['head']['podIP']}:8265/api/jobs/{status['jobId']}"
+        deadline = time.monotonic() + 30
+        while (state := json.loads(urllib.request.urlopen(url, timeout=5).read())["status"]) != "STOPPED" \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert state == "STOPPED"
+    finally:
+        kube.remove_finalizers(API, "RayCluster", status["rayClusterName"], ns, prefix=HOLD, client=client)
 
 
 def test_a_service_account_without_rayjobs_rights_gets_a_403_naming_the_role(kube_cluster, kube_namespace, tmp_path):

@@ -20,11 +20,12 @@ For each RayCluster (``raycluster_controller.go``): the head Service, the head p
 worker group (kuberay_objects builds them as KubeRay does); a missing pod (deleted, evicted) is created again
 and a finished one replaced; ``status`` (state ready, head pod IP, ready workers, the HeadPodReady condition
 with the container's waiting reason, e.g. ErrImageNeverPull or CreateContainerConfigError).
-Deleting a RayJob deletes what it owns through the garbage collector (ownerReferences), as with KubeRay.
+Deletion, as KubeRay: a new RayJob gets the ``ray.io/rayjob-finalizer`` finalizer; once it is being deleted, a
+Ray job not yet terminal is stopped through the head's dashboard (``POST /api/jobs/<id>/stop``) and the
+finalizer removed; the garbage collector then deletes what the RayJob owns (ownerReferences).
 
 Validation (utils.ValidateRayJobSpec) -> ValidationFailed, for what it checks and the modes it does not play.
-What it does not play: the finalizer that stops the Ray job before a deletion (the pods going away stop it),
-autoscaling, suspend/Kueue (a suspended job is left alone), SidecarMode/HTTPMode/InteractiveMode,
+What it does not play: autoscaling, suspend/Kueue (a suspended job is left alone), SidecarMode/HTTPMode/InteractiveMode,
 clusterSelector, deletionStrategy, TLS and token auth options, and GCS fault tolerance.
 """
 
@@ -46,6 +47,7 @@ from lmops.cluster.standin import StandIn, main, now
 RECONCILE_S = 1.0
 TERMINAL_JOB = ("SUCCEEDED", "FAILED", "STOPPED")
 FINISHED = ("Complete", "Failed", "ValidationFailed")
+STOP_JOB_FINALIZER = "ray.io/rayjob-finalizer"  # utils.RayJobStopJobFinalizer
 
 
 def _suffix() -> str:
@@ -99,9 +101,13 @@ class KubeRayStandIn(StandIn):
     def reconcile(self, job: dict[str, Any]) -> None:
         meta, spec = job["metadata"], job["spec"]
         status = dict(job.get("status") or {})
-        if meta.get("deletionTimestamp") or spec.get("suspend"):
-            return  # deletion: the garbage collector removes what the RayJob owns
+        if meta.get("deletionTimestamp"):
+            return self._being_deleted(job, status)
+        if spec.get("suspend"):
+            return
         dep = status.get("jobDeploymentStatus") or ""
+        if dep in ("", "New") and kube.add_finalizer(job, STOP_JOB_FINALIZER, client=self.client):
+            return  # the write bumps the resourceVersion: the status follows at the next tick, from a fresh read
         invalid = validation_error(spec) if dep not in FINISHED else None
         if invalid:
             self._write(job, {"jobDeploymentStatus": "ValidationFailed", "reason": "ValidationFailed",
@@ -119,6 +125,25 @@ class KubeRayStandIn(StandIn):
             self._retrying(job, status)
         elif dep in FINISHED:
             self._finished(job, status)
+
+    def _being_deleted(self, job: dict[str, Any], status: dict[str, Any]) -> None:
+        """KubeRay's finalizer: a Ray job not yet terminal is stopped through the head's dashboard (so that it
+        does not go on writing checkpoints while its pods are being killed), then the finalizer is removed
+        whether the stop worked or not; the garbage collector then deletes what the RayJob owns."""
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        if STOP_JOB_FINALIZER not in (job["metadata"].get("finalizers") or []):
+            return
+        ip = ((status.get("rayClusterStatus") or {}).get("head") or {}).get("podIP")
+        if status.get("jobStatus") not in TERMINAL_JOB and status.get("jobId") and ip:
+            try:
+                request = urllib.request.Request(f"http://{ip}:{ko.DASHBOARD_PORT}/api/jobs/{status['jobId']}/stop",
+                                                 method="POST")
+                with urllib.request.urlopen(request, timeout=5):
+                    pass
+                self.log(f"RayJob {ns}/{name} is being deleted: Ray job {status['jobId']} stopped")
+            except (OSError, ValueError) as e:
+                self.log(f"RayJob {ns}/{name} is being deleted: failed to stop Ray job {status['jobId']}: {e}")
+        kube.remove_finalizers(ko.RAY_API, "RayJob", name, ns, prefix=STOP_JOB_FINALIZER, client=self.client)
 
     def _initializing(self, job: dict[str, Any], status: dict[str, Any]) -> None:
         if self._deadline_passed(job, status):
