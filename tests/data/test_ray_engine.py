@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lmops.config import BuildConfig, DedupConfig, RayDataConfig, TokenizeConfig
-from lmops.data import accounting, engine
+from lmops.data import accounting, engine, ray_build
 from lmops.data.accounting import Tally
 from lmops.data.build import build_dataset
 from lmops.data.dedup import resolve_near_duplicates
@@ -93,8 +93,12 @@ def _messy_corpus(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("dedup", [DedupConfig(), DedupConfig(exact=False)], ids=["exact+near", "near-only"])
-def test_messy_corpus_same_dataset_counts_and_report(ray_runtime, tmp_path, dedup):
+@pytest.mark.parametrize("dedup, block_per_file", [(DedupConfig(), False), (DedupConfig(exact=False), False),
+                                                   (DedupConfig(), True)],
+                         ids=["exact+near", "near-only", "exact+near-block-per-file"])
+def test_messy_corpus_same_dataset_counts_and_report(ray_runtime, tmp_path, monkeypatch, dedup, block_per_file):
+    if block_per_file:  # sorts of many blocks (a large corpus's): buckets and ids cut by block edges
+        monkeypatch.setattr(ray_build, "PARTITION_MIN_BYTES", 1)
     corpus = _messy_corpus(tmp_path / "messy")
     cfg = BuildConfig(sources=[str(corpus)], min_chars=10, txt_mode="paragraph", dedup=dedup,
                       split={"val": 0.2, "test": 0.2, "calibration": 0.1}, shard_max_bytes=2048)

@@ -146,6 +146,11 @@ def band_keys(sigs: np.ndarray, cfg: DedupConfig) -> np.ndarray:
     return out
 
 
+def lsh_bands(cfg: DedupConfig) -> int:
+    """How many band keys each document has (band_keys' columns)."""
+    return len(_lsh_index(cfg).hashranges)
+
+
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """datasketch's estimate (MinHash.jaccard): the share of equal hash values."""
     return np.float64(np.count_nonzero(a == b)) / np.float64(len(a))
