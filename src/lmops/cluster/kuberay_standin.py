@@ -25,8 +25,9 @@ Ray job not yet terminal is stopped through the head's dashboard (``POST /api/jo
 finalizer removed; the garbage collector then deletes what the RayJob owns (ownerReferences).
 
 Validation (utils.ValidateRayJobSpec) -> ValidationFailed, for what it checks and the modes it does not play.
-What it does not play: autoscaling, suspend/Kueue (a suspended job is left alone), SidecarMode/HTTPMode/InteractiveMode,
-clusterSelector, deletionStrategy, TLS and token auth options, and GCS fault tolerance.
+What it does not play: autoscaling, suspend/Kueue (a suspended job is left alone),
+SidecarMode/HTTPMode/InteractiveMode, clusterSelector, deletionStrategy, TLS and token auth options, and GCS
+fault tolerance.
 """
 
 from __future__ import annotations
