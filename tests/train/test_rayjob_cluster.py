@@ -136,8 +136,9 @@ def test_deleting_a_running_rayjob_stops_its_ray_job_before_it_goes(kube_cluster
     can be asked: without the finalizer's stop the job would still be RUNNING there."""
     client, ns = kube_cluster.client(), kube_namespace
     kube.apply(_job(ns, tmp_path, "doomed", _python("import time; time.sleep(300)")), client=client)
-    running = kube.wait_for(API, KIND, "doomed", ns, lambda o: o and (o.get("status") or {}).get("jobStatus") == "RUNNING",
-                            timeout_s=180, client=client)
+    running = kube.wait_for(API, KIND, "doomed", ns,
+                            lambda o: o and (o.get("status") or {}).get("jobStatus") == "RUNNING", timeout_s=180,
+                            client=client)
     assert running["metadata"]["finalizers"] == ["ray.io/rayjob-finalizer"]
     status = running["status"]
     cluster = kube.get(API, "RayCluster", status["rayClusterName"], ns, client=client)
