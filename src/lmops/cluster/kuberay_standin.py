@@ -134,11 +134,10 @@ class KubeRayStandIn(StandIn):
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
         if STOP_JOB_FINALIZER not in (job["metadata"].get("finalizers") or []):
             return
-        ip = ((status.get("rayClusterStatus") or {}).get("head") or {}).get("podIP")
-        if status.get("jobStatus") not in TERMINAL_JOB and status.get("jobId") and ip:
+        url = _job_url(status.get("rayClusterStatus") or {}, status.get("jobId"))
+        if status.get("jobStatus") not in TERMINAL_JOB and url:
             try:
-                request = urllib.request.Request(f"http://{ip}:{ko.DASHBOARD_PORT}/api/jobs/{status['jobId']}/stop",
-                                                 method="POST")
+                request = urllib.request.Request(f"{url}/stop", method="POST")
                 with urllib.request.urlopen(request, timeout=5):
                     pass
                 self.log(f"RayJob {ns}/{name} is being deleted: Ray job {status['jobId']} stopped")
@@ -275,13 +274,12 @@ class KubeRayStandIn(StandIn):
         return cluster
 
     def _job_info(self, cstatus: dict[str, Any], job_id: str) -> dict[str, Any] | str | None:
-        """The dashboard's job info, from the head pod's address (this process sits on the node, outside the
-        cluster DNS); "not found", or None when the dashboard does not answer."""
-        ip = (cstatus.get("head") or {}).get("podIP")
-        if not ip:
+        """The dashboard's job info; "not found", or None when the dashboard does not answer (yet)."""
+        url = _job_url(cstatus, job_id)
+        if not url:
             return None
         try:
-            with urllib.request.urlopen(f"http://{ip}:{ko.DASHBOARD_PORT}/api/jobs/{job_id}", timeout=5) as r:
+            with urllib.request.urlopen(url, timeout=5) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             return "not found" if e.code == 404 else None
@@ -337,6 +335,13 @@ class KubeRayStandIn(StandIn):
     def _create_pod(self, pod: dict[str, Any]) -> None:
         kube.create(pod, client=self.client)  # generateName: the API server names it
         self.log(f"pod {pod['metadata']['namespace']}/{pod['metadata']['generateName']}* created")
+
+
+def _job_url(cstatus: dict[str, Any], job_id: str | None) -> str | None:
+    """The Ray job's URL on the head's dashboard, from the head pod's address (this process sits on the node,
+    outside the cluster DNS); None before the head pod has an address or the job an id."""
+    ip = (cstatus.get("head") or {}).get("podIP")
+    return f"http://{ip}:{ko.DASHBOARD_PORT}/api/jobs/{job_id}" if ip and job_id else None
 
 
 def validation_error(spec: dict[str, Any]) -> str | None:

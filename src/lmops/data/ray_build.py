@@ -17,7 +17,7 @@ Shuffles are Ray Data's sort (tasks on the pooled workers); its hash shuffle sta
 new processes on every run, which cost more than the whole shuffle on a small corpus.
 
 Each sort gets about sqrt(bytes / 1 MB) blocks (at most one per source file), so that its k*k partitions stay
-in the object store instead of the driver's memory (``_sort_input_blocks``).
+in the object store instead of the driver's memory (``_sorted``).
 
 The driver's memory is the shard buffers plus the candidate pairs and their signatures (proportional to the
 near duplicates, not to the corpus); a worker's is one source file's documents or one sort block (about
@@ -152,9 +152,8 @@ def _near_duplicates(docs, cfg: BuildConfig, n_docs: int) -> tuple[set[str], int
     import ray
 
     band_bytes = n_docs * lsh_bands(cfg.dedup) * BAND_ROW_BYTES
-    pairs_ds = (docs.map_batches(_band_rows, batch_format="pyarrow")
-                .repartition(_sort_input_blocks(band_bytes, docs.num_blocks())).sort("band")
-                .map_batches(_bucket_pairs, batch_size=None, batch_format="pyarrow"))
+    pairs_ds = _sorted(docs.map_batches(_band_rows, batch_format="pyarrow"), "band", band_bytes, docs.num_blocks()
+                       ).map_batches(_bucket_pairs, batch_size=None, batch_format="pyarrow")
     pairs: set[tuple[str, str]] = set()
     edges: dict[int, set[str]] = {}
     for batch in pairs_ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -213,11 +212,12 @@ def _bucket_pairs(block) -> Any:
     })
 
 
-def _sort_input_blocks(total_bytes: float, n_blocks: int) -> int:
-    """How many blocks to give a sort so that its partitions (about total / k² bytes each) stay above
-    PARTITION_MIN_BYTES, in the object store, while the blocks stay as many as they were when that allows
-    (parallelism for small corpora)."""
-    return max(1, min(n_blocks, int(math.sqrt(total_bytes / PARTITION_MIN_BYTES))))
+def _sorted(ds, key, total_bytes: float, n_blocks: int):
+    """``ds`` sorted by ``key``, from k blocks (a split/merge, no shuffle) so that the sort's k*k partitions of
+    about total / k² bytes stay above PARTITION_MIN_BYTES, in the object store; at most ``n_blocks`` (the
+    parallelism a small corpus keeps)."""
+    k = max(1, min(n_blocks, int(math.sqrt(total_bytes / PARTITION_MIN_BYTES))))
+    return ds.repartition(k).sort(key)
 
 
 def _all_pairs(ids: Iterable[str]) -> Iterator[tuple[str, str]]:
@@ -252,8 +252,8 @@ def _write_sorted(docs, writers: dict[str, ShardWriter], dropped_near: set[str],
     The local engine's decisions: exact dedup keeps the copy with the smallest source; near dedup drops every
     copy of a dropped id, and with exact dedup off also each further copy of a kept one (Jaccard 1 with it).
     """
-    records = (docs.map_batches(_records, batch_format="pyarrow")
-               .repartition(_sort_input_blocks(input_bytes, docs.num_blocks())).sort(["id", "source"]))
+    records = _sorted(docs.map_batches(_records, batch_format="pyarrow"), ["id", "source"], input_bytes,
+                      docs.num_blocks())
     kept = exact = near = 0
     previous = ""
     for batch in records.iter_batches(batch_size=4096, batch_format="pyarrow"):

@@ -41,15 +41,24 @@ def _records(folder: Path | None = None) -> Path:
 def read_record(name: str, folder: Path | None = None) -> dict[str, Any] | None:
     """The record of a server whose process group is still alive, else None. ``folder``: another set of
     records than the run's servers (``lmops cluster`` keeps its processes in ``<state>/cluster``)."""
+    rec = _load(name, folder)
+    return rec if rec is not None and _running(rec) else None
+
+
+def _load(name: str, folder: Path | None) -> dict[str, Any] | None:
+    """The record as written, running or not."""
     try:
-        rec = json.loads((_records(folder) / f"{name}.json").read_text())
+        return json.loads((_records(folder) / f"{name}.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def _running(rec: dict[str, Any]) -> bool:
     if rec.get("kind") == "container":  # a model server container (make run RUNNER=container)
         from lmops.serve.container import running
 
-        return rec if running(rec["container"]) else None
-    return rec if group_alive(int(rec.get("pgid", -1))) else None
+        return running(rec["container"])
+    return group_alive(int(rec.get("pgid", -1)))
 
 
 def write_record(name: str, record: dict[str, Any], folder: Path | None = None) -> None:
@@ -163,24 +172,17 @@ def example_generation(url: str, model_name: str, example: ExampleConfig, api_ke
 
 
 def stop(name: str, folder: Path | None = None) -> bool:
-    """Stop one recorded server (its whole process group); False when it was not running."""
-    path = _records(folder) / f"{name}.json"
-    rec = read_record(name, folder)
-    if rec is not None and rec.get("kind") == "container":
+    """Stop one recorded server (its process group and the session it leads); False when it was not running."""
+    rec = _load(name, folder)
+    was_running = rec is not None and _running(rec)
+    if was_running and rec.get("kind") == "container":
         from lmops.serve.container import remove
 
         remove(rec["container"])
-    elif (pgid := _recorded_pgid(path)) is not None and session_alive(pgid):
-        stop_group(pgid)  # also what outlived a crashed leader in its session (a Ray worker)
-    path.unlink(missing_ok=True)
-    return rec is not None
-
-
-def _recorded_pgid(path: Path) -> int | None:
-    try:
-        return int(json.loads(path.read_text())["pgid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    elif rec is not None and "pgid" in rec and session_alive(int(rec["pgid"])):
+        stop_group(int(rec["pgid"]))  # also what outlived a crashed leader in its session (a Ray worker)
+    (_records(folder) / f"{name}.json").unlink(missing_ok=True)
+    return was_running
 
 
 def _names(folder: Path | None = None) -> list[str]:

@@ -74,9 +74,8 @@ class KubernetesExecutor:
 
         t = self.target
         ray_stages = self.ray_stages()
-        objects = {stage: kube.get(RAY_API, RAYJOB, t.object_name(stage), t.namespace, client=self.client)
-                   if stage in ray_stages else
-                   kube.get("batch/v1", "Job", t.object_name(stage), t.namespace, client=self.client)
+        kind = {stage: (RAY_API, RAYJOB) if stage in ray_stages else ("batch/v1", "Job") for stage in STAGES}
+        objects = {stage: kube.get(*kind[stage], t.object_name(stage), t.namespace, client=self.client)
                    for stage in STAGES}
         listed: list[list[dict[str, Any]]] = []
 
