@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from lmops.config import BuildConfig, DedupConfig, RayDataConfig, TokenizeConfig
-from lmops.data import accounting, engine, ray_build
+from lmops.data import accounting, engine
 from lmops.data.accounting import Tally
 from lmops.data.build import build_dataset
-from lmops.data.dedup import resolve_near_duplicates
+from lmops.data.dedup import drop_in_id_order
 from lmops.data.sample_corpus import make_sample_corpus
 from lmops.data.sources import BuildError
+from lmops.data.ray_near_dedup import near_duplicate_markers, signature_bytes
 from lmops.data.ray_tokenize import line_ranges
 from lmops.data.tokenize import tokenize_dataset
 from lmops.data.tokenizer import training_sample
@@ -28,9 +29,9 @@ from tests.data.build_inputs import prose, write_jsonl
 def _both(cfg: BuildConfig, tmp_path: Path, name: str):
     """Build with each engine (no shared cache: the engine is not in the key, so a cache would hide ray)."""
     out = {}
-    for engine in ("local", "ray"):
-        out[engine] = build_dataset(cfg.model_copy(update={"engine": engine}), tmp_path / f"{name}-{engine}",
-                                    log=lambda s: None)
+    for which in ("local", "ray"):
+        out[which] = build_dataset(cfg.model_copy(update={"engine": which}), tmp_path / f"{name}-{which}",
+                                   log=lambda s: None)
     return out["local"], out["ray"]
 
 
@@ -98,7 +99,7 @@ def _messy_corpus(root: Path) -> Path:
                          ids=["exact+near", "near-only", "exact+near-block-per-file"])
 def test_messy_corpus_same_dataset_counts_and_report(ray_runtime, tmp_path, monkeypatch, dedup, block_per_file):
     if block_per_file:  # sorts of many blocks (a large corpus's): buckets and ids cut by block edges
-        monkeypatch.setattr(ray_build, "PARTITION_MIN_BYTES", 1)
+        monkeypatch.setattr(engine, "PARTITION_MIN_BYTES", 1)
     corpus = _messy_corpus(tmp_path / "messy")
     cfg = BuildConfig(sources=[str(corpus)], min_chars=10, txt_mode="paragraph", dedup=dedup,
                       split={"val": 0.2, "test": 0.2, "calibration": 0.1}, shard_max_bytes=2048)
@@ -121,17 +122,42 @@ def test_bad_record_with_fail_is_the_same_error_on_ray(ray_runtime, tmp_path):
 
 
 def test_clusters_are_resolved_by_the_local_rule_in_id_order():
-    """A chain a~b~c (a and c too far apart): b goes, a and c stay, whatever order the pairs come in."""
+    """A chain a~b~c (a and c too far apart): b goes, a and c stay, whatever the order the edges come in."""
+    chain = {"a": {"b"}, "b": {"a", "c"}, "c": {"b"}}
+    assert drop_in_id_order(chain) == ["b"]
+    assert drop_in_id_order(dict(reversed(chain.items()))) == ["b"]
+    assert drop_in_id_order({"a": {"b", "c"}, "b": {"a", "c"}, "c": {"a", "b"}}) == ["b", "c"]
+
+
+def test_near_duplicate_clusters_resolve_across_blocks_and_label_rounds(ray_runtime, monkeypatch):
+    """A chain of five documents, each a near duplicate of its neighbours only, its smallest id at one end
+    (four rounds of label propagation to the other), cut over blocks: the id-order rule keeps every other one."""
+    import ray
+
+    monkeypatch.setattr(engine, "PARTITION_MIN_BYTES", 1)  # every sort of as many blocks as its input
     rng = np.random.default_rng(0)
-    a = rng.integers(0, 2**63, 100, dtype=np.uint64)
-    b, c = a.copy(), a.copy()
-    b[:10] = 1  # a~b: 0.90
-    c[:20] = 1  # b~c: 0.90, a~c: 0.80
-    sigs = {"a": a, "b": b, "c": c, "d": rng.integers(0, 2**63, 100, dtype=np.uint64)}
-    pairs = [("a", "b"), ("b", "c"), ("a", "c"), ("a", "d")]
-    for order in (pairs, pairs[::-1]):
-        assert resolve_near_duplicates(order, sigs, 0.85) == ({"b"}, 1)
-    assert resolve_near_duplicates(pairs, sigs, 0.75) == ({"b", "c"}, 1)
+    cfg = DedupConfig()  # 8 LSH bands of 16 values, threshold 0.85
+
+    def changed(sig: np.ndarray, band: int) -> np.ndarray:  # 10 values of one band: Jaccard 118/128 = 0.92
+        out = sig.copy()
+        out[band * 16:band * 16 + 10] = rng.integers(0, 2**32, 10, dtype=np.uint64)
+        return out
+
+    chain = [rng.integers(0, 2**32, 128, dtype=np.uint64)]
+    for band in range(1, 5):  # two steps apart: 108/128 = 0.84, a candidate (shared bands) but no edge
+        chain.append(changed(chain[-1], band))
+    pair = [rng.integers(0, 2**32, 128, dtype=np.uint64)]
+    pair.append(changed(pair[0], 0))
+    lone = rng.integers(0, 2**32, 128, dtype=np.uint64)
+    docs = [(f"p{4 - i}", s) for i, s in enumerate(chain)] + [("q0", pair[0]), ("q1", pair[1]), ("r", lone)]
+    docs.append(docs[2])  # an exact copy (same id and signature) in another block
+    sigs = signature_bytes(np.stack([s for _, s in docs]))
+    with engine.data_context(RayDataConfig()):
+        ds = ray.data.from_items([{"id": d, "sig": s} for (d, _), s in zip(docs, sigs)], override_num_blocks=4)
+        markers, n_marked, clusters = near_duplicate_markers(ds, cfg)
+        dropped = sorted(r["id"] for r in markers.take_all())
+    assert dropped == ["p1", "p3", "q1"] and n_marked == 3
+    assert clusters == 2
 
 
 def test_tally_merged_per_file_equals_one_tally(monkeypatch):

@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 from lmops.config import BuildConfig
 from lmops.data import (
-    accounting, build_steps, clean, compressed, dedup, engine, listing, progress, ray_build, sources, split,
+    accounting, build_steps, clean, compressed, dedup, engine, listing, progress, ray_build, ray_near_dedup, sources,
+    split,
 )
 from lmops.data.accounting import Tally
 from lmops.data.build_steps import STAGE, clean_documents, finish, nothing_kept
@@ -35,8 +36,8 @@ from lmops.data.split import assign_split, split_names, write_shards
 from lmops.manifest import StageResult, code_digest, run_stage
 
 CODE = code_digest(__file__, accounting.__file__, build_steps.__file__, clean.__file__, compressed.__file__,
-                   dedup.__file__, listing.__file__, progress.__file__, ray_build.__file__, sources.__file__,
-                   split.__file__)
+                   dedup.__file__, engine.__file__, listing.__file__, progress.__file__, ray_build.__file__,
+                   ray_near_dedup.__file__, sources.__file__, split.__file__)
 
 
 def _stderr(msg: str) -> None:

@@ -146,50 +146,17 @@ def band_keys(sigs: np.ndarray, cfg: DedupConfig) -> np.ndarray:
     return out
 
 
-def lsh_bands(cfg: DedupConfig) -> int:
-    """How many band keys each document has (band_keys' columns)."""
-    return len(_lsh_index(cfg).hashranges)
+def drop_in_id_order(edges: dict[str, set[str]]) -> list[str]:
+    """The documents to drop from duplicate clusters (``edges``: each document's confirmed near duplicates).
 
-
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """datasketch's estimate (MinHash.jaccard): the share of equal hash values."""
-    return np.float64(np.count_nonzero(a == b)) / np.float64(len(a))
-
-
-def resolve_near_duplicates(pairs: Iterable[tuple[str, str]], sigs: dict[str, np.ndarray],
-                            threshold: float) -> tuple[set[str], int]:
-    """Ids to drop among candidate pairs (documents that share a band), and the number of duplicate clusters.
-
-    A pair is an edge when its estimated Jaccard reaches ``threshold``; each connected component is walked in
-    id order, keeping a document unless an edge joins it to one already kept: near_dedup's rule exactly.
+    Walked in id order, a document is kept unless an edge joins it to one already kept: near_dedup's rule,
+    and within one cluster the same answer whatever the other clusters are.
     """
-    edges: dict[str, set[str]] = {}
-    for a, b in pairs:
-        if a != b and jaccard(sigs[a], sigs[b]) >= threshold:
-            edges.setdefault(a, set()).add(b)
-            edges.setdefault(b, set()).add(a)
-    parent = {n: n for n in edges}
-
-    def root(n: str) -> str:
-        while parent[n] != n:
-            parent[n] = parent[parent[n]]
-            n = parent[n]
-        return n
-
-    for a, nbrs in edges.items():
-        for b in nbrs:
-            ra, rb = root(a), root(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    components: dict[str, list[str]] = {}
-    for n in edges:
-        components.setdefault(root(n), []).append(n)
-    dropped: set[str] = set()
-    for members in components.values():
-        kept: set[str] = set()
-        for n in sorted(members):
-            if edges[n] & kept:
-                dropped.add(n)
-            else:
-                kept.add(n)
-    return dropped, len(components)
+    kept: set[str] = set()
+    dropped: list[str] = []
+    for n in sorted(edges):
+        if edges[n] & kept:
+            dropped.append(n)
+        else:
+            kept.add(n)
+    return dropped
