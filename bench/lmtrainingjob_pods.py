@@ -3,8 +3,11 @@ of the lmops image on the node, outputs through S3) against the same preset run 
 `lmops pipeline run --runner inprocess --until register` (the local executor's path; `make run` without deploy),
 in one run.
 
-    flock /tmp/lmops-node.lock .venv/bin/python -P bench/lmtrainingjob_pods.py   (-P: bench/operator.py would shadow
-    the standard library's operator module)
+    flock /tmp/lmops-node.lock .venv/bin/python -P bench/lmtrainingjob_pods.py [--data-engine ray]
+    (-P: bench/operator.py would shadow the standard library's operator module)
+
+``--data-engine ray``: build and tokenize on Ray Data, each a RayJob of its own (a driver-only head and one
+data worker pod; the head is train's) instead of a Job; the baseline then runs them on a local Ray too.
 
 Figures: wall seconds of each (LMTrainingJob: apply -> Succeeded) and their ratio; per stage, the overhead of
 running it as a pod: Job created -> pod Running (scheduling, the container's start) and Running -> done
@@ -14,6 +17,7 @@ Needs the machine's node free (one node per machine); builds and loads the cpu i
 
 from __future__ import annotations
 
+import argparse
 import base64
 import datetime as dt
 import os
@@ -28,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 from micro_pipeline import MICRO, write_corpus  # noqa: E402
-from ray_pods import SMALL_PODS  # noqa: E402
+from ray_pods import SMALL_DATA_WORKERS, SMALL_PODS  # noqa: E402
 
 from lmops import kube, storage  # noqa: E402
 from lmops.cluster import control_plane, node_images, pod_relay  # noqa: E402
@@ -57,7 +61,20 @@ def stage_overheads(client, uid: str) -> list[tuple[str, float | None, float | N
     return out
 
 
+def data_engine_overrides(engine: str) -> list[str]:
+    """build and tokenize on ``engine``; on ray with the tests' small data RayJob pods."""
+    out = [f"{stage}.engine={engine}" for stage in ("build", "tokenize")]
+    if engine == "ray":
+        out += [f"{stage}.ray.{k}={v}" for stage in ("build", "tokenize") for k, v in SMALL_DATA_WORKERS.items()]
+    return out
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-engine", choices=("local", "ray"), default="local")
+    args = ap.parse_args()
+    data = data_engine_overrides(args.data_engine)
+
     from lmops.images import build
     from lmops.images.engine import detect
     from lmops.operator.local import start_operator, wait_until
@@ -84,10 +101,10 @@ def main() -> None:
             # the baseline: the same preset and corpus in this process (the local executor's run)
             os.chdir(tmp_path)
             t0 = time.monotonic()
-            run_pipeline("micro", [*MICRO, f"cache_dir={tmp_path / 'cache'}"], model_name="bench-local",
+            run_pipeline("micro", [*MICRO, *data, f"cache_dir={tmp_path / 'cache'}"], model_name="bench-local",
                          sources=[str(corpus)], tracking_uri=url, runner="inprocess", until="register")
             local_s = time.monotonic() - t0
-            print(f"local (inprocess, until register), micro: {local_s:.1f} s")
+            print(f"local (inprocess, until register), micro, data engine {args.data_engine}: {local_s:.1f} s")
 
             cluster = control_plane.up(folder, echo=lambda line: None)
             client = cluster.client()
@@ -105,6 +122,7 @@ def main() -> None:
 
             job = sample(NS, "bench", s3_pods, mlflow_pods, "bench-lm", ["s3://bench/corpus/"])
             job["spec"]["modelName"] = "bench-pods"
+            job["spec"]["overrides"].update(dict(o.split("=", 1) for o in data))  # heads: train's (SMALL_PODS)
             op = start_operator(Path(cluster.kubeconfig), NS, mlflow_pods, tmp_path / "op", poll_s=1)
             t0 = time.monotonic()
             kube.apply(job, client=client)

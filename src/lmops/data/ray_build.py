@@ -14,8 +14,9 @@ Shuffles are Ray Data's sort (tasks on the pooled workers; lmops.data.engine.sor
 its hash shuffle starts aggregator actors, new processes on every run, which cost more than the whole
 shuffle on a small corpus.
 
-The driver's memory is the shard buffers and object references, whatever the corpus and its duplicates; a
-worker's is one source file's documents or one sort block (about sqrt(bytes x 1 MB): 33 MB at 1 GB).
+The driver holds the shard buffers and the sorts' partition references and metadata (about one per MB of the
+sorted data), never documents, pairs or ids: 166 -> 181 MB from 250 MB to 1 GB of corpus. A worker holds one
+source file's documents or one sort block (about sqrt(bytes x 1 MB): 33 MB at 1 GB).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ buckets -> clusters -> filter):
 
 A Ray Data sort cuts its range partitions by key value, so all rows of one key land in one output block (Ray
 Data's own ``groupby().map_groups`` relies on this): each step below groups within its block.
-Memory: the driver holds object references and the round counts; a worker holds one sort block.
+Memory: the driver holds the sorts' object references and the round counts; a worker holds one sort block.
 """
 
 from __future__ import annotations
