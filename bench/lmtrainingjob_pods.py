@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 from micro_pipeline import MICRO, write_corpus  # noqa: E402
-from ray_pods import SMALL_DATA_WORKERS, SMALL_PODS  # noqa: E402
+from ray_pods import SMALL_DATA_WORKERS  # noqa: E402
 
 from lmops import kube, storage  # noqa: E402
 from lmops.cluster import control_plane, node_images, pod_relay  # noqa: E402

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from lmops.crd import parse_training_job
 from lmops.operator.executors import kfp as kfp_exec
 from lmops.operator.executors.local import LocalExecutor, _registered, _stages, _summary

@@ -18,7 +18,6 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lmops.manifest import Manifest, ManifestError, read_manifest
 from lmops.registry.tracking import experiment_id, flat_params, log_params
