@@ -83,6 +83,7 @@ def _bucket_endpoints(block) -> Any:
     Exact copies share every bucket under one id and make no pair: they are exact dedup's to drop. A pair met
     in several buckets comes out once per bucket; _endpoint_signatures keeps one.
     """
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     grouped = block.group_by("band").aggregate([("id", "count_distinct"), ("id", "distinct")])
@@ -94,7 +95,8 @@ def _bucket_endpoints(block) -> Any:
             for b in bucket[i + 1:]:
                 ids += (a, b)
                 others += (b, a)
-    return _endpoint_table(ids, others, None)
+    return pa.table({"id": pa.array(ids, pa.string()), "other": pa.array(others, pa.string()),
+                     "sig": pa.nulls(len(ids), pa.binary())})  # the schema of _signature_rows, for the union
 
 
 def _signature_rows(batch) -> Any:
@@ -104,13 +106,6 @@ def _signature_rows(batch) -> Any:
 
     docs = batch.filter(pc.greater(pc.binary_length(batch["sig"]), 0))
     return pa.table({"id": docs["id"], "other": pa.nulls(len(docs), pa.string()), "sig": docs["sig"]})
-
-
-def _endpoint_table(ids: list[str], others: list[str], sigs: list[bytes] | None) -> Any:
-    import pyarrow as pa
-
-    return pa.table({"id": pa.array(ids, pa.string()), "other": pa.array(others, pa.string()),
-                     "sig": pa.array(sigs if sigs is not None else [None] * len(ids), pa.binary())})
 
 
 # ---------------------------------------------------------------- 2. confirm
