@@ -19,7 +19,7 @@ from lmops.data.build import build_dataset
 from lmops.data.dedup import drop_in_id_order
 from lmops.data.sample_corpus import make_sample_corpus
 from lmops.data.sources import BuildError
-from lmops.data.ray_near_dedup import near_duplicate_markers, signature_bytes
+from lmops.data.ray_near_dedup import near_duplicate_ids, signature_bytes
 from lmops.data.ray_tokenize import line_ranges
 from lmops.data.tokenize import tokenize_dataset
 from lmops.data.tokenizer import training_sample
@@ -154,9 +154,9 @@ def test_near_duplicate_clusters_resolve_across_blocks_and_label_rounds(ray_runt
     sigs = signature_bytes(np.stack([s for _, s in docs]))
     with engine.data_context(RayDataConfig()):
         ds = ray.data.from_items([{"id": d, "sig": s} for (d, _), s in zip(docs, sigs)], override_num_blocks=4)
-        markers, n_marked, clusters = near_duplicate_markers(ds, cfg)
-        dropped = sorted(r["id"] for r in markers.take_all())
-    assert dropped == ["p1", "p3", "q1"] and n_marked == 3
+        ids, n_dropped, clusters = near_duplicate_ids(ds, cfg)
+        dropped = sorted(r["id"] for r in ids.take_all())
+    assert dropped == ["p1", "p3", "q1"] and n_dropped == 3
     assert clusters == 2
 
 

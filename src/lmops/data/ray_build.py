@@ -4,8 +4,8 @@
    by the driver): rows of id, text, source, split and the document's MinHash signature (computed per
    block); kept in the object store (spilled to disk beyond it), never in one process;
 2. near duplicates (lmops.data.ray_near_dedup): LSH buckets, pairs confirmed by Jaccard and duplicate
-   clusters resolved in shuffles on the workers; out come marker rows for the ids to drop;
-3. exact dedup + write: the records and the markers shuffled by content hash (a sort on id, then source:
+   clusters resolved in shuffles on the workers; out come the ids to drop;
+3. exact dedup + write: the records and a marker record per dropped id (``_markers``) shuffled by content hash (a sort on id, then source:
    range partitions of the sha256, so equal texts meet one after the other, a marker first); the driver
    keeps the first copy (smallest source), drops the marked ids and streams each record into its split's
    shards (lmops.data.split.ShardWriter), holding at most one shard per split.
@@ -32,7 +32,7 @@ from lmops.data import engine, listing, sources
 from lmops.data.accounting import Tally
 from lmops.data.build_steps import STAGE, clean_documents, finish, nothing_kept
 from lmops.data.dedup import signatures
-from lmops.data.ray_near_dedup import near_duplicate_markers, signature_bytes
+from lmops.data.ray_near_dedup import near_duplicate_ids, signature_bytes
 from lmops.data.progress import phase_line
 from lmops.data.split import ShardWriter, assign_split, record_line, split_names
 from lmops.errors import LmopsError
@@ -64,13 +64,13 @@ def produce_dataset(files: list[sources.SourceFile], cfg: BuildConfig, out: Path
         t_read = time.perf_counter()
         phase_line(log, STAGE, "ray", "read_clean", n_docs, tally.input_bytes, t_read - t0)
 
-        markers, n_marked, clusters = near_duplicate_markers(docs, cfg.dedup) if cfg.dedup.near else (None, 0, 0)
+        dropped, n_dropped, clusters = near_duplicate_ids(docs, cfg.dedup) if cfg.dedup.near else (None, 0, 0)
         t_near = time.perf_counter()
         phase_line(log, STAGE, "ray", "near_dedup", n_docs, tally.input_bytes, t_near - t_read,
-                   f"{n_marked} near duplicate(s) in {clusters} cluster(s)")
+                   f"{n_dropped} near duplicate(s) in {clusters} cluster(s)")
 
         writers = {name: ShardWriter(out, name, cfg.shard_max_bytes) for name in split_names(cfg.split)}
-        kept, exact, near = _write_sorted(docs, markers, writers, cfg)
+        kept, exact, near = _write_sorted(docs, dropped, writers, cfg)
         t_write = time.perf_counter()
         phase_line(log, STAGE, "ray", "exact_dedup_write", n_docs, tally.input_bytes, t_write - t_near)
     tally.drop("exact_duplicate", exact)
@@ -128,15 +128,17 @@ def _doc_rows(batch) -> Any:
 
 
 # ---------------------------------------------------------------- 3. exact dedup + write, in id order
-def _write_sorted(docs, markers, writers: dict[str, ShardWriter], cfg: BuildConfig) -> tuple[int, int, int]:
+def _write_sorted(docs, dropped, writers: dict[str, ShardWriter], cfg: BuildConfig) -> tuple[int, int, int]:
     """Stream the records in (id, source) order into the split writers; (kept, exact, near duplicates dropped).
 
     The local engine's decisions: exact dedup keeps the copy with the smallest source; near dedup drops every
-    copy of a marked id (its marker comes first: an empty source), and with exact dedup off also each further
-    copy of a kept one (Jaccard 1 with it).
+    copy of a ``dropped`` id (its marker comes first: an empty source), and with exact dedup off also each
+    further copy of a kept one (Jaccard 1 with it).
     """
     records = docs.map_batches(_records, batch_format="pyarrow")
-    records = engine.sorted_by(records if markers is None else records.union(markers), ["id", "source"])
+    if dropped is not None:
+        records = records.union(dropped.map_batches(_markers, batch_format="pyarrow"))
+    records = engine.sorted_by(records, ["id", "source"])
     kept = exact = near = 0
     previous = marked = ""
     for batch in records.iter_batches(batch_size=4096, batch_format="pyarrow"):
@@ -170,3 +172,13 @@ def _records(batch) -> Any:
         chars.append(len(text))
     return pa.table({"id": batch["id"], "source": batch["source"], "split": batch["split"],
                      "line": pa.array(lines, pa.large_binary()), "chars": pa.array(chars, pa.int64())})
+
+
+def _markers(batch) -> Any:
+    """A record for each dropped id with an empty source, so that it sorts first among its id's records."""
+    import pyarrow as pa
+
+    n = len(batch)
+    empty = pa.array([""] * n, pa.string())
+    return pa.table({"id": batch["id"], "source": empty, "split": empty, "line": pa.array([b""] * n, pa.large_binary()),
+                     "chars": pa.array([0] * n, pa.int64())})

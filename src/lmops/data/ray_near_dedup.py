@@ -11,8 +11,8 @@ buckets -> clusters -> filter):
 3. clusters: connected components by min-label propagation (each document takes the smallest id among its
    own label and its neighbours' labels), one sort per round until no label changes: rounds grow with a
    cluster's diameter, 2-3 for duplicate clusters, which are near-cliques;
-4. the id-order rule per cluster (lmops.data.dedup.drop_in_id_order), its members sorted by label: the
-   dropped ids come back as marker rows for the records' (id, source) sort (lmops.data.ray_build).
+4. the id-order rule per cluster (lmops.data.dedup.drop_in_id_order), its members sorted by label: out come
+   the dropped ids (lmops.data.ray_build sorts them among the records as markers).
 
 A Ray Data sort cuts its range partitions by key value, so all rows of one key land in one output block (Ray
 Data's own ``groupby().map_groups`` relies on this): each step below groups within its block.
@@ -21,7 +21,6 @@ Memory: the driver holds the sorts' object references and the round counts; a wo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -39,8 +38,9 @@ def signature_bytes(sigs: np.ndarray) -> list[bytes]:
     return [row.astype("<u4").tobytes() for row in sigs]
 
 
-def near_duplicate_markers(docs, cfg: DedupConfig) -> tuple[Any, int, int]:
-    """(marker rows, one per document id that near dedup drops; how many; the number of duplicate clusters).
+def near_duplicate_ids(docs, cfg: DedupConfig) -> tuple[Any, int, int]:
+    """(a dataset of the document ids that near dedup drops, column id; how many; the number of duplicate
+    clusters); None for the dataset when no pair is confirmed.
 
     ``docs``: rows with id and sig (signature_bytes; empty for the file-tally rows, which have no id).
     """
@@ -59,17 +59,24 @@ def near_duplicate_markers(docs, cfg: DedupConfig) -> tuple[Any, int, int]:
         nodes = grouped(nodes.map_batches(_label_messages, batch_format="pyarrow"), "node", _smallest_label
                         ).materialize()
     clusters = nodes.map_batches(_cluster_roots, batch_format="pyarrow").count()
-    markers = grouped(nodes, "label", _dropped_markers).materialize()
-    return markers, markers.count(), clusters
+    dropped = grouped(nodes, "label", _dropped_ids).materialize()
+    return dropped, dropped.count(), clusters
 
 
 # ---------------------------------------------------------------- 1. candidates
+def _signed(batch) -> Any:
+    """The document rows of a docs batch: those with a signature (a file's tally row has none)."""
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.greater(pc.binary_length(batch["sig"]), 0))
+
+
 def _band_rows(batch, *, dedup: dict) -> Any:
     """(band key, id) for every band of every document: what the bucket sort groups."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    docs = batch.filter(pc.greater(pc.binary_length(batch["sig"]), 0))
+    docs = _signed(batch)
     cfg = DedupConfig.model_validate(dedup)
     sigs = np.frombuffer(b"".join(docs["sig"].to_pylist()), dtype="<u4").reshape(len(docs), cfg.num_perm)
     keys = band_keys(sigs, cfg)
@@ -102,9 +109,8 @@ def _bucket_endpoints(block) -> Any:
 def _signature_rows(batch) -> Any:
     """(id, signature) of every document: the other side of the confirm step's join."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    docs = batch.filter(pc.greater(pc.binary_length(batch["sig"]), 0))
+    docs = _signed(batch)
     return pa.table({"id": docs["id"], "other": pa.nulls(len(docs), pa.string()), "sig": docs["sig"]})
 
 
@@ -115,7 +121,7 @@ def _endpoint_signatures(block) -> Any:
     import pyarrow.compute as pc
 
     ends = block.filter(pc.is_null(block["sig"]))
-    wanted = pa.array(sorted(set(ends["id"].to_pylist())), pa.string())
+    wanted = pa.array(set(ends["id"].to_pylist()), pa.string())
     sig_rows = block.filter(pc.and_(pc.is_valid(block["sig"]), pc.is_in(block["id"], wanted)))
     sig_of = dict(zip(sig_rows["id"].to_pylist(), sig_rows["sig"].to_pylist()))  # copies: equal signatures
     pairs = sorted(set(zip(ends["id"].to_pylist(), ends["other"].to_pylist())))
@@ -127,6 +133,8 @@ def _endpoint_signatures(block) -> Any:
 def _confirmed_edges(block, *, threshold: float) -> Any:
     """The pairs whose two signatures (two rows, one after the other in the (a, b) sort) reach ``threshold``,
     each as two adjacency rows (node, neighbour)."""
+    import pyarrow as pa
+
     a, b, sigs = (block[c].to_pylist() for c in ("a", "b", "sig"))
     if a[0::2] != a[1::2] or b[0::2] != b[1::2]:  # never expected: each pair has one row per end
         raise RuntimeError("ray near dedup: a candidate pair without both signatures")
@@ -136,12 +144,6 @@ def _confirmed_edges(block, *, threshold: float) -> Any:
         if np.count_nonzero(x == y) / len(x) >= threshold:
             nodes += (a[i], b[i])
             nbrs += (b[i], a[i])
-    return _adjacency_table(nodes, nbrs)
-
-
-def _adjacency_table(nodes: list[str], nbrs: list[str]) -> Any:
-    import pyarrow as pa
-
     return pa.table({"node": pa.array(nodes, pa.string()), "nbr": pa.array(nbrs, pa.string())})
 
 
@@ -151,16 +153,16 @@ def _adjacency(block) -> Any:
     nbrs: dict[str, list[str]] = {}
     for node, nbr in zip(block["node"].to_pylist(), block["nbr"].to_pylist()):
         nbrs.setdefault(node, []).append(nbr)
-    return _node_table({n: min(n, *ns) for n, ns in nbrs.items()}, nbrs, {})
+    return _node_table({n: min(n, *ns) for n, ns in nbrs.items()}, nbrs, changed=set(nbrs))
 
 
-def _node_table(labels: dict[str, str], nbrs: dict[str, list[str]], changed: dict[str, bool]) -> Any:
+def _node_table(labels: dict[str, str], nbrs: dict[str, list[str]], changed: set[str]) -> Any:
     import pyarrow as pa
 
     nodes = sorted(labels)
     return pa.table({"node": pa.array(nodes, pa.string()), "label": pa.array([labels[n] for n in nodes], pa.string()),
-                     "nbrs": pa.array(["\n".join(nbrs[n]) for n in nodes], pa.string()),
-                     "changed": pa.array([int(changed.get(n, True)) for n in nodes], pa.int64())})
+                     "nbrs": pa.array([nbrs[n] for n in nodes], pa.list_(pa.string())),
+                     "changed": pa.array([int(n in changed) for n in nodes], pa.int64())})
 
 
 def _label_messages(batch) -> Any:
@@ -170,11 +172,10 @@ def _label_messages(batch) -> Any:
     own_nodes, labels, nbrs = (batch[c].to_pylist() for c in ("node", "label", "nbrs"))
     to, sent = [], []
     for label, ns in zip(labels, nbrs):
-        for n in ns.split("\n"):
-            to.append(n)
-            sent.append(label)
+        to += ns
+        sent += [label] * len(ns)
     return pa.table({"node": pa.array(own_nodes + to, pa.string()), "label": pa.array(labels + sent, pa.string()),
-                     "nbrs": pa.array(nbrs + [None] * len(to), pa.string())})
+                     "nbrs": pa.array(nbrs + [None] * len(to), pa.list_(pa.string()))})
 
 
 def _smallest_label(block) -> Any:
@@ -185,9 +186,9 @@ def _smallest_label(block) -> Any:
     for node, label, ns in zip(*(block[c].to_pylist() for c in ("node", "label", "nbrs"))):
         if ns is not None:
             own[node] = label
-            nbrs[node] = ns.split("\n")
+            nbrs[node] = ns
         best[node] = min(best.get(node, label), label)
-    return _node_table({n: best[n] for n in own}, nbrs, {n: best[n] != own[n] for n in own})
+    return _node_table({n: best[n] for n in own}, nbrs, changed={n for n in own if best[n] != own[n]})
 
 
 def _cluster_roots(batch) -> Any:
@@ -197,21 +198,12 @@ def _cluster_roots(batch) -> Any:
 
 
 # ---------------------------------------------------------------- 4. the id-order rule, per cluster
-def _dropped_markers(block) -> Any:
-    """The ids dropped by the id-order rule in each cluster of this block (a cluster's rows: one label), as
-    rows of the records' schema whose empty source sorts them first among their id's records."""
-    clusters: dict[str, dict[str, set[str]]] = {}
-    for node, label, ns in zip(*(block[c].to_pylist() for c in ("node", "label", "nbrs"))):
-        clusters.setdefault(label, {})[node] = set(ns.split("\n"))
-    dropped = sorted(d for edges in clusters.values() for d in drop_in_id_order(edges))
-    return marker_rows(dropped)
-
-
-def marker_rows(ids: Iterable[str]) -> Any:
+def _dropped_ids(block) -> Any:
+    """The ids dropped by the id-order rule in each cluster of this block (a cluster's rows: one label)."""
     import pyarrow as pa
 
-    ids = list(ids)
-    n = len(ids)
-    return pa.table({"id": pa.array(ids, pa.string()), "source": pa.array([""] * n, pa.string()),
-                     "split": pa.array([""] * n, pa.string()), "line": pa.array([b""] * n, pa.large_binary()),
-                     "chars": pa.array([0] * n, pa.int64())})
+    clusters: dict[str, dict[str, set[str]]] = {}
+    for node, label, ns in zip(*(block[c].to_pylist() for c in ("node", "label", "nbrs"))):
+        clusters.setdefault(label, {})[node] = set(ns)
+    dropped = sorted(d for edges in clusters.values() for d in drop_in_id_order(edges))
+    return pa.table({"id": pa.array(dropped, pa.string())})
