@@ -7,14 +7,20 @@ alive, and it is the same pod (no new revision of a version that already serves)
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import requests
 
 from lmops import kube, storage
+from lmops.cluster import kserve_pods, node, supervise
 from lmops.config import DeployConfig, ServeConfig
 from lmops.observe import read_metrics
+from lmops.pipeline import servers
 from lmops.serve.inference_service import render_inference_service
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -65,6 +71,17 @@ def _alive(client, ns: str) -> list[dict]:
     return [p for p in kube.list_objects("v1", "Pod", ns, client=client)[0] if not p["metadata"].get("deletionTimestamp")]
 
 
+@contextmanager
+def _kube_proxy_stopped(cluster):
+    """kube-proxy stopped (SIGSTOP): it programs no new Service or endpoint until it continues."""
+    pid = servers.read_record(node.KUBE_PROXY, supervise.procs(Path(cluster.folder)))["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def test_revisions_as_pods_split_failure_and_rollback(kube_cluster, kube_namespace, node_image, kserve_s3_account, s3,
                                                       tiny_model_dir):
     client, ns = kube_cluster.client(), kube_namespace
@@ -102,19 +119,31 @@ def test_revisions_as_pods_split_failure_and_rollback(kube_cluster, kube_namespa
     assert p1["metadata"]["labels"]["serving.knative.dev/revision"] == rev1
     assert st["url"].startswith("http://10.244.0.1:") and st["components"]["predictor"]["latestRolledoutRevision"] == rev1
 
-    # a 25% canary: listed once ready, then exactly a quarter of the requests through the one URL reach it
-    kube.apply(_isvc(ns, uri, kserve_s3_account, percent=25, max_new_tokens=48), client=client)
+    # a 25% canary: listed once ready, then exactly a quarter of the requests through the one URL reach it.
+    # Ready means its Service answers, not only its pod: while kube-proxy has not programmed the new Service
+    # (stopped here), the canary stays out of the traffic and the InferenceService says why
+    rev2 = "lm-predictor-00002"
+    with _kube_proxy_stopped(kube_cluster):
+        kube.apply(_isvc(ns, uri, kserve_s3_account, percent=25, max_new_tokens=48), client=client)
+        _wait("the canary's pod Ready", lambda: [p for p in _alive(client, ns)
+                                                 if kserve_pods.revision_of(p) == rev2 and kserve_pods.pod_ready(p)],
+              240, lambda: [p.get("status") for p in _alive(client, ns)])
+        st = _wait("the canary named as not answering", lambda: (lambda s: s if "does not answer yet" in
+                                                                 _ready(s).get("message", "") else None)(_status(client, ns)),
+                   30, lambda: _status(client, ns))
+        assert _ready(st)["status"] == "Unknown" and f'Revision "{rev2}" is not ready yet' in _ready(st)["message"]
+        assert [t["revisionName"] for t in st["components"]["predictor"]["traffic"]] == [rev1]
     st = _wait("canary in the traffic", lambda: (lambda s: s if s and len(s["components"]["predictor"]["traffic"]) == 2
                                                  else None)(_serving(_status(client, ns))), 240, lambda: _status(client, ns))
     traffic = {t["revisionName"]: t for t in st["components"]["predictor"]["traffic"]}
-    assert {n: t["percent"] for n, t in traffic.items()} == {"lm-predictor-00002": 25, rev1: 75}
-    assert traffic["lm-predictor-00002"]["tag"] == "latest" and traffic[rev1]["tag"] == "prev"
+    assert {n: t["percent"] for n, t in traffic.items()} == {rev2: 25, rev1: 75}
+    assert traffic[rev2]["tag"] == "latest" and traffic[rev1]["tag"] == "prev"
     for _ in range(40):
         r = requests.post(f"{st['url']}/v1/models/lm:predict", json={"instances": [{"prompt": "a", "max_new_tokens": 1}]},
                           timeout=60)
         assert r.status_code == 200, r.text
     counts = {n: read_metrics(t["url"]).requests for n, t in traffic.items()}
-    assert counts == {"lm-predictor-00002": 10, rev1: 30}, counts
+    assert counts == {rev2: 10, rev1: 30}, counts
 
     # KServe's rollback: canaryTrafficPercent 0 -- all traffic on revision 1 at once, the canary's pod stopped
     kube.apply(_isvc(ns, uri, kserve_s3_account, percent=0, max_new_tokens=48), client=client)

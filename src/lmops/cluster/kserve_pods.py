@@ -135,6 +135,12 @@ def pod_ready(pod: dict[str, Any]) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or [])
 
 
+def readiness_path(pod: dict[str, Any]) -> str | None:
+    """The predictor container's HTTP readiness probe path (None without one)."""
+    probe = (pod["spec"]["containers"][0].get("readinessProbe") or {}).get("httpGet") or {}
+    return probe.get("path")
+
+
 def pod_failure(pod: dict[str, Any], log_tail: Callable[[str, bool], str]) -> str | None:
     """Why this pod cannot serve (an init container or container that exited with an error, was OOMKilled,
     has no image or a missing Secret), else None. ``log_tail(container, previous)`` reads the last log

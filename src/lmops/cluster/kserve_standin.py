@@ -17,9 +17,10 @@ For each InferenceService (serving.kserve.io/v1beta1):
   Knative's route): with ``canaryTrafficPercent`` the latest revision takes that share and the last
   rolled-out one the rest; without it the latest takes all of it once ready and becomes the rolled-out
   revision. ``canaryTrafficPercent: 0`` is KServe's rollback: all traffic on the rolled-out revision at
-  once, no new revision. A revision is listed in the traffic only once it is ready, and a revision no
-  traffic can reach (superseded, rolled back, replaced by a roll-out) is stopped: its Deployment and
-  Service are deleted (Knative scales it to zero);
+  once, no new revision. A revision is listed in the traffic only once it is ready (a pod Ready and its
+  Service answering the predictor's readiness path: Knative probes a route before it calls it Ready), and
+  a revision no traffic can reach (superseded, rolled back, replaced by a roll-out) is stopped: its
+  Deployment and Service are deleted (Knative scales it to zero);
 - the status KServe writes, from the pods: ``url`` / ``address.url`` (the router), ``components.predictor``
   (``url``, ``latestCreatedRevision``, ``latestReadyRevision``, ``latestRolledoutRevision``,
   ``previousRolledoutRevision``, ``traffic`` with each revision's tag URL), ``modelStatus``, and the
@@ -44,7 +45,7 @@ from typing import Any
 
 from lmops import kube
 from lmops.cluster import kserve_pods, node_network
-from lmops.cluster.kserve_router import Router
+from lmops.cluster.kserve_router import Router, backend_answers
 from lmops.cluster.standin import StandIn, main, now
 
 
@@ -161,10 +162,14 @@ class KServeStandIn(StandIn):
         if rev.failed or rev.stopped or rev.service_url is None:
             return
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-        rev.ready = any(kserve_pods.pod_ready(p) for p in live)
-        if rev.ready:
-            rev.waiting = ""
+        ready = [p for p in live if kserve_pods.pod_ready(p)]
+        if ready:
+            # Ready once its Service answers too, as Knative probes a route before it calls it Ready: kube-proxy
+            # programs a new endpoint a moment after the kubelet reports the pod Ready
+            rev.ready = rev.ready or backend_answers(rev.service_url, kserve_pods.readiness_path(ready[0]))
+            rev.waiting = "" if rev.ready else f"its Service {rev.service_url} does not answer yet"
             return
+        rev.ready = False
         for pod in live:
             failure = kserve_pods.pod_failure(pod, lambda c, previous: self._log_tail(ns, pod, c, previous))
             if failure:

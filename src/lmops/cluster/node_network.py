@@ -1,6 +1,6 @@
 """The node's network on this machine: one bridge (``lmops0``, the node's address 10.244.0.1) that the
-CNI bridge plugin attaches pods to, the two sysctls forwarding needs, and a rule that keeps pod traffic
-on this machine. Everything made here is undone by ``teardown`` (also after a crash: it works from what
+CNI bridge plugin attaches pods to, the two sysctls forwarding needs, a rule that keeps pod traffic
+on this machine and a route that keeps service traffic on it. Everything made here is undone by ``teardown`` (also after a crash: it works from what
 the kernel shows, not from what a process remembers)."""
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ def setup(node_dir: Path) -> None:
             _sysctl(key, value)
     if _run(["iptables", "-C", *EGRESS_RULE], check=False).returncode != 0:
         _run(["iptables", "-I", *EGRESS_RULE])
+    # Service addresses onto the bridge: kube-proxy rewrites one it has programmed to a pod's address, but a
+    # connection from this machine to one it has not programmed yet (a new Service, a kube-proxy catching up)
+    # would follow the default route off the machine -- and may be answered there (a network's HTTP proxy).
+    # On the bridge nobody answers it: the connection fails here. The route goes with the bridge.
+    _run(["ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE, "src", NODE_IP])
 
 
 def teardown(node_dir: Path, kube_proxy: Path | None) -> list[str]:
