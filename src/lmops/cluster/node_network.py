@@ -1,7 +1,8 @@
 """The node's network on this machine: one bridge (``lmops0``, the node's address 10.244.0.1) that the
 CNI bridge plugin attaches pods to, the two sysctls forwarding needs, a rule that keeps pod traffic
-on this machine and a route that keeps service traffic on it. Everything made here is undone by ``teardown`` (also after a crash: it works from what
-the kernel shows, not from what a process remembers)."""
+on this machine and a route that keeps service traffic on it. Everything made here is undone by
+``teardown`` (also after a crash: it works from what the kernel shows, not from what a process
+remembers)."""
 
 from __future__ import annotations
 
