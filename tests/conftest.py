@@ -23,6 +23,25 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("stops_the_node") is not None)
 
 
+CLUSTER_LOGS = ("kserve-standin", "kuberay-standin", "kube-proxy", "kubelet")  # what a cluster test's failure shows
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test on the session's cluster shows the last lines of the stand-ins', kube-proxy's and the
+    kubelet's logs beside its traceback: CI keeps only what pytest prints, and the cluster is gone after it."""
+    report = (yield).get_result()
+    cluster = getattr(item, "funcargs", {}).get("kube_cluster")
+    if not report.failed or cluster is None:
+        return
+    for name in CLUSTER_LOGS:
+        log = Path(cluster.folder) / "logs" / f"{name}.log"
+        if log.is_file():
+            lines = log.read_text(errors="replace").splitlines()[-20:]
+            report.sections.append((f"lmops cluster log {name}.log (last lines)",
+                                    "\n".join(line[:300] for line in lines)))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
