@@ -23,9 +23,6 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("stops_the_node") is not None)
 
 
-CLUSTER_LOGS = ("kserve-standin", "kuberay-standin", "kube-proxy", "kubelet")  # what a cluster test's failure shows
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A failed test on the session's cluster shows the last lines of the stand-ins', kube-proxy's and the
@@ -34,12 +31,14 @@ def pytest_runtest_makereport(item, call):
     cluster = getattr(item, "funcargs", {}).get("kube_cluster")
     if not report.failed or cluster is None:
         return
-    for name in CLUSTER_LOGS:
-        log = Path(cluster.folder) / "logs" / f"{name}.log"
+    from lmops.cluster import control_plane, node, supervise
+    from lmops.serve.endpoint import tail
+
+    for name in (control_plane.KSERVE_STANDIN, control_plane.KUBERAY_STANDIN, node.KUBE_PROXY, node.KUBELET):
+        log = supervise.log_path(Path(cluster.folder), name)
         if log.is_file():
-            lines = log.read_text(errors="replace").splitlines()[-20:]
             report.sections.append((f"lmops cluster log {name}.log (last lines)",
-                                    "\n".join(line[:300] for line in lines)))
+                                    "\n".join(line[:300] for line in tail(log, 20).splitlines())))
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ queueing, no autoscaling (Knative's activator and queue-proxy are not played).
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -63,23 +62,6 @@ class Router:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-
-def backend_answers(url: str, path: str | None, timeout_s: float = 2.0) -> bool:
-    """Whether a backend takes traffic: ``GET path`` answers 200 (a TCP connection, without a path)."""
-    parts = urlsplit(url)
-    try:
-        if path is None:
-            socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout_s).close()
-            return True
-        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout_s)
-        try:
-            conn.request("GET", path)
-            return conn.getresponse().status == 200
-        finally:
-            conn.close()
-    except OSError:
-        return False
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):

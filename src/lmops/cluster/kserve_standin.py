@@ -42,11 +42,13 @@ import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from lmops import kube
-from lmops.cluster import kserve_pods, node_network
-from lmops.cluster.kserve_router import Router, backend_answers
+from lmops.cluster import kserve_pods, node_network, supervise
+from lmops.cluster.kserve_router import Router
 from lmops.cluster.standin import StandIn, main, now
+from lmops.processes import port_answers
 
 
 @dataclass
@@ -166,7 +168,7 @@ class KServeStandIn(StandIn):
         if ready:
             # Ready once its Service answers too, as Knative probes a route before it calls it Ready: kube-proxy
             # programs a new endpoint a moment after the kubelet reports the pod Ready
-            rev.ready = rev.ready or backend_answers(rev.service_url, kserve_pods.readiness_path(ready[0]))
+            rev.ready = rev.ready or _answers(rev.service_url, kserve_pods.readiness_path(ready[0]))
             rev.waiting = "" if rev.ready else f"its Service {rev.service_url} does not answer yet"
             return
         rev.ready = False
@@ -289,6 +291,11 @@ class KServeStandIn(StandIn):
             self.write_status(svc.obj, {**status, "conditions": [{**c, "lastTransitionTime": now()}
                                                                  for c in status["conditions"]]})
             svc.published = text
+
+
+def _answers(service_url: str, path: str | None) -> bool:
+    """Whether a revision's Service takes traffic: its readiness path answers 200 (a TCP connection, without one)."""
+    return supervise.http_ok(service_url + path) if path else port_answers(urlsplit(service_url).hostname, 80, 2)
 
 
 def _condition(status: str, reason: str = "", message: str = "") -> dict[str, str]:

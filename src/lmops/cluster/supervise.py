@@ -23,8 +23,12 @@ def procs(folder: Path) -> Path:
     return folder / "processes"
 
 
+def log_path(folder: Path, name: str) -> Path:
+    return folder / "logs" / f"{name}.log"
+
+
 def spawn(folder: Path, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    log = folder / "logs" / f"{name}.log"
+    log = log_path(folder, name)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
@@ -46,7 +50,7 @@ def wait(folder: Path, name: str, ready: Callable[[], bool], deadline: float) ->
 
 
 def log_hint(folder: Path, name: str) -> str:
-    log = folder / "logs" / f"{name}.log"
+    log = log_path(folder, name)
     try:
         lines = log.read_text(errors="replace").splitlines()[-12:]
     except OSError:

@@ -5,10 +5,11 @@
    block); kept in the object store (spilled to disk beyond it), never in one process;
 2. near duplicates (lmops.data.ray_near_dedup): LSH buckets, pairs confirmed by Jaccard and duplicate
    clusters resolved in shuffles on the workers; out come the ids to drop;
-3. exact dedup + write: the records and a marker record per dropped id (``_markers``) shuffled by content hash (a sort on id, then source:
-   range partitions of the sha256, so equal texts meet one after the other, a marker first); the driver
-   keeps the first copy (smallest source), drops the marked ids and streams each record into its split's
-   shards (lmops.data.split.ShardWriter), holding at most one shard per split.
+3. exact dedup + write: the records and a marker record per dropped id (``_markers``) shuffled by content
+   hash (a sort on id, then source: range partitions of the sha256, so equal texts meet one after the
+   other, a marker first); the driver keeps the first copy (smallest source), drops the marked ids and
+   streams each record into its split's shards (lmops.data.split.ShardWriter), holding at most one shard
+   per split.
 
 Shuffles are Ray Data's sort (tasks on the pooled workers; lmops.data.engine.sorted_by sizes their blocks);
 its hash shuffle starts aggregator actors, new processes on every run, which cost more than the whole
